@@ -1,0 +1,33 @@
+# Two entry points: `make run` (the dashboard) and `make test` (the whole suite).
+# Both create .venv and install the project on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdcore-installed
+PORT ?= 8501
+
+.PHONY: run demo test browser-deps bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+demo: $(STAMP)
+	$(VENV)/bin/kdcore train examples/digits.yaml
+
+browser-deps:
+	@bash scripts/ensure_chromium.sh
+
+test: $(STAMP) browser-deps
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,190 @@
+"""Typed run configuration: one object built by the CLI from YAML and by the dashboard from widgets.
+
+Stored with each run as JSON. Unknown keys and out-of-range values are rejected
+with a message naming the key, before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(0, ge=0, le=16)  # pixels of zero padding before a random crop; 0 = off
+    flip: bool = False  # random horizontal flip
+    rotation: float = Field(0.0, ge=0.0, le=45.0)  # maximum rotation, degrees; 0 = off
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.flip or self.rotation > 0
+
+
+class DatasetConfig(_Strict):
+    name: str = "digits"  # a registered dataset: digits, mnist, fashion_mnist, cifar10, cifar100, imagefolder
+    root: Optional[str] = None  # data folder; default $KDCORE_DATA_ROOT, else ./data
+    download: bool = False  # allow torchvision to download a missing dataset
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.9)  # share of train carved out for validation (fixed seed)
+    image_size: Optional[int] = Field(None, ge=8, le=512)  # imagefolder only: side in pixels after resizing
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from kdcore.data import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
+        return name
+
+
+def _check_arch(arch: str) -> str:
+    from kdcore.models import MODELS
+
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; see `kdcore models`")
+    return arch
+
+
+class TeacherConfig(_Strict):
+    arch: str = "small_cnn"  # a registered model name
+    source: Literal["train", "run", "checkpoint"] = "train"  # where the teacher's weights come from
+    run_id: Optional[int] = None  # source=run: the stored run whose teacher is reused
+    checkpoint: Optional[str] = None  # source=checkpoint: a state_dict file saved with torch.save
+    epochs: int = Field(5, ge=1, le=10_000)  # source=train: teacher training epochs
+    options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @model_validator(mode="after")
+    def _source_has_its_reference(self) -> "TeacherConfig":
+        if self.source == "run" and self.run_id is None:
+            raise ValueError("teacher.run_id is required when teacher.source is 'run'")
+        if self.source == "checkpoint" and not self.checkpoint:
+            raise ValueError("teacher.checkpoint is required when teacher.source is 'checkpoint'")
+        return self
+
+
+class StudentConfig(_Strict):
+    arch: str = "small_cnn"  # a registered model name
+    options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments
+    freeze_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of early parameter tensors kept frozen
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+
+class DistillConfig(_Strict):
+    method: str = "soft"  # a registered method: soft (Hinton et al. 2015) or hard (teacher pseudo-labels)
+    temperature: float = Field(4.0, gt=0.0, le=100.0)  # softmax temperature T
+    alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the distillation term; 1 - alpha on true labels
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from kdcore.losses import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS.names())}")
+        return method
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)  # student epochs (the baseline gets the same)
+    batch_size: int = Field(128, ge=1, le=65_536)  # images per step
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
+    gamma: float = Field(0.1, gt=0.0, le=1.0)  # step schedule factor
+    early_stopping_patience: int = Field(0, ge=0)  # epochs without validation gain before stopping; 0 = off
+    seed: int = 0  # makes a CPU run repeatable
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    eval_batch_size: int = Field(1024, ge=1)  # images per step when evaluating
+
+
+class RunConfig(_Strict):
+    name: str = ""  # free text; defaults to a generated one
+    tags: list[str] = Field(default_factory=list)
+    group: Optional[str] = None  # sweep group this run belongs to
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    baseline: bool = True  # also train the student from scratch, to report the KD gain
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        d = self.distill
+        return f"{self.dataset.name}: {self.teacher.arch} → {self.student.arch} T={d.temperature:g} α={d.alpha:g}"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each offending key."""
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Applies `key.sub=value` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def build_config(data: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Validates a nested dict (plus overrides) into a RunConfig or raises ConfigError."""
+    data = dict(data or {})
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a YAML config file with safe_load and validates it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections at the top level")
+    return build_config(data, overrides)

@@ -1,0 +1,29 @@
+"""Device choice: cuda, then mps, then cpu."""
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Returns the device for a config value; a requested but absent accelerator is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible to PyTorch")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("train.device is 'mps' but Apple's MPS backend is not available")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device | str | None = None) -> str:
+    """A one-line name for a device: "NVIDIA H100 80GB HBM3" or "CPU (2 threads)"."""
+    device = torch.device(device) if device is not None else resolve_device("auto")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"

@@ -1,0 +1,246 @@
+"""One training loop for three jobs: a teacher, a distilled student, a scratch baseline.
+
+Metrics stay on the device as running sums and are read only at reporting
+points, so a step never waits on the host.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from kdcore.config import DistillConfig, TrainConfig
+from kdcore.data import BatchLoader, DataSplits, Split, make_loader
+from kdcore.engine.events import Callback, Event
+from kdcore.losses import distillation_loss
+
+REPORTS_PER_EPOCH = 10  # step events per epoch, for the live curves
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number."""
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float  # fraction in [0, 1]; NaN without a validation split
+    best_epoch: int
+    epochs_run: int
+    cancelled: bool
+    seconds: float
+
+
+def autocast_for(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int):
+    """Stepped once per optimizer step, so short runs still anneal smoothly."""
+    total = max(1, epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if cfg.schedule == "step":
+        milestones = [m * steps_per_epoch for m in cfg.milestones]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+    return None
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024, amp: bool = False) -> Tensor:
+    """(N, K) float32 logits for a whole split, in the split's order, on `device`."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for x, _, _ in make_loader(split, batch_size, shuffle=False, device=device):
+        with autocast_for(device, amp):
+            chunks.append(model(x).float())
+    model.train(was_training)
+    if not chunks:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(chunks)
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+def freeze_early_layers(model: nn.Module, fraction: float) -> int:
+    """Freezes the first `fraction` of parameter tensors in definition order; returns how many."""
+    params = list(model.parameters())
+    count = int(len(params) * fraction)
+    for p in params[:count]:
+        p.requires_grad_(False)
+    return count
+
+
+def fit(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    phase: str,
+    epochs: int,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    teacher: Optional[nn.Module] = None,
+    distill_cfg: Optional[DistillConfig] = None,
+    augment=None,
+    callback: Callback,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_checkpoint: Callable[[str, nn.Module], None] = lambda tag, m: None,
+) -> FitResult:
+    """Trains `model` in place; at the end it holds the weights with the best validation accuracy.
+
+    With a teacher, the loss is `distillation_loss`; without, plain cross-entropy.
+    The teacher stays in eval mode under inference mode and is never optimized.
+    With augmentation off, the teacher's training-set logits are computed once.
+    `on_checkpoint("best" | "last", model)` lets the caller persist weights.
+    """
+    start = time.perf_counter()
+    model.to(device).train()
+    distill = teacher is not None and distill_cfg is not None and distill_cfg.alpha > 0
+    alpha = distill_cfg.alpha if distill else 0.0
+    augmenting = augment is not None and augment.enabled
+
+    train_loader: BatchLoader = make_loader(
+        data.train, train_cfg.batch_size, shuffle=True, device=device,
+        augment=augment if augmenting else None, seed=train_cfg.seed,
+    )
+    steps_per_epoch = len(train_loader)
+    report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
+
+    teacher_train_logits = teacher_val_preds = None
+    if teacher is not None:
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if distill and not augmenting:
+            teacher_train_logits = predict_logits(teacher, data.train, device, train_cfg.eval_batch_size, train_cfg.amp)
+        if len(data.val):
+            teacher_val_preds = predict_logits(teacher, data.val, device, train_cfg.eval_batch_size, train_cfg.amp).argmax(1)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, train_cfg)
+    scheduler = make_scheduler(optimizer, train_cfg, epochs, steps_per_epoch)
+
+    best_acc, best_epoch, best_state = float("-inf"), 0, None
+    epochs_without_gain = 0
+    global_step = 0
+    cancelled = False
+    epoch = 0
+    callback(Event("phase", phase=phase, info={"epochs": epochs, "steps_per_epoch": steps_per_epoch, "distill": distill}))
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        window_start, window_images = time.perf_counter(), 0
+        for x, y, idx in train_loader:
+            if should_stop():
+                cancelled = True
+                break
+            if distill:
+                if teacher_train_logits is not None:
+                    t_logits = teacher_train_logits[idx]
+                else:
+                    with torch.inference_mode(), autocast_for(device, train_cfg.amp):
+                        t_logits = teacher(x).float()
+                    t_logits = t_logits.clone()  # leave inference mode: autograd may see it
+            else:
+                t_logits = None
+            with autocast_for(device, train_cfg.amp):
+                logits = model(x)
+                loss, parts = distillation_loss(
+                    logits.float(), t_logits, y if alpha < 1 else None,
+                    method=distill_cfg.method if distill else "soft",
+                    temperature=distill_cfg.temperature if distill else 1.0,
+                    alpha=alpha,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            global_step += 1
+
+            batch = len(y)
+            seen += batch
+            window_images += batch
+            parts["loss"] = loss.detach()
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value.float() * batch
+            correct += (logits.detach().argmax(1) == y).sum()
+
+            if global_step % report_every == 0:
+                metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+                if not math.isfinite(metrics["train_loss"]):
+                    raise TrainingDiverged(
+                        f"{phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {global_step}; "
+                        "lower train.lr or the temperature"
+                    )
+                now = time.perf_counter()
+                metrics["train_acc"] = correct.item() / seen
+                metrics["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                window_start, window_images = now, 0
+                callback(Event("step", phase=phase, epoch=epoch, step=global_step, metrics=metrics,
+                               info={"steps_per_epoch": steps_per_epoch, "epochs": epochs}))
+
+        if seen == 0:  # cancelled before the epoch's first step
+            break
+        epoch_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+        if not math.isfinite(epoch_metrics["train_loss"]):
+            raise TrainingDiverged(f"{phase}: the loss became {epoch_metrics['train_loss']} in epoch {epoch}; lower train.lr")
+        epoch_metrics["train_acc"] = correct.item() / seen
+        epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if len(data.val):
+            val_logits = predict_logits(model, data.val, device, train_cfg.eval_batch_size, train_cfg.amp)
+            val_acc = accuracy(val_logits, data.val.y)
+            epoch_metrics["val_acc"] = val_acc
+            if teacher_val_preds is not None:
+                epoch_metrics["agreement"] = (val_logits.argmax(1) == teacher_val_preds).float().mean().item()
+        else:
+            val_acc = epoch_metrics["train_acc"]  # no validation split: pick on training accuracy
+        callback(Event("epoch", phase=phase, epoch=epoch, step=global_step, metrics=epoch_metrics,
+                       info={"epochs": epochs, "steps_per_epoch": steps_per_epoch}))
+
+        if val_acc > best_acc:
+            best_acc, best_epoch, epochs_without_gain = val_acc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            on_checkpoint("best", model)
+        else:
+            epochs_without_gain += 1
+        on_checkpoint("last", model)
+        if cancelled:
+            break
+        if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
+            break
+
+    if best_state is not None and not cancelled:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        best_val_acc=best_acc if len(data.val) and best_state is not None else float("nan"),
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        cancelled=cancelled,
+        seconds=time.perf_counter() - start,
+    )

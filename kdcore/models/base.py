@@ -1,0 +1,60 @@
+"""The model registry and the name-based entry points shared by every model module."""
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from kdcore.registry import Registry
+
+# name -> factory(num_classes, in_channels, image_size, **options) -> nn.Module.
+# A factory's docstring's first line is its one-line description for the UI.
+MODELS: Registry = Registry("model")
+register_model = MODELS.register
+
+_FIXED_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+def _check_options(name: str, factory, options: dict) -> None:
+    # Fail with the model's accepted options listed, rather than a bare
+    # "build() got an unexpected keyword argument"; factories taking **options
+    # forward them (e.g. to torchvision), which then raises its own TypeError.
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        accepted = [p for p in params if p not in _FIXED_ARGS]
+        raise TypeError(
+            f"model {name!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
+
+
+def create_model(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options
+) -> nn.Module:
+    """Builds a registered model with fresh (never pretrained) weights.
+
+    Raises KeyError for an unknown name (the message lists the known ones) and
+    TypeError for an option the model does not take.
+    """
+    factory = MODELS.get(name)
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    _check_options(name, factory, options)
+    return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+
+
+def describe_model(name: str) -> str:
+    """One-line description of a registered model, e.g. "CIFAR-style ResNet, 20 layers"."""
+    doc = inspect.getdoc(MODELS.get(name)) or ""
+    return doc.splitlines()[0].strip() if doc.strip() else name
+
+
+def pooled_size(size: int, kernel: int = 2, stride: int | None = None, padding: int = 0, ceil: bool = False) -> int:
+    """Spatial side after a pooling (or conv) window, as PyTorch computes it."""
+    stride = stride or kernel
+    span = size + 2 * padding - kernel + (stride - 1 if ceil else 0)
+    return span // stride + 1 if span >= 0 else 0
