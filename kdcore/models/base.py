@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 
 from torch import nn
 
@@ -41,10 +42,10 @@ def create_model(
     """
     factory = MODELS.get(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     _check_options(name, factory, options)
-    return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+    return factory(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size), **options)
 
 
 def describe_model(name: str) -> str:

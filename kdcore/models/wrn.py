@@ -37,7 +37,9 @@ class WideBasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen; depth = 6n + 4."""
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0):
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
+    ):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"depth should be 6n+4 (16, 28, 40), got {depth}")

@@ -1,0 +1,70 @@
+"""Parameter count, memory size and FLOPs of a model, for comparing teachers and students."""
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdcore.models.base import create_model
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    params: int  # number of parameters (trainable or not)
+    size_mb: float  # bytes of parameters + buffers / 2**20
+    flops: int  # per image, as counted by torch.utils.flop_counter (a multiply-add is 2)
+
+
+def profile_model(model: nn.Module, in_channels: int, image_size: int) -> ModelProfile:
+    """Counts a model's parameters, size and FLOPs for one (1, C, H, W) image in eval mode."""
+    params = sum(p.numel() for p in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    x = torch.zeros(1, in_channels, image_size, image_size, device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()  # BN uses running stats, dropout is off: the FLOPs of inference
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return ModelProfile(params=params, size_mb=nbytes / 2**20, flops=int(counter.get_total_flops()))
+
+
+def _freeze(value: Any) -> Any:
+    # Options from YAML/JSON hold lists; tuples make them usable as a cache key.
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_profile(name: str, num_classes: int, in_channels: int, image_size: int, options: tuple) -> ModelProfile:
+    return _build_and_profile(name, num_classes, in_channels, image_size, dict(options))
+
+
+def _build_and_profile(name, num_classes, in_channels, image_size, options: dict) -> ModelProfile:
+    model = create_model(name, num_classes, in_channels, image_size, **options)
+    return profile_model(model, in_channels, image_size)
+
+
+def model_profile(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options
+) -> ModelProfile:
+    """Builds a registered model and profiles it; cached per (name, sizes, options)."""
+    key = tuple(sorted((k, _freeze(v)) for k, v in options.items()))
+    try:
+        hash(key)
+    except TypeError:  # e.g. a dict-valued option: still works, just uncached
+        return _build_and_profile(name, num_classes, in_channels, image_size, options)
+    return _cached_profile(name, num_classes, in_channels, image_size, key)
+
+
+model_profile.cache_clear = _cached_profile.cache_clear  # e.g. after re-registering a name
