@@ -44,7 +44,7 @@ def autocast_for(device: torch.device, amp: bool):
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -105,6 +105,7 @@ def fit(
     callback: Callback,
     should_stop: Callable[[], bool] = lambda: False,
     on_checkpoint: Callable[[str, nn.Module], None] = lambda tag, m: None,
+    cache_teacher_logits: bool = True,
 ) -> FitResult:
     """Trains `model` in place; at the end it holds the weights with the best validation accuracy.
 
@@ -131,7 +132,7 @@ def fit(
         teacher.to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        if distill and not augmenting:
+        if distill and not augmenting and cache_teacher_logits:
             teacher_train_logits = predict_logits(teacher, data.train, device, train_cfg.eval_batch_size, train_cfg.amp)
         if len(data.val):
             teacher_val_preds = predict_logits(teacher, data.val, device, train_cfg.eval_batch_size, train_cfg.amp).argmax(1)

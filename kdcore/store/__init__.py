@@ -26,7 +26,7 @@ SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", 
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(timezone.utc)
 
 
 class Run(SQLModel, table=True):
