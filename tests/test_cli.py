@@ -1,0 +1,76 @@
+"""The `kdcore` command as a user types it, in a subprocess, against a temporary SQLite file."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kdcore(*args, db, timeout=300):
+    return subprocess.run([sys.executable, "-m", "kdcore", "--db", db, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return f"sqlite:///{tmp_path}/kd.db"
+
+
+def test_train_prints_the_run_and_summary_then_runs_list_and_show_agree(db):
+    result = kdcore("train", "examples/digits.yaml", "--set", "teacher.epochs=2", "--set", "train.epochs=2", db=db)
+    assert result.returncode == 0, result.stderr
+    assert "run 1 completed" in result.stdout
+    assert "KD gain" in result.stdout and "teacher" in result.stdout
+    listed = json.loads(kdcore("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in listed] == [1]
+    shown = json.loads(kdcore("runs", "show", "1", "--json", db=db).stdout)
+    assert shown["status"] == "completed"
+    assert shown["config"]["train"]["epochs"] == 2
+    for key in ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain"):
+        assert isinstance(shown[key], float)
+    table = kdcore("runs", "list", db=db).stdout
+    assert "small_cnn → mlp_tiny" in table and "completed" in table
+
+
+@pytest.mark.parametrize("override, key", [
+    ("distill.temperature=0", "distill.temperature"),
+    ("distill.alpha=2", "distill.alpha"),
+    ("train.epochs=0", "train.epochs"),
+    ("student.arch=resnet9000", "student.arch"),
+    ("dataset.name=imagenet", "dataset.name"),
+    ("train.learning_rate=0.1", "train.learning_rate"),
+])
+def test_bad_config_is_rejected_naming_the_key_and_nothing_is_written(db, tmp_path, override, key):
+    result = kdcore("train", "examples/digits.yaml", "--set", override, db=db)
+    assert result.returncode == 2
+    assert key in result.stderr
+    assert not (tmp_path / "kd.db").exists() or json.loads(kdcore("runs", "list", "--json", db=db).stdout) == []
+
+
+def test_show_of_a_missing_run_is_a_clear_error(db):
+    result = kdcore("runs", "show", "42", db=db)
+    assert result.returncode == 1 and "no run with id 42" in result.stderr
+
+
+def test_models_and_datasets_are_listed(db):
+    models = kdcore("models", db=db)
+    assert models.returncode == 0
+    for name in ("resnet8x4", "mobilenet_v2", "mlp", "googlenet"):
+        assert name in models.stdout
+    datasets = kdcore("datasets", "--root", str(ROOT.parent / "shared" / "data"), db=db)
+    assert datasets.returncode == 0
+    assert "digits" in datasets.stdout and "embedded" in datasets.stdout
+    assert "cifar100" in datasets.stdout
+
+
+def test_kdcore_never_imports_streamlit():
+    code = ("import sys, kdcore, kdcore.cli, kdcore.jobs, kdcore.store, kdcore.engine.run, kdcore.data, kdcore.models, "
+            "kdcore.losses\nimport pkgutil, importlib\n"
+            "for m in pkgutil.walk_packages(kdcore.__path__, 'kdcore.'):\n    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+            "print('streamlit' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
