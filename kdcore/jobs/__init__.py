@@ -18,7 +18,7 @@ import torch
 
 from kdcore.config import RunConfig
 from kdcore.engine.checkpoint import CheckpointError
-from kdcore.engine.device import describe_device, resolve_device
+from kdcore.engine.device import describe_device, resolve_device, share_cpu_with_ui
 from kdcore.engine.events import Event
 from kdcore.engine.run import TEST_LOGITS_FILE, execute_run
 from kdcore.engine.trainer import TrainingDiverged
@@ -186,8 +186,11 @@ class JobManager:
         self._live: dict[int, LiveState] = {}
         self._stops: dict[int, threading.Event] = {}
         self._finished = threading.Condition(self._lock)
-        self._workers = [threading.Thread(target=self._work, args=(resolve_device(d),), daemon=True, name=f"kdcore-worker-{d}")
-                         for d in devices]
+        resolved = [resolve_device(d) for d in devices]
+        if any(d.type == "cpu" for d in resolved):
+            share_cpu_with_ui()
+        self._workers = [threading.Thread(target=self._work, args=(d,), daemon=True, name=f"kdcore-worker-{d}")
+                         for d in resolved]
         for w in self._workers:
             w.start()
 
