@@ -1,0 +1,23 @@
+"""The kdcore dashboard: page config, the shared sidebar and the page router.
+
+    streamlit run app.py
+"""
+import streamlit as st
+
+from ui import parts, state
+
+st.set_page_config(page_title="kdcore · knowledge distillation", page_icon=":material/school:", layout="wide")
+
+page = st.navigation([
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/new_experiment.py", title="New experiment", icon=":material/add_circle:"),
+    st.Page("pages/live.py", title="Live", icon=":material/monitoring:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
+])
+
+with st.sidebar:
+    st.caption(f":material/memory: {state.device_line()}")
+    parts.queue_line()
+
+page.run()

@@ -1,0 +1,130 @@
+"""Live: the queue, the running job's progress and curves, and the result when it ends.
+
+Everything shown comes from the job manager's snapshot (while this process runs
+the job) or the store, so a refresh, another tab or a return to this page shows
+the same job.
+"""
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from kdcore.jobs import LiveState
+from ui import charts, parts, state, text
+
+st.title("Live")
+
+runs = state.runs_frame()
+labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.head(200).itertuples()}
+picked = st.selectbox("Show", [None, *labels], format_func=lambda r: "The running job, else the latest run"
+                      if r is None else labels[r], key="live_pick")
+
+
+def _shown_run_id(mgr) -> Optional[int]:
+    if picked is not None:
+        return picked
+    active = mgr.active()
+    if active:
+        return active[0]
+    fresh = state.runs_frame()
+    running = fresh[fresh["status"] == "running"]  # e.g. started by the CLI in another process
+    if not running.empty:
+        return int(running["id"].iloc[0])
+    return int(fresh["id"].iloc[0]) if not fresh.empty else None
+
+
+def _queue(mgr) -> None:
+    active = mgr.active()
+    if not active:
+        return
+    st.subheader("Queue")
+    running = set(mgr.running())
+    for run_id in active:
+        run = state.get_run(run_id)
+        left, right = st.columns([6, 1], vertical_alignment="center")
+        status = "running" if run_id in running else "queued"
+        left.markdown(f"{text.STATUS_ICONS.get(status, '')} **#{run_id}** {run.name if run else ''} · {status}")
+        if right.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop:"):
+            mgr.cancel(run_id)
+            state.runs_changed()
+            st.rerun(scope="fragment")
+
+
+def _progress(snap: LiveState) -> None:
+    current = snap.phases.index(snap.phase) if snap.phase in snap.phases else -1
+    st.markdown("Phases: " + " → ".join(
+        f"**{p}**" if i == current else (f"{p} ✓" if i < current else p) for i, p in enumerate(snap.phases)))
+    if not snap.phase:
+        st.progress(0.0, text="Loading the data…")
+        return
+    eta = text.duration(snap.eta_s) if snap.eta_s is not None else "—"
+    total_steps = snap.epochs * snap.steps_per_epoch
+    st.progress(snap.phase_progress, text=(
+        f"{snap.phase}: epoch {snap.epoch}/{snap.epochs} · step {snap.step}/{total_steps} · "
+        f"ETA {eta} · {snap.images_per_s:,.0f} images/s"))
+
+
+def _charts(history: pd.DataFrame, run_id: int) -> None:
+    if history.empty:
+        st.caption("No curves recorded for this run.")
+        return
+    cols = st.columns(3)
+    figures = (charts.loss_parts, charts.accuracy, charts.agreement)
+    for col, build, name in zip(cols, figures, ("loss", "accuracy", "agreement")):
+        # a stable key and uirevision keep the user's zoom while the data refreshes
+        col.plotly_chart(build(history, uirevision=run_id), key=f"live_{name}_{run_id}")
+
+
+def _panel(run_id: int, mgr) -> None:
+    run = state.get_run(run_id)
+    if run is None:
+        st.warning(f"Run {run_id} is no longer stored.")
+        return
+    snap = mgr.snapshot(run_id)
+    live = snap is not None and snap.status in ("queued", "running")
+    status = snap.status if live else run.status
+    st.subheader(f"{text.STATUS_ICONS.get(status, '')} #{run.id} {run.name}")
+    st.caption(f"{run.dataset} · {run.teacher_arch} → {run.student_arch} · {run.method} · "
+               f"T = {run.temperature:g} · α = {run.alpha:g} · {status}"
+               + (f" · {run.device}" if run.device else ""))
+    if live and snap.status == "queued":
+        queued = mgr.queued()
+        position = queued.index(run_id) + 1 if run_id in queued else 1
+        st.info(f"Waiting in the queue, position {position}.", icon=":material/hourglass_top:")
+        return
+    if live:
+        _progress(snap)
+        history = pd.DataFrame(snap.history, columns=["phase", "kind", "step", "epoch", "name", "value"])
+    else:
+        if run.status == "running":
+            st.info("Running in another process; curves appear as its epochs are stored.", icon=":material/sync:")
+        history = state.metrics([run_id])
+    _charts(history, run_id)
+    if not live:
+        parts.outcome(run.status, run.error)
+        parts.summary_card(run.summary)
+
+
+def _anything_active(mgr, run_id: Optional[int]) -> bool:
+    return bool(mgr.active()) or (run_id is not None and state.is_active(state.get_run(run_id)))
+
+
+mgr = state.manager()
+polling = _anything_active(mgr, _shown_run_id(mgr))
+
+
+@st.fragment(run_every=1.0 if polling else None)
+def live_view() -> None:
+    mgr = state.manager()
+    _queue(mgr)
+    run_id = _shown_run_id(mgr)
+    if run_id is None:
+        st.info("Nothing has run yet. Start the demo from **Home** or set up a **New experiment**.")
+        return
+    _panel(run_id, mgr)
+    if polling and not _anything_active(mgr, run_id):
+        state.runs_changed()
+        st.rerun()  # the last job ended: one full rerun shows its result and stops the polling
+
+
+live_view()

@@ -1,0 +1,262 @@
+"""New experiment: a run's config from widgets, checked as it changes, then queued (alone or as a sweep)."""
+import datetime as dt
+import json
+
+import streamlit as st
+
+from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
+from kdcore.losses import METHODS
+from kdcore.models import MODELS, describe_model
+from ui import form, state, text, uploads
+
+METHOD_LABELS = {"soft": "Soft targets (Hinton et al. 2015)", "hard": "Teacher pseudo-labels"}
+SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "checkpoint": "An uploaded checkpoint"}
+k = form.key
+
+st.title("New experiment")
+form.ensure_defaults(state.demo_config())
+runs = state.runs_frame()
+run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.itertuples()}
+fields = form.FieldErrors()
+v = form.flatten(form.base())  # config key -> value; the widgets below overwrite what they show
+
+with st.expander("Start from a stored run", icon=":material/content_copy:"):
+    if runs.empty:
+        st.caption("No stored runs yet.")
+    else:
+        left, right = st.columns([4, 1], vertical_alignment="bottom")
+        source_run = left.selectbox("Run", list(run_labels), format_func=run_labels.get, key="ui.source_run")
+        right.button("Fill the form", key="ui.fill",
+                     on_click=lambda: form.start_from(state.get_run(source_run).config))
+
+# ---- data ------------------------------------------------------------------------------------
+st.subheader("Data")
+left, right = st.columns([1, 2])
+v["dataset.name"] = name = left.selectbox("Dataset", DATASETS.names(), key=k("dataset.name"))
+info = dataset_info(name)
+right.caption(info.description)
+root, download, image_size = None, False, None
+if name == "imagefolder":
+    where = right.radio("Images from", ["folder", "zip"], horizontal=True, key="ui.images_from",
+                        format_func={"folder": "A folder on this machine", "zip": "An uploaded zip"}.get)
+    if where == "folder":
+        root = right.text_input("Image folder", key=k("dataset.root"),
+                                placeholder="/path/to/images, holding one sub-folder per class") or None
+    else:
+        zipped = right.file_uploader("A zip of class folders", type="zip", key="ui.zip")
+        if zipped is not None:
+            try:
+                root = str(uploads.extract_zip(zipped.getvalue(), zipped.name, state.store().artefact_root / "uploads"))
+            except uploads.UploadError as err:
+                fields.add("dataset.root", str(err))
+    image_size = right.number_input("Image side after resizing (pixels)", min_value=8, max_value=512,
+                                    key=k("dataset.image_size"), placeholder="64")
+elif not info.embedded:
+    root = right.text_input("Data root", key=k("dataset.root"), placeholder=str(data_root(None))) or None
+    download = right.toggle("Allow download if missing", key=k("dataset.download"))
+v.update({"dataset.root": root, "dataset.download": download, "dataset.image_size": image_size})
+status = dataset_status(name, root, download)
+if status.ready:
+    st.success(status.message, icon=":material/check_circle:")
+else:
+    fields.add("dataset.root", status.message)
+fields.slot("dataset")
+shape = (info.num_classes, info.in_channels, info.image_size or image_size or 64)  # classes None: imagefolder
+
+# ---- models ------------------------------------------------------------------------------------
+st.subheader("Models")
+if info.num_classes is None:
+    st.caption("Sizes below assume 10 classes; the image folder decides the real number.")
+
+
+def architecture(role: str, label: str) -> str:
+    st.markdown(f"**{label}**")
+    return st.selectbox("Architecture", MODELS.names(), key=k(f"{role}.arch"),
+                        format_func=lambda n: f"{n} · {describe_model(n)}")
+
+
+def show_profile(role: str, arch: str, options: dict):
+    """Parameters, MB and FLOPs per image of the chosen model; None when it cannot be built."""
+    try:
+        profile = state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True))
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        fields.add(f"{role}.options", f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
+        return None
+    a, b, c = st.columns(3)
+    a.metric("Parameters", text.compact(profile.params))
+    b.metric("Size", f"{profile.size_mb:.2f} MB")
+    c.metric("FLOPs / image", text.compact(profile.flops))
+    return profile
+
+
+def options_input(role: str) -> dict:
+    typed = st.text_input("Options (YAML)", key=k(f"{role}.options"), placeholder="e.g. width: 16")
+    try:
+        return form.parse_options(typed)
+    except ValueError as err:
+        fields.add(f"{role}.options", str(err))
+        return {}
+
+
+teacher_col, student_col, ratio_col = st.columns([5, 5, 2], gap="medium")
+with teacher_col:
+    v["teacher.arch"] = t_arch = architecture("teacher", "Teacher")
+    source = st.radio("Weights", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key=k("teacher.source"),
+                      horizontal=True)
+    checkpoint = None
+    if source == "train":
+        v["teacher.epochs"] = st.number_input("Teacher epochs", min_value=1, key=k("teacher.epochs"))
+    elif source == "run":
+        finished = [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, "teacher")]
+        if st.session_state.get(k("teacher.run_id")) not in finished:
+            st.session_state[k("teacher.run_id")] = None
+        v["teacher.run_id"] = st.selectbox("Run", finished, format_func=run_labels.get, key=k("teacher.run_id"),
+                                           placeholder="Choose a finished run")
+        if v["teacher.run_id"] is not None:
+            checkpoint, problem_key = state.weights_path(v["teacher.run_id"], "teacher"), "teacher.run_id"
+    else:
+        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key="ui.checkpoint")
+        if uploaded is not None:
+            v["teacher.checkpoint"] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
+                                                                  state.store().artefact_root / "uploads"))
+        elif v.get("teacher.checkpoint"):
+            st.caption(f"Using {v['teacher.checkpoint']}")
+        if v.get("teacher.checkpoint"):
+            checkpoint, problem_key = v["teacher.checkpoint"], "teacher.checkpoint"
+    v["teacher.source"] = source
+    v["teacher.options"] = t_options = options_input("teacher")
+    if checkpoint is not None:
+        problem = state.checkpoint_problem(checkpoint, t_arch, shape[0], shape[1], shape[2], t_options)
+        if problem:
+            fields.add(problem_key, problem)
+    fields.slot("teacher")
+    t_profile = show_profile("teacher", t_arch, t_options)
+
+with student_col:
+    v["student.arch"] = s_arch = architecture("student", "Student")
+    v["student.freeze_fraction"] = st.slider(
+        "Freeze its early layers", 0.0, 0.95, step=0.05, key=k("student.freeze_fraction"),
+        help="Share of the student's parameter tensors, from the input side, kept at their initial values")
+    v["student.options"] = s_options = options_input("student")
+    fields.slot("student")
+    s_profile = show_profile("student", s_arch, s_options)
+
+with ratio_col:
+    st.markdown("**Compression**")
+    if t_profile and s_profile:
+        st.metric("Fewer parameters", text.ratio(t_profile.params, s_profile.params))
+        st.metric("Fewer FLOPs", text.ratio(t_profile.flops, s_profile.flops))
+
+# ---- distillation ------------------------------------------------------------------------------------
+st.subheader("Distillation")
+left, middle, right = st.columns(3)
+v["distill.method"] = method = left.radio("Method", METHODS.names(), key=k("distill.method"),
+                                          format_func=lambda m: METHOD_LABELS.get(m, m))
+v["distill.temperature"] = T = middle.slider("Temperature T", *form.T_RANGE, step=0.5, key=k("distill.temperature"),
+                                              help="Softens both softmaxes; higher T shows more of the teacher's "
+                                                   "ranking of the wrong classes")
+v["distill.alpha"] = alpha = right.slider("α, weight of the teacher's term", 0.0, 1.0, step=0.05,
+                                          key=k("distill.alpha"))
+fields.slot("distill")
+if method == "soft":
+    st.latex(rf"""\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
+        + \alpha\,T^2\,\mathrm{{KL}}\big(\sigma(z_t/T)\ \|\ \sigma(z_s/T)\big)\\
+        &= {1 - alpha:.2f}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
+        + {alpha:.2f}\cdot{T * T:g}\,\mathrm{{KL}}\big(\sigma(z_t/{T:g})\ \|\ \sigma(z_s/{T:g})\big)\end{{aligned}}""")
+else:
+    st.latex(rf"""\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
+        + \alpha\,\mathrm{{CE}}\big(\arg\max z_t,\ \sigma(z_s)\big)\\
+        &= {1 - alpha:.2f}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
+        + {alpha:.2f}\,\mathrm{{CE}}\big(\arg\max z_t,\ \sigma(z_s)\big)\end{{aligned}}""")
+    st.caption("Pseudo-labels take the teacher's top class only, so T plays no part.")
+
+# ---- training ------------------------------------------------------------------------------------
+st.subheader("Training")
+cols = st.columns(4)
+with cols[0]:
+    v["train.epochs"] = st.number_input("Student epochs", min_value=1, key=k("train.epochs"),
+                                        help="The baseline gets the same")
+    v["train.batch_size"] = st.number_input("Batch size", min_value=1, key=k("train.batch_size"))
+    fields.slot("train.epochs", "train.batch_size")
+with cols[1]:
+    v["train.optimizer"] = optimizer = st.selectbox("Optimizer", ["adam", "adamw", "sgd"], key=k("train.optimizer"))
+    v["train.lr"] = st.number_input("Learning rate", format="%.5f", step=0.0005, key=k("train.lr"))
+    if optimizer == "sgd":
+        v["train.momentum"] = st.number_input("Momentum", step=0.05, key=k("train.momentum"))
+    v["train.weight_decay"] = st.number_input("Weight decay", format="%.5f", step=0.0001, key=k("train.weight_decay"))
+    fields.slot("train.optimizer", "train.lr", "train.momentum", "train.weight_decay")
+with cols[2]:
+    v["train.schedule"] = schedule = st.selectbox("Learning-rate schedule", ["cosine", "step", "none"],
+                                                  key=k("train.schedule"))
+    if schedule == "step":
+        try:
+            v["train.milestones"] = form.parse_list(st.text_input("Milestones (epochs)", key=k("train.milestones"),
+                                                                  placeholder="e.g. 30, 60"), int)
+        except ValueError as err:
+            fields.add("train.milestones", str(err))
+        v["train.gamma"] = st.number_input("Factor at each milestone", step=0.05, key=k("train.gamma"))
+    v["dataset.val_fraction"] = st.slider("Validation share of train", 0.0, 0.5, step=0.05,
+                                          key=k("dataset.val_fraction"))
+    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", min_value=0,
+                                                         key=k("train.early_stopping_patience"))
+    fields.slot("train.schedule", "train.milestones", "train.gamma", "dataset.val_fraction",
+                "train.early_stopping_patience")
+with cols[3]:
+    v["train.seed"] = st.number_input("Seed", step=1, key=k("train.seed"))
+    v["train.device"] = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=k("train.device"))
+    v["train.amp"] = st.toggle("Mixed precision (bf16, CUDA only)", key=k("train.amp"))
+    v["baseline"] = st.toggle("Also train the baseline", key=k("baseline"),
+                              help="The student from scratch, to measure the KD gain")
+    fields.slot("train.seed", "train.device", "train.amp", "baseline", "train")
+with st.expander("Augmentation"):
+    a, b, c = st.columns(3)
+    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", min_value=0,
+                                                       max_value=16, key=k("dataset.augment.crop_padding"))
+    v["dataset.augment.flip"] = b.toggle("Random horizontal flip", key=k("dataset.augment.flip"))
+    v["dataset.augment.rotation"] = c.slider("Random rotation (degrees)", 0.0, 45.0, step=1.0,
+                                             key=k("dataset.augment.rotation"))
+    fields.slot("dataset.augment")
+
+# ---- launch ------------------------------------------------------------------------------------
+st.subheader("Launch")
+left, right = st.columns(2)
+v["name"] = left.text_input("Run name", key=k("name"), placeholder="generated from the settings when empty")
+v["tags"] = [t.strip() for t in right.text_input("Tags", key=k("tags"), placeholder="comma-separated").split(",")
+             if t.strip()]
+fields.slot("name", "tags", "group")
+sweep = st.toggle("Sweep over T and α: one run per pair, queued as one group", key="ui.sweep")
+temperatures, alphas, group = [], [], ""
+if sweep:
+    a, b, c = st.columns(3)
+    try:
+        temperatures = form.parse_list(a.text_input("T values", value="2, 4, 8", key="ui.sweep_t"))
+        alphas = form.parse_list(b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha"))
+    except ValueError as err:
+        fields.add("sweep", str(err))
+    group = c.text_input("Group name", value=f"sweep-{dt.datetime.now():%Y%m%d-%H%M}", key="ui.sweep_group").strip()
+    if not (temperatures and alphas and group):
+        fields.add("sweep", "give at least one T, one α and a group name")
+    fields.slot("sweep")
+
+config, errors = form.validate(form.nest(v))
+fields.update(errors)
+if config is not None and sweep:
+    for t in temperatures:
+        for a in alphas:
+            _, bad = form.validate(form.nest({**v, "distill.temperature": t, "distill.alpha": a}))
+            for path, message in bad.items():
+                fields.add("sweep", f"T = {t:g}, α = {a:g}: {path}: {message}")
+for message in fields.show():
+    st.error(message, icon=":material/error:")
+
+count = len(temperatures) * len(alphas) if sweep else 1
+label = f"Queue {count} runs" if sweep else "Launch"
+if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
+    if sweep:
+        state.manager().submit_sweep(config, temperatures, alphas, group)
+    else:
+        state.manager().submit(config)
+    state.runs_changed()
+    st.switch_page("pages/live.py")
+if fields.errors:
+    st.caption("Fix the fields marked in red to launch.")

@@ -1,0 +1,239 @@
+"""Runs: every stored run in one table; compare the selected ones; manage and inspect one.
+
+The table comes from one query (Store.runs_frame); curves are read only for the
+selected runs, so the page stays quick with thousands of runs stored.
+"""
+import hashlib
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from kdcore.analysis import confusion_matrix, per_class_accuracy
+from kdcore.export import to_torchscript
+from ui import charts, form, parts, state, text
+
+COLUMNS = {
+    "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),
+    "name": st.column_config.TextColumn("Name", width="medium"),
+    "status": "Status",
+    "dataset": "Dataset",
+    "teacher_arch": "Teacher",
+    "student_arch": "Student",
+    "method": "Method",
+    "temperature": st.column_config.NumberColumn("T", format="%g"),
+    "alpha": st.column_config.NumberColumn("α", format="%g"),
+    "student_best_val_acc": st.column_config.NumberColumn("Best val. acc.", format="percent"),
+    "student_test_acc": st.column_config.NumberColumn("Student test acc.", format="percent"),
+    "baseline_test_acc": st.column_config.NumberColumn("Baseline test acc.", format="percent"),
+    "teacher_test_acc": st.column_config.NumberColumn("Teacher test acc.", format="percent"),
+    "kd_gain": st.column_config.NumberColumn("KD gain", format="percent", help="Student minus baseline, in points"),
+    "student_params": st.column_config.NumberColumn("Student params", format="compact"),
+    "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
+    "tags": st.column_config.ListColumn("Tags"),
+    "group": "Group",
+    "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
+}
+SCATTER_X = {"temperature": "temperature T", "alpha": "alpha α", "student_params": "student parameters",
+             "student_flops": "student FLOPs per image"}
+SCATTER_Y = {"student_test_acc": "student test accuracy", "kd_gain": "KD gain",
+             "student_best_val_acc": "student best validation accuracy"}
+
+st.title("Runs")
+runs = state.runs_frame()
+if runs.empty:
+    st.info("No runs stored yet. Run the demo from **Home** or set up a **New experiment**.")
+    st.stop()
+labels = {int(i): f"#{i} {n}" for i, n in zip(runs["id"], runs["name"])}
+
+# ---- filters and table -------------------------------------------------------------------------
+cols = st.columns([3, 2, 2, 2, 2, 2, 2])
+search = cols[0].text_input("Search names", key="runs_search", placeholder="name contains…")
+filters = {
+    column: widget_col.multiselect(label, sorted(runs[column].dropna().unique()), key=f"runs_filter_{column}")
+    for widget_col, (column, label) in zip(cols[1:], [("dataset", "Dataset"), ("teacher_arch", "Teacher"),
+                                                      ("student_arch", "Student"), ("method", "Method"),
+                                                      ("status", "Status")])
+}
+tag = cols[6].multiselect("Tag", sorted({t for ts in runs["tags"] for t in ts}), key="runs_filter_tag")
+
+mask = pd.Series(True, index=runs.index)
+if search:
+    mask &= runs["name"].str.contains(search, case=False, regex=False)
+for column, chosen in filters.items():
+    if chosen:
+        mask &= runs[column].isin(chosen)
+if tag:
+    mask &= runs["tags"].map(lambda ts: bool(set(ts) & set(tag)))
+view = runs[mask].reset_index(drop=True)
+
+# the selection is by row position: a different set of rows starts a fresh selection
+table_key = "runs_table_" + hashlib.md5(view["id"].to_numpy().tobytes()).hexdigest()[:12]
+event = st.dataframe(view[list(COLUMNS)], key=table_key, on_select="rerun", selection_mode="multi-row",
+                     hide_index=True, column_config=COLUMNS, height=380)
+selected = [int(i) for i in view.iloc[event.selection.rows]["id"]] if len(view) else []
+chosen_runs = view[view["id"].isin(selected)]
+
+st.caption(f"{len(view)} of {len(runs)} runs shown · {len(selected)} selected · click a column header to sort")
+left, right, _ = st.columns([2, 2, 4])
+left.download_button("Table as CSV", data=lambda: view[list(COLUMNS)].to_csv(index=False), file_name="runs.csv",
+                     mime="text/csv", on_click="ignore", icon=":material/download:")
+right.download_button("Selected runs' curves as CSV",
+                      data=lambda: state.store().metrics_frame(selected).to_csv(index=False),
+                      file_name="curves.csv", mime="text/csv", on_click="ignore", disabled=not selected,
+                      icon=":material/download:")
+
+# ---- comparisons -------------------------------------------------------------------------------
+curves_tab, bars_tab, frontier_tab, diff_tab, sweep_tab = st.tabs(
+    ["Curves", "Test accuracy", "Frontier", "Config diff", "Sweeps"])
+with curves_tab:
+    if not selected:
+        st.caption("Select runs in the table to overlay their curves.")
+    else:
+        a, b, c = st.columns(3)
+        metric = a.selectbox("Metric", list(charts.METRIC_LABELS), format_func=charts.METRIC_LABELS.get,
+                             index=list(charts.METRIC_LABELS).index("val_acc"), key="runs_metric")
+        phases = b.multiselect("Phases", ["student", "baseline", "teacher"], default=["student", "baseline"],
+                               key="runs_phases")
+        smoothing = c.slider("Smoothing", 0.0, 0.95, 0.0, step=0.05, key="runs_smoothing",
+                             help="Exponential moving average; 0 = the raw values")
+        st.plotly_chart(charts.overlay(state.metrics(selected, kind="epoch"), metric, labels, smoothing, phases,
+                                       uirevision=metric), key="runs_overlay")
+with bars_tab:
+    if chosen_runs.empty:
+        st.caption("Select runs in the table to compare their test accuracy.")
+    else:
+        st.plotly_chart(charts.accuracy_bars(chosen_runs, labels), key="runs_bars")
+with frontier_tab:
+    a, b = st.columns(2)
+    x = a.selectbox("Against", list(SCATTER_X), format_func=SCATTER_X.get, index=2, key="runs_scatter_x")
+    y = b.selectbox("Metric", list(SCATTER_Y), format_func=SCATTER_Y.get, key="runs_scatter_y")
+    st.plotly_chart(charts.frontier(view, x, y, selected, SCATTER_X[x], SCATTER_Y[y]), key="runs_frontier")
+    st.caption("Every run shown in the table; the selected ones are outlined.")
+with diff_tab:
+    if len(selected) < 2:
+        st.caption("Select two or more runs to see where their configs differ.")
+    else:
+        table = state.config_table(selected)
+        differs = table.astype(str).nunique(axis=1) > 1
+        if differs.any():
+            st.dataframe(table[differs].astype(str), width="stretch")
+        else:
+            st.caption("Their configs are identical.")
+with sweep_tab:
+    groups = sorted(view["group"].dropna().unique())
+    if not groups:
+        st.caption("No sweep groups among these runs; queue one from **New experiment**.")
+    else:
+        group = st.selectbox("Group", groups, key="runs_group")
+        members = view[view["group"] == group]
+        st.plotly_chart(charts.sweep_heatmap(members, title=f"{group}: student test accuracy over T × α"),
+                        key="runs_sweep")
+        counts = members["status"].value_counts()
+        st.caption(f"{len(members)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+
+# ---- one run ---------------------------------------------------------------------------------------
+if not selected:
+    st.stop()
+st.divider()
+detail_id = st.selectbox("Run details", selected, format_func=labels.get, key="runs_detail") \
+    if len(selected) > 1 else selected[0]
+run = state.get_run(detail_id)
+if run is None:
+    st.warning(f"Run {detail_id} is no longer stored.")
+    st.stop()
+st.subheader(labels.get(run.id, f"#{run.id}"))
+st.caption(f"{run.status} · {run.dataset} · {run.teacher_arch} → {run.student_arch} · {run.method} · "
+           f"T = {run.temperature:g} · α = {run.alpha:g} · created {run.created_at:%Y-%m-%d %H:%M}"
+           + (f" · took {text.duration(run.duration_s)}" if run.duration_s else "")
+           + (f" · {run.device}" if run.device else ""))
+
+with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
+    with st.form(f"edit_{run.id}", border=False):
+        name = st.text_input("Name", value=run.name, key=f"edit_name_{run.id}")
+        tags = st.text_input("Tags", value=", ".join(run.tag_list), key=f"edit_tags_{run.id}",
+                             placeholder="comma-separated")
+        notes = st.text_area("Notes", value=run.notes, key=f"edit_notes_{run.id}")
+        if st.form_submit_button("Save", icon=":material/save:"):
+            try:
+                state.store().update_run(run.id, name=name, tags=tags.split(","), notes=notes)
+            except ValueError as err:
+                st.error(str(err))
+            else:
+                state.runs_changed()
+                st.rerun()
+    if st.session_state.get("runs_confirm_delete") != run.id:
+        st.button("Delete this run", icon=":material/delete:", key=f"delete_{run.id}",
+                  on_click=lambda: st.session_state.update(runs_confirm_delete=run.id))
+    else:
+        st.warning(f"Delete run #{run.id}, its curves and its files (weights, logits)? This cannot be undone.")
+        yes, no, _ = st.columns([1, 1, 4])
+        if yes.button("Yes, delete it", type="primary", key=f"delete_yes_{run.id}"):
+            st.session_state.pop("runs_confirm_delete", None)
+            try:
+                state.store().delete_run(run.id)
+            except ValueError as err:  # still queued or running
+                st.error(str(err))
+            else:
+                state.runs_changed()
+                st.rerun()
+        if no.button("Keep it", key=f"delete_no_{run.id}"):
+            st.session_state.pop("runs_confirm_delete", None)
+            st.rerun()
+
+shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", "Downloads"], horizontal=True,
+                 key="runs_detail_view", label_visibility="collapsed")
+if shown == "Summary":
+    parts.outcome(run.status, run.error)
+    parts.summary_card(run.summary)
+    if run.notes:
+        st.markdown(f"**Notes:** {run.notes}")
+    if st.button("New experiment from this run", icon=":material/content_copy:", key=f"restart_{run.id}"):
+        form.start_from(run.config)
+        st.switch_page("pages/new_experiment.py")
+elif shown == "Config":
+    st.json(run.config)
+elif shown == "Curves":
+    figures = charts.all_curves(state.metrics([run.id]), uirevision=run.id)
+    if not figures:
+        st.caption("No curves were stored for this run.")
+    for i in range(0, len(figures), 2):
+        for j, (col, fig) in enumerate(zip(st.columns(2), figures[i:i + 2])):
+            col.plotly_chart(fig, key=f"detail_curve_{run.id}_{i + j}")
+elif shown == "Test set":
+    logits = state.test_logits(run.id)
+    if logits is None:
+        st.caption("This run stored no test-set predictions.")
+    else:
+        labels_t = logits["labels"]
+        models = [m for m in ("student", "teacher", "baseline") if m in logits]
+        num_classes = logits[models[0]].shape[1]
+        names = state.class_names(run.config["dataset"], num_classes)
+        model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model")
+        cm = confusion_matrix(logits[model], labels_t, num_classes).numpy()
+        acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy() for m in models}
+        left, right = st.columns(2)
+        left.plotly_chart(charts.confusion(cm, names, f"{model}: confusion on the test set"), key="runs_cm")
+        right.plotly_chart(charts.per_class(acc, names), key="runs_per_class")
+        worst = np.argsort(acc["student"])[:3]
+        st.caption("The student's weakest classes: " + ", ".join(f"{names[i]} ({text.pct(acc['student'][i])})"
+                                                                 for i in worst))
+else:
+    found = False
+    for phase in ("student", "teacher", "baseline"):
+        path = state.weights_path(run.id, phase)
+        if path is None:
+            continue
+        found = True
+        a, b = st.columns([1, 3])
+        a.download_button(f"{phase.capitalize()} weights (.pt)", data=path.read_bytes,
+                          file_name=f"run{run.id}-{phase}.pt",
+                          on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
+        b.download_button(f"{phase.capitalize()} as TorchScript", data=lambda p=path: to_torchscript(p),
+                          file_name=f"run{run.id}-{phase}.torchscript.pt", on_click="ignore",
+                          key=f"dl_ts_{phase}_{run.id}", icon=":material/download:",
+                          help="Traced on one input of the stored shape; load with torch.jit.load, no kdcore needed")
+    if not found:
+        st.caption("This run stored no weights.")
+    st.caption("Weights files hold {arch, num_classes, in_channels, image_size, options, state_dict}; "
+               "read them with torch.load(path, weights_only=True).")

@@ -1,0 +1,364 @@
+"""The dashboard's pages, driven headless with streamlit.testing: they render, validate, and launch real jobs.
+
+Each test points $KDCORE_DB_URL at a temporary SQLite file before building the app;
+the seeded store holds bench/seed_runs.py's runs plus one real (tiny) digits run.
+"""
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the app's own packages (ui, bench), as `streamlit run` would see them
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from bench.seed_runs import seed  # noqa: E402
+from kdcore.config import build_config  # noqa: E402
+from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
+from kdcore.jobs import execute_job  # noqa: E402
+from kdcore.models import create_model  # noqa: E402
+from kdcore.store import ACTIVE, Store  # noqa: E402
+
+PAGES = ["pages/home.py", "pages/new_experiment.py", "pages/live.py", "pages/runs.py", "pages/distributions.py"]
+TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
+        "train": {"epochs": 1, "batch_size": 256}}
+
+
+def _real_run(store: Store, name: str = "real tiny run") -> int:
+    config = build_config({**TINY, "name": name})
+    run_id = store.create_run(config)
+    assert execute_job(store, run_id, config) == "completed"
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('seeded')}/kdcore.db"
+    seed(url, runs=20, epochs=50, datasets=("digits", "mnist"))
+    store = Store(url)
+    failed = store.create_run(build_config({**TINY, "name": "doomed"}))
+    store.finish_run(failed, "failed", error="teacher.checkpoint: the file is not a checkpoint\n\n"
+                                               "Traceback (most recent call last):\n  File \"x.py\", line 1")
+    return {"url": url, "real": _real_run(store), "failed": failed}
+
+
+@pytest.fixture
+def seeded_db(seeded, monkeypatch):
+    monkeypatch.setenv("KDCORE_DB_URL", seeded["url"])
+    return seeded
+
+
+@pytest.fixture
+def empty_db(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/kdcore.db"
+    monkeypatch.setenv("KDCORE_DB_URL", url)
+    return url
+
+
+@pytest.fixture
+def manager():
+    """The app's job manager for the current store; jobs a test leaves are cancelled at its end."""
+    from ui import state
+
+    mgr = state.manager()
+    yield mgr
+    for run_id in mgr.active():
+        mgr.cancel(run_id)
+    for run_id in list(mgr._live):
+        mgr.wait(run_id, timeout=120)
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    if page != "pages/home.py":
+        at.switch_page(page).run()
+    _no_exceptions(at)
+    return at
+
+
+def _no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _errors(at: AppTest) -> str:
+    return "\n".join(e.value for e in at.error)
+
+
+def _new_experiment_with(**values) -> AppTest:
+    at = _open("pages/new_experiment.py")
+    for key, value in values.items():
+        at.session_state[key] = value
+    at.run()
+    _no_exceptions(at)
+    return at
+
+
+def _launch(at: AppTest) -> AppTest:
+    button = at.button(key="ui.launch")
+    assert not button.disabled, _errors(at)
+    button.click().run()
+    _no_exceptions(at)
+    return at
+
+
+# ---- every page renders ----------------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_an_empty_store(empty_db, page):
+    at = _open(page)
+    assert at.title, "every page has a title"
+    assert not _errors(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_a_seeded_store(seeded_db, page):
+    at = _open(page)
+    assert not _errors(at) or page == "pages/live.py"  # Live may show the failed run's message
+
+
+def test_home_lists_the_latest_runs_and_the_sidebar_names_the_device(seeded_db):
+    at = _open("pages/home.py")
+    assert len(at.dataframe[0].value) == 10
+    sidebar = " ".join(c.value for c in at.sidebar.caption)
+    assert f"torch {torch.__version__}" in sidebar and "Queue: idle" in sidebar
+
+
+# ---- New experiment: validation beside the fields -------------------------------------------------
+def test_a_config_error_appears_and_blocks_launch(empty_db):
+    at = _new_experiment_with(**{"f.train.lr": 0.0})
+    assert "train.lr" in _errors(at) and "greater than 0" in _errors(at)
+    assert at.button(key="ui.launch").disabled
+    assert Store().count_runs() == 0
+
+
+def test_bad_model_options_are_reported(empty_db):
+    at = _new_experiment_with(**{"f.student.options": "depth: [oops"})
+    assert "student.options" in _errors(at)
+
+
+def test_an_upload_that_is_not_a_checkpoint_is_refused(empty_db):
+    at = _new_experiment_with(**{"f.teacher.source": "checkpoint"})
+    at.file_uploader(key="ui.checkpoint").upload("teacher.pt", b"not a checkpoint at all").run()
+    _no_exceptions(at)
+    assert "teacher.checkpoint" in _errors(at) and "teacher.pt" in _errors(at)  # named, with kdcore's reason
+    assert at.button(key="ui.launch").disabled
+
+
+def test_a_checkpoint_for_another_architecture_is_refused(empty_db, tmp_path):
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, create_model("tiny_cnn", 10, 1, 8), arch="tiny_cnn", num_classes=10, in_channels=1,
+                    image_size=8)
+    at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
+    at.file_uploader(key="ui.checkpoint").upload("other.pt", path.read_bytes()).run()
+    assert "'tiny_cnn' model" in _errors(at)
+
+
+def test_a_checkpoint_for_another_class_count_is_refused(empty_db, tmp_path):
+    path = tmp_path / "hundred.pt"
+    save_checkpoint(path, create_model("small_cnn", 100, 1, 8), arch="small_cnn", num_classes=100, in_channels=1,
+                    image_size=8)
+    at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
+    at.file_uploader(key="ui.checkpoint").upload("hundred.pt", path.read_bytes()).run()
+    assert "100 classes" in _errors(at)
+
+
+def test_a_missing_dataset_is_reported(empty_db, tmp_path):
+    at = _new_experiment_with(**{"f.dataset.name": "cifar10", "f.dataset.root": str(tmp_path / "nothing")})
+    assert "missing" in _errors(at)
+    assert at.button(key="ui.launch").disabled
+
+
+def test_an_uploaded_zip_of_class_folders_becomes_the_image_folder(empty_db):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for cls in ("cats", "dogs"):
+            for i in range(3):
+                image = io.BytesIO()
+                Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(image, format="PNG")
+                archive.writestr(f"pets/{cls}/{i}.png", image.getvalue())
+    at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
+    at.file_uploader(key="ui.zip").upload("pets.zip", buffer.getvalue(), "application/zip").run()
+    _no_exceptions(at)
+    assert any("found 2 classes" in s.value for s in at.success), _errors(at)
+    assert list((Path(Store().artefact_root) / "uploads").glob("*-pets/pets/cats/0.png"))
+
+
+def test_a_zip_reaching_outside_its_folder_is_refused(empty_db):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../escape.png", b"x")
+    at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
+    at.file_uploader(key="ui.zip").upload("evil.zip", buffer.getvalue(), "application/zip").run()
+    assert "outside its folder" in _errors(at)
+
+
+def test_the_loss_formula_shows_the_chosen_numbers(empty_db):
+    at = _new_experiment_with(**{"f.distill.temperature": 8.0, "f.distill.alpha": 0.25})
+    formula = at.latex[0].value
+    assert "0.75" in formula and "0.25" in formula and "64" in formula and "z_t/8" in formula
+
+
+def test_start_from_a_stored_run_fills_the_form(seeded_db):
+    at = _open("pages/new_experiment.py")
+    at.selectbox(key="ui.source_run").set_value(seeded_db["real"])
+    at.button(key="ui.fill").click().run()
+    _no_exceptions(at)
+    assert at.session_state["f.teacher.arch"] == "tiny_cnn"
+    assert at.session_state["f.train.batch_size"] == 256
+
+
+# ---- launching ------------------------------------------------------------------------------------------
+def test_launch_queues_the_run_and_opens_live(empty_db, manager):
+    at = _new_experiment_with(**{"f.teacher.epochs": 1, "f.train.epochs": 1, "f.name": "launched"})
+    _launch(at)
+    assert at.title[0].value == "Live"
+    runs = Store().list_runs()
+    assert [r.name for r in runs] == ["launched"]
+    assert runs[0].status in (*ACTIVE, "completed")
+    assert manager.snapshot(runs[0].id) is not None
+
+    second_tab = _open("pages/live.py")  # a new session sees the same job: state lives in the manager
+    assert any(f"#{runs[0].id}" in s.value for s in second_tab.subheader)
+
+
+def test_home_demo_button_queues_the_demo(empty_db, manager):
+    at = _open("pages/home.py")
+    at.button[0].click().run()
+    _no_exceptions(at)
+    assert at.title[0].value == "Live"
+    (run,) = Store().list_runs()
+    assert run.name == "digits demo" and run.temperature == 4 and run.alpha == 0.9
+    manager.cancel(run.id)
+
+
+def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
+    at = _new_experiment_with(**{"ui.sweep": True})
+    at.text_input(key="ui.sweep_t").set_value("2, 4")
+    at.text_input(key="ui.sweep_alpha").set_value("0.5")
+    at.text_input(key="ui.sweep_group").set_value("grid")
+    at.run()
+    for run_id in manager.active():
+        manager.cancel(run_id)
+    _launch(at)
+    runs = Store().list_runs(group="grid")
+    assert sorted(r.temperature for r in runs) == [2.0, 4.0] and {r.alpha for r in runs} == {0.5}
+
+
+def test_a_bad_sweep_value_is_reported(empty_db):
+    at = _new_experiment_with(**{"ui.sweep": True})
+    at.text_input(key="ui.sweep_t").set_value("2, hot").run()
+    assert "'hot' is not a number" in _errors(at)
+
+
+# ---- Live ----------------------------------------------------------------------------------------------
+def test_live_shows_a_failed_runs_reason_without_its_traceback(seeded_db):
+    at = _open("pages/live.py")
+    at.selectbox(key="live_pick").set_value(seeded_db["failed"]).run()
+    _no_exceptions(at)
+    assert "the file is not a checkpoint" in _errors(at)
+    assert "Traceback" not in _errors(at)
+
+
+def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
+    at = _open("pages/live.py")
+    at.selectbox(key="live_pick").set_value(seeded_db["real"]).run()
+    labels = [m.label for m in at.metric]
+    assert "KD gain" in labels and "Student is smaller" in labels
+    assert len(at.get("plotly_chart")) == 3
+
+
+# ---- Runs ------------------------------------------------------------------------------------------------
+def _select_rows(at: AppTest, rows: list[int]) -> AppTest:
+    at.session_state[at.dataframe[0].key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    at.run()
+    _no_exceptions(at)
+    return at
+
+
+def test_runs_filters_narrow_the_table(seeded_db):
+    at = _open("pages/runs.py")
+    total = len(at.dataframe[0].value)
+    at.multiselect(key="runs_filter_dataset").set_value(["digits"]).run()
+    table = at.dataframe[0].value
+    assert 0 < len(table) < total and set(table["dataset"]) == {"digits"}
+    at.text_input(key="runs_search").set_value("real tiny").run()
+    assert list(at.dataframe[0].value["name"]) == ["real tiny run"]
+
+
+def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
+    at = _open("pages/runs.py")
+    _select_rows(at, [0, 1, 2])  # newest first: the real run, the failed one, a seeded one
+    assert len(at.get("plotly_chart")) >= 4  # curves, bars, frontier, sweep heatmap
+    assert any("#" in s.value for s in at.subheader)
+    for view in ("Config", "Curves", "Test set", "Downloads"):
+        at.radio(key="runs_detail_view").set_value(view).run()
+        _no_exceptions(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Student weights (.pt)" in labels and "Student as TorchScript" in labels
+
+
+def test_a_stored_run_opens_as_a_new_experiment(seeded_db):
+    at = _open("pages/runs.py")
+    at.text_input(key="runs_search").set_value("real tiny").run()
+    _select_rows(at, [0])
+    at.button(key=f"restart_{seeded_db['real']}").click().run()
+    _no_exceptions(at)
+    assert at.title[0].value == "New experiment"
+    assert at.selectbox(key="f.teacher.arch").value == "tiny_cnn"
+
+
+def test_rename_tags_and_notes_are_saved(empty_db):
+    store = Store()
+    run_id = store.create_run(build_config({**TINY, "name": "before"}))
+    store.finish_run(run_id, "completed", {})
+    at = _select_rows(_open("pages/runs.py"), [0])
+    at.text_input(key=f"edit_name_{run_id}").set_value("after")
+    at.text_input(key=f"edit_tags_{run_id}").set_value("good, digits")
+    at.text_area(key=f"edit_notes_{run_id}").set_value("keep this one")
+    next(b for b in at.button if b.label == "Save").click().run()
+    _no_exceptions(at)
+    run = store.get_run(run_id)
+    assert (run.name, run.tag_list, run.notes) == ("after", ["digits", "good"], "keep this one")
+
+
+def test_delete_asks_first_then_removes_the_run_and_its_files(empty_db):
+    store = Store()
+    run_id = _real_run(store)
+    assert store.run_dir(run_id).is_dir()
+    at = _select_rows(_open("pages/runs.py"), [0])
+    at.button(key=f"delete_{run_id}").click().run()
+    assert "cannot be undone" in " ".join(w.value for w in at.warning)
+    assert store.count_runs() == 1  # nothing is lost before the confirmation
+    at.button(key=f"delete_yes_{run_id}").click().run()
+    _no_exceptions(at)
+    assert store.count_runs() == 0 and not store.run_dir(run_id).exists()
+
+
+# ---- Distributions ----------------------------------------------------------------------------------------
+def test_distributions_recompute_from_the_logits_when_t_moves(seeded_db):
+    at = _open("pages/distributions.py")
+    at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
+    _no_exceptions(at)
+    assert len(at.get("plotly_chart")) == 5  # bars, curves vs T, similarity, two confusion matrices
+    slider = at.slider(key=f"dist_T_{seeded_db['real']}")
+    slider.set_value(12.0).run()
+    _no_exceptions(at)
+    assert "T = 12" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_distributions_can_pick_an_image_the_student_gets_wrong(seeded_db):
+    logits = torch.load(Store(seeded_db["url"]).run_dir(seeded_db["real"]) / "test_logits.pt", weights_only=True)
+    wrong = (logits["student"].argmax(1) != logits["labels"]).nonzero().flatten().tolist()
+    at = _open("pages/distributions.py")
+    at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
+    at.toggle(key="dist_wrong").set_value(True).run()
+    _no_exceptions(at)
+    assert wrong, "a one-epoch student gets some digits wrong"
+    pick = wrong[min(1, len(wrong) - 1)]  # on the gallery's first page
+    at.button(key=f"dist_pick_{pick}").click().run()
+    _no_exceptions(at)
+    assert any(f"**#{pick}**" in m.value for m in at.markdown)

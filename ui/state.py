@@ -1,0 +1,232 @@
+"""Cached accessors: the one way pages reach the store, the job manager, datasets and stored logits.
+
+Resources are keyed by the store URL ($KDCORE_DB_URL), so one process can serve
+(and tests can build) apps on different stores. Queries use short ttls: the
+store is the truth, the caches only spare repeated reads within a second or two.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from kdcore.analysis import entropy_vs_temperature, kl_vs_temperature
+from kdcore.config import DatasetConfig, RunConfig, load_config
+from kdcore.engine.run import TEST_LOGITS_FILE
+from kdcore.jobs import JobManager
+from kdcore.store import ACTIVE, Run, RunNotFound, Store, default_url
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
+CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, the range of the T sliders
+
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str) -> Store:
+    return Store(url)
+
+
+@st.cache_resource(show_spinner=False)
+def _manager(url: str) -> JobManager:
+    # one queue and worker per process and store; sessions, tabs and reruns share it
+    return JobManager(_store(url))
+
+
+def store() -> Store:
+    return _store(default_url())
+
+
+def manager() -> JobManager:
+    return _manager(default_url())
+
+
+@st.cache_resource(show_spinner=False)
+def device_line() -> str:
+    from kdcore.engine.device import describe_device
+
+    return f"{describe_device()} · torch {torch.__version__}"
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def demo_config() -> RunConfig:
+    """The digits demo: examples/digits.yaml (a small CNN taught to a tiny MLP, T = 4, alpha = 0.9)."""
+    if DEMO_CONFIG.is_file():
+        return load_config(DEMO_CONFIG)
+    from kdcore.config import build_config
+
+    return build_config({
+        "name": "digits demo", "dataset": {"name": "digits", "val_fraction": 0.15},
+        "teacher": {"arch": "small_cnn", "epochs": 15}, "student": {"arch": "mlp_tiny"},
+        "distill": {"method": "soft", "temperature": 4, "alpha": 0.9},
+        "train": {"epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 0.003, "schedule": "cosine"},
+    })
+
+
+# ---- runs and metrics ---------------------------------------------------------------------
+@st.cache_data(ttl=1.0, show_spinner=False)
+def _runs_frame(url: str) -> pd.DataFrame:
+    return _store(url).runs_frame()
+
+
+def runs_frame() -> pd.DataFrame:
+    """Every stored run, newest first, in one query (cached for a second)."""
+    return _runs_frame(default_url())
+
+
+@st.cache_data(ttl=2.0, show_spinner=False, max_entries=32)
+def _metrics(url: str, run_ids: tuple[int, ...], kind: Optional[str]) -> pd.DataFrame:
+    return _store(url).metrics_frame(run_ids, kind=kind)
+
+
+def metrics(run_ids, kind: Optional[str] = None) -> pd.DataFrame:
+    """Metric rows of the given runs only."""
+    return _metrics(default_url(), tuple(sorted(int(r) for r in run_ids)), kind)
+
+
+def get_run(run_id: int) -> Optional[Run]:
+    try:
+        return store().get_run(int(run_id))
+    except RunNotFound:
+        return None
+
+
+def runs_changed() -> None:
+    """Drops cached queries after this session changed the store."""
+    _runs_frame.clear()
+    _metrics.clear()
+
+
+def is_active(run: Optional[Run]) -> bool:
+    return run is not None and run.status in ACTIVE
+
+
+# ---- artefacts ------------------------------------------------------------------------------
+def _stamp(path: Path) -> float:
+    return path.stat().st_mtime if path.is_file() else -1.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
+    # cache_resource: large tensors are shared read-only rather than copied per rerun
+    if mtime < 0:
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
+    """{"labels", "teacher", "student", "baseline"?} test-set tensors of a run, or None if not saved."""
+    path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
+    return _test_logits(str(path), _stamp(path))
+
+
+def has_test_logits(run_id: int) -> bool:
+    return (store().run_dir(int(run_id)) / TEST_LOGITS_FILE).is_file()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _temperature_curves(path: str, mtime: float) -> Optional[pd.DataFrame]:
+    logits = _test_logits(path, mtime)
+    if logits is None:
+        return None
+    return pd.DataFrame({
+        "T": CURVE_TEMPERATURES,
+        "KL(teacher || student)": kl_vs_temperature(logits["teacher"], logits["student"], CURVE_TEMPERATURES).numpy(),
+        "teacher entropy": entropy_vs_temperature(logits["teacher"], CURVE_TEMPERATURES).numpy(),
+        "student entropy": entropy_vs_temperature(logits["student"], CURVE_TEMPERATURES).numpy(),
+    })
+
+
+def temperature_curves(run_id: int) -> Optional[pd.DataFrame]:
+    """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20."""
+    path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
+    return _temperature_curves(str(path), _stamp(path))
+
+
+def weights_path(run_id: int, phase: str) -> Optional[Path]:
+    path = store().run_dir(int(run_id)) / f"{phase}.pt"
+    return path if path.is_file() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _torchscript(path: str, mtime: float) -> bytes:
+    from kdcore.export import to_torchscript
+
+    return to_torchscript(path)
+
+
+def torchscript(path: Path) -> bytes:
+    return _torchscript(str(path), _stamp(path))
+
+
+# ---- datasets and models --------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
+def _dataset(dataset_json: str):
+    from kdcore.data import load_dataset
+
+    return load_dataset(DatasetConfig.model_validate_json(dataset_json))
+
+
+def dataset(dataset_cfg: dict):
+    """The run's dataset splits (raises kdcore.data.DatasetError when its files are missing)."""
+    return _dataset(json.dumps(dataset_cfg, sort_keys=True))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def model_profile(arch: str, num_classes: int, in_channels: int, image_size: int, options_json: str = "{}"):
+    """Parameters, size (MB) and FLOPs per image of a registered model."""
+    from kdcore.models import model_profile as profile
+
+    return profile(arch, num_classes, in_channels, image_size, **json.loads(options_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _checkpoint_problem(path: str, mtime: float, arch: str, num_classes: Optional[int], in_channels: int,
+                        image_size: int, options_json: str) -> Optional[str]:
+    from kdcore.engine.checkpoint import CheckpointError, load_model_from_checkpoint, read_checkpoint
+
+    options = json.loads(options_json)
+    try:
+        if num_classes is None:  # classes not known before loading (imagefolder): take the file's own
+            num_classes = read_checkpoint(path).get("num_classes") or 10
+        load_model_from_checkpoint(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                                   image_size=image_size, options=options or None)
+    except CheckpointError as err:
+        return str(err)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        return f"the teacher cannot be built from it: {err}"
+    return None
+
+
+def checkpoint_problem(path: Path, arch: str, num_classes: Optional[int], in_channels: int, image_size: int,
+                       options: dict) -> Optional[str]:
+    """Why a teacher checkpoint cannot serve as `arch` for this data, in words; None if it can."""
+    return _checkpoint_problem(str(path), _stamp(Path(path)), arch, num_classes, in_channels, image_size,
+                               json.dumps(options, sort_keys=True))
+
+
+def class_names(dataset_cfg: dict, num_classes: int) -> list[str]:
+    """The dataset's class names, or the class indices when it cannot be loaded here."""
+    from kdcore.data import DatasetError
+
+    try:
+        names = list(dataset(dataset_cfg).class_names)
+    except (DatasetError, OSError, ValueError):
+        return [str(i) for i in range(num_classes)]
+    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def config_table(run_ids) -> pd.DataFrame:
+    """Flattened configs side by side: one row per config key, one column per run."""
+    from ui.form import flatten
+
+    columns = {}
+    for run_id in run_ids:
+        run = get_run(run_id)
+        if run is not None:
+            columns[f"#{run_id}"] = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                                     for k, v in flatten(run.config).items()}
+    return pd.DataFrame(columns)
