@@ -21,3 +21,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"MNIST files not found under {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so fixtures can save a screenshot on failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
