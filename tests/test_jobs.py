@@ -167,6 +167,10 @@ def test_checkpoint_mismatches_are_explained(tmp_path):
     corrupt.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         read_checkpoint(corrupt)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 4)  # not code, just not a checkpoint: no "could run code" scare
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(noise)
 
 
 def test_a_loss_that_stops_being_finite_stops_the_run_with_a_reason():

@@ -17,7 +17,7 @@ import torch
 from kdcore.analysis import entropy_vs_temperature, kl_vs_temperature
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
-from kdcore.jobs import JobManager
+from kdcore.jobs import JobManager, get_manager
 from kdcore.store import ACTIVE, Run, RunNotFound, Store, default_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _store(url: str) -> Store:
 @st.cache_resource(show_spinner=False)
 def _manager(url: str) -> JobManager:
     # one queue and worker per process and store; sessions, tabs and reruns share it
-    return JobManager(_store(url))
+    return get_manager(_store(url))
 
 
 def store() -> Store:

@@ -40,10 +40,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused {path.name}: it holds Python objects other than tensors, which could run code when loaded "
-            f"({str(err).splitlines()[0][:160]})"
-        ) from None
+        offending = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
+        if offending:
+            raise CheckpointError(
+                f"refused {path.name}: it holds Python objects other than tensors, which could run code when loaded "
+                f"({offending[0][:160]})"
+            ) from None
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (a file saved with torch.save)") from None
     except Exception as err:  # truncated zip, random bytes, wrong format
         raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {type(err).__name__}: {str(err)[:200]}") from None
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):

@@ -295,14 +295,14 @@ class JobManager:
                     self._finished.notify_all()
 
 
-_manager: Optional[JobManager] = None
-_manager_lock = threading.Lock()
+_managers: dict[str, JobManager] = {}
+_managers_lock = threading.Lock()
 
 
 def get_manager(store: Optional[Store] = None) -> JobManager:
-    """The process-wide JobManager, created on first use."""
-    global _manager
-    with _manager_lock:
-        if _manager is None:
-            _manager = JobManager(store)
-        return _manager
+    """The process-wide JobManager for a store's URL (default: the default store), created on first use."""
+    store = store or Store()
+    with _managers_lock:
+        if store.url not in _managers:
+            _managers[store.url] = JobManager(store)
+        return _managers[store.url]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
-from sqlalchemy import event, func
+from sqlalchemy import event, func, insert
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -298,7 +298,7 @@ class Store:
         if not rows:
             return
         with Session(self.engine) as s:
-            s.add_all([Metric(run_id=run_id, **row) for row in rows])
+            s.execute(insert(Metric), [dict(run_id=run_id, **row) for row in rows])  # one executemany, no ORM objects
             s.commit()
 
     def metrics_frame(self, run_ids: Iterable[int], kind: Optional[str] = None,
