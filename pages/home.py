@@ -11,7 +11,7 @@ st.markdown("Train a large **teacher**, then a small **student** that learns fro
 demo = state.demo_config()
 st.markdown(f"**The demo:** {demo.dataset.name}, a `{demo.teacher.arch}` teacher distilled into a "
             f"`{demo.student.arch}` student at T = {demo.distill.temperature:g}, α = {demo.distill.alpha:g}, "
-            "with its baseline; about half a minute on two CPU cores.")
+            "with its baseline; under a minute on two CPU cores.")
 if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
     state.manager().submit(demo)
     state.runs_changed()

@@ -32,9 +32,9 @@ def describe_device(device: torch.device | str | None = None) -> str:
 def share_cpu_with_ui() -> int:
     """Caps PyTorch's CPU threads so a UI in the same process keeps a core.
 
-    On a busy CPU, intra-op threads that outnumber free cores spin at every
-    barrier; seen here as 16 ms per step with one thread and 400+ ms with two on
-    2 cores. $KDCORE_CPU_THREADS overrides. Returns the thread count set.
+    Training threads that take every core starve the page server and the browser
+    beside it (a digits demo took 206 s in the dashboard's worker, 11 s with one
+    core left free). $KDCORE_CPU_THREADS overrides. Returns the thread count set.
     """
     import os
 
