@@ -108,7 +108,7 @@ class TrainConfig(_Strict):
     seed: int = 0  # makes a CPU run repeatable
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
-    eval_batch_size: int = Field(1024, ge=1)  # images per step when evaluating
+    eval_batch_size: int = Field(256, ge=1)  # images per step when evaluating; larger batches were slower on CPU
 
 
 class RunConfig(_Strict):

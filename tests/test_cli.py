@@ -32,7 +32,7 @@ def test_train_prints_the_run_and_summary_then_runs_list_and_show_agree(db):
     for key in ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain"):
         assert isinstance(shown[key], float)
     table = kdcore("runs", "list", db=db).stdout
-    assert "small_cnn → mlp_tiny" in table and "completed" in table
+    assert "small_cnn → mlp" in table and "completed" in table
 
 
 @pytest.mark.parametrize("override, key", [
