@@ -10,19 +10,17 @@ is over, and from selecting two rows until their overlaid curves are drawn.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from ui.serve import CHROMIUM_ARGS, serve_dashboard  # noqa: E402
+
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
@@ -31,22 +29,9 @@ def main() -> None:
     parser.add_argument("url", help="SQLAlchemy URL of a seeded store")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-                           cwd=ROOT, env=dict(os.environ, KDCORE_DB_URL=args.url),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(base + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serve_dashboard(args.url) as base:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(120_000)
             page.goto(base)
@@ -70,9 +55,6 @@ def main() -> None:
                 overlay.append(time.perf_counter() - start)
             count = page.get_by_text("runs shown").inner_text()
             browser.close()
-    finally:
-        app.terminate()
-        app.wait(10)
     print(f"{count}")
     print(f"Runs page, click to interactive table: median {statistics.median(table):.2f} s, max {max(table):.2f} s")
     print(f"select two runs to overlay drawn:       median {statistics.median(overlay):.2f} s, max {max(overlay):.2f} s")

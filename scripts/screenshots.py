@@ -7,41 +7,26 @@ T x alpha sweep through the UI's job manager, then visits every page in headless
 """
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from ui.serve import CHROMIUM_ARGS, serve_dashboard  # noqa: E402
+
 OUT = ROOT / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, KDCORE_DB_URL=f"sqlite:///{tmp}/runs/kdcore.db")
-    app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serve_dashboard(f"sqlite:///{tmp}/runs/kdcore.db") as url:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(url)
             for _ in range(2):
@@ -67,9 +52,6 @@ def main() -> None:
                         time.sleep(3)
                 page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
             browser.close()
-    finally:
-        app.terminate()
-        app.wait(10)
     print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
 
 

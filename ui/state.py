@@ -48,6 +48,7 @@ def manager() -> JobManager:
 def device_line() -> str:
     from kdcore.engine.device import describe_device
 
+    manager()  # it sets the CPU thread count the runs will use; describe the device after that
     return f"{describe_device()} · torch {torch.__version__}"
 
 
