@@ -5,6 +5,7 @@ with a message naming the key, before anything is written.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -167,7 +168,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def build_config(data: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Validates a nested dict (plus overrides) into a RunConfig or raises ConfigError."""
-    data = dict(data or {})
+    data = copy.deepcopy(data or {})  # overrides must not leak into the caller's dict
     if overrides:
         data = apply_overrides(data, overrides)
     try:

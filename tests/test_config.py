@@ -75,3 +75,10 @@ def test_every_example_config_is_valid():
     assert examples, "examples/ holds no configs"
     for path in examples:
         load_config(path)
+
+
+def test_overrides_leave_the_callers_dict_untouched():
+    base = {"train": {"lr": 0.001}}
+    assert build_config(base, ["train.lr=0.5"]).train.lr == 0.5
+    assert base == {"train": {"lr": 0.001}}
+    assert build_config(base).train.lr == 0.001

@@ -128,6 +128,15 @@ def test_teacher_reused_from_a_stored_run(store, manager):
     assert "teacher" not in phases  # loaded, not trained again
 
 
+def test_a_teacher_is_not_reused_from_an_unfinished_run(store, manager):
+    first = manager.submit(digits_config(teacher={"epochs": 500}))
+    assert _wait_for(lambda: (store.run_dir(first) / "teacher.pt").is_file())
+    second = manager.submit(digits_config(teacher={"source": "run", "run_id": first}))
+    manager.cancel(first)
+    assert manager.wait(second, timeout=60) == "failed"
+    assert "only a completed run's teacher" in store.get_run(second).error
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker

@@ -94,3 +94,15 @@ def test_default_url_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KDCORE_DB_URL", url)
     s = Store()
     assert s.url == url and s.artefact_root == tmp_path
+
+
+def test_an_in_memory_store_is_shared_between_threads():
+    import threading
+
+    mem = Store("sqlite://", artefact_root="/tmp/kdcore-unused")
+    run_id = mem.create_run(_config())
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(mem.get_run(run_id).status))
+    thread.start()
+    thread.join()
+    assert seen == ["queued"]

@@ -1,6 +1,7 @@
 """A whole distillation run: teacher, then student, then the scratch baseline."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from kdcore.config import RunConfig
-from kdcore.data import DataSplits, load_dataset
+from kdcore.data import DatasetError, DataSplits, load_dataset
 from kdcore.engine.checkpoint import load_model_from_checkpoint, save_checkpoint
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
@@ -19,10 +20,14 @@ from kdcore.models import create_model, profile_model
 TEST_LOGITS_FILE = "test_logits.pt"
 
 
+_init_lock = threading.Lock()  # workers on other devices share the global RNG
+
+
 def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
-    torch.manual_seed(seed)  # the student and its baseline start from the same weights
-    return create_model(arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, **options)
+    with _init_lock, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the student and its baseline start from the same weights
+        return create_model(arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size, **options)
 
 
 def execute_run(
@@ -48,6 +53,10 @@ def execute_run(
     torch.manual_seed(config.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset)
+    for split in ("train", "test"):
+        if len(getattr(data, split)) == 0:
+            raise DatasetError(f"dataset {config.dataset.name!r} has no {split} images after splitting; add images "
+                               "or lower dataset.val_fraction")
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     summary: dict = {"device": describe_device(device), "num_classes": data.num_classes,
                      "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}

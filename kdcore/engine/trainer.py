@@ -223,7 +223,7 @@ def fit(
         callback(Event("epoch", phase=phase, epoch=epoch, step=global_step, metrics=epoch_metrics,
                        info={"epochs": epochs, "steps_per_epoch": steps_per_epoch}))
 
-        if val_acc > best_acc:
+        if val_acc > best_acc and not cancelled:  # a cut-short epoch is kept as "last" only
             best_acc, best_epoch, epochs_without_gain = val_acc, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             on_checkpoint("best", model)

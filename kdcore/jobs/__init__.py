@@ -110,6 +110,8 @@ def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Path]:
         if not path.is_file():
             raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
         source = store.get_run(teacher.run_id)
+        if source.status != "completed":
+            raise CheckpointError(f"run {teacher.run_id} is {source.status}; only a completed run's teacher can be reused")
         if source.teacher_arch != teacher.arch:
             raise CheckpointError(f"run {teacher.run_id}'s teacher is {source.teacher_arch!r}, not {teacher.arch!r}")
         return path
@@ -135,9 +137,9 @@ def execute_job(store: Store, run_id: int, config: RunConfig, *, device: Optiona
     recorder = _Recorder(store, live, lock, listener)
     status, summary, error = "failed", None, None
     try:
-        device = device or resolve_device(config.train.device)
-        if config.train.device != "auto":
-            device = resolve_device(config.train.device)
+        wanted = resolve_device(config.train.device)
+        if device is None or device.type != wanted.type:  # a worker keeps its own GPU for a plain "cuda"
+            device = wanted
         store.mark_running(run_id, describe_device(device))
         with lock:
             live.status = "running"
@@ -155,7 +157,10 @@ def execute_job(store: Store, run_id: int, config: RunConfig, *, device: Optiona
         error = describe_error(err)
         status = "failed"
     finally:
-        recorder.flush()
+        try:
+            recorder.flush()
+        except Exception as err:  # losing some curve points must not leave the run 'running'
+            error = (error or "") + f"\nsome metrics could not be stored: {err}"
         store.finish_run(run_id, status, summary, error)
         with lock:
             live.status = status
@@ -290,6 +295,9 @@ class JobManager:
                 live.status = "running"
             try:
                 execute_job(self.store, run_id, config, device=device, stop=stop, live=live, lock=self._lock)
+            except Exception as err:  # the store itself failed; keep the worker alive for the next job
+                with self._lock:
+                    live.status, live.error = "failed", f"the run store failed: {err}"
             finally:
                 with self._lock:
                     self._finished.notify_all()

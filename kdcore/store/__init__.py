@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 from sqlalchemy import event, func, insert
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -134,6 +135,8 @@ def _engine_for(url: str):
                     cur.execute("PRAGMA synchronous=NORMAL")
                     cur.execute("PRAGMA foreign_keys=ON")
                     cur.close()
+            elif url.startswith("sqlite"):  # in memory: one connection, or each thread sees its own empty database
+                engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
             else:
                 engine = create_engine(url, pool_pre_ping=True)
             SQLModel.metadata.create_all(engine)
