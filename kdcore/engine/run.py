@@ -80,7 +80,9 @@ def execute_run(
         summary[f"{phase}_params"] = profile.params
         summary[f"{phase}_size_mb"] = round(profile.size_mb, 4)
         summary[f"{phase}_flops"] = profile.flops
-        torch.save(test_logits, run_dir / TEST_LOGITS_FILE)
+        tmp = run_dir / (TEST_LOGITS_FILE + ".tmp")
+        torch.save(test_logits, tmp)
+        tmp.replace(run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
 
     def cancelled() -> dict:
         summary["cancelled"] = True

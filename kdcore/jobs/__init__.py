@@ -266,6 +266,8 @@ class JobManager:
         """Blocks until the run leaves the queue and finishes; returns its status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            if run_id not in self._live:
+                raise KeyError(f"run {run_id} was not submitted to this job manager")
             while self._live[run_id].status in ("queued", "running"):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
