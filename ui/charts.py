@@ -22,7 +22,7 @@ FRACTIONS = {"train_acc", "val_acc", "agreement", "student_test_acc", "teacher_t
 
 def _style(fig: go.Figure, title: str, uirevision=None, height: int = 320, x: str = "", y: str = "") -> go.Figure:
     fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, uirevision=uirevision,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="top", y=-0.18),
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yref="container", yanchor="bottom", y=0),
                       xaxis_title=x, yaxis_title=y, hovermode="x unified")
     return fig
 
