@@ -393,3 +393,18 @@ def test_rotation_changes_image_but_keeps_mean():
     assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), rtol=0.05)
     again = augment_batch(x, AugmentConfig(rotation=30), _gen())
     assert torch.equal(out, again)
+
+
+def test_an_image_folder_with_a_symlink_cycle_loads_once(tmp_path):
+    from PIL import Image
+
+    from kdcore.config import DatasetConfig
+    from kdcore.data import load_dataset
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("L", (12, 12), color=40 * i).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a cycle: a/loop -> a
+    data = load_dataset(DatasetConfig(name="imagefolder", root=str(tmp_path), image_size=8, val_fraction=0.0))
+    assert len(data.train) + len(data.test) == 10

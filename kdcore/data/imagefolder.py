@@ -33,19 +33,28 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _walk(folder: Path):
+    """os.walk that follows links (class folders are often symlinked) but visits each real folder once."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle, or a second link to the same folder
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames.sort()
+        yield dirpath, filenames
+
+
 def _images_under(folder: Path) -> list[str]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
+    for dirpath, filenames in _walk(folder):
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return found
 
 
 def _has_image(folder: Path) -> bool:
-    for _, _, filenames in os.walk(folder, followlinks=True):
-        if any(_is_image(f) for f in filenames):
-            return True
-    return False
+    return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(folder))
 
 
 def _layout(root: Path) -> tuple[Path, Path | None]:
