@@ -148,22 +148,14 @@ def test_an_upload_that_is_not_a_checkpoint_is_refused(empty_db):
     assert at.button(key="ui.launch").disabled
 
 
-def test_a_checkpoint_for_another_architecture_is_refused(empty_db, tmp_path):
+@pytest.mark.parametrize("arch, classes, message", [("tiny_cnn", 10, "'tiny_cnn' model"), ("small_cnn", 100, "100 classes")])
+def test_a_checkpoint_for_another_architecture_or_class_count_is_refused(empty_db, tmp_path, arch, classes, message):
     path = tmp_path / "other.pt"
-    save_checkpoint(path, create_model("tiny_cnn", 10, 1, 8), arch="tiny_cnn", num_classes=10, in_channels=1,
+    save_checkpoint(path, create_model(arch, classes, 1, 8), arch=arch, num_classes=classes, in_channels=1,
                     image_size=8)
     at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
     at.file_uploader(key="ui.checkpoint").upload("other.pt", path.read_bytes()).run()
-    assert "'tiny_cnn' model" in _errors(at)
-
-
-def test_a_checkpoint_for_another_class_count_is_refused(empty_db, tmp_path):
-    path = tmp_path / "hundred.pt"
-    save_checkpoint(path, create_model("small_cnn", 100, 1, 8), arch="small_cnn", num_classes=100, in_channels=1,
-                    image_size=8)
-    at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
-    at.file_uploader(key="ui.checkpoint").upload("hundred.pt", path.read_bytes()).run()
-    assert "100 classes" in _errors(at)
+    assert message in _errors(at)
 
 
 def test_a_missing_dataset_is_reported(empty_db, tmp_path):

@@ -44,10 +44,19 @@ class _Indexed(Dataset):
 
 
 class BatchLoader:
-    """Iterable of (x, y, idx) batches already on `device`; build with make_loader.
+    """Iterable of (x, y, idx) batches already on `device`; len() is the number of batches per epoch.
 
     idx holds int64 positions in the split, e.g. to look up cached teacher logits.
     Each iteration is one epoch; the shuffle order depends only on (seed, epoch).
+
+    Args:
+        split: the split to iterate.
+        batch_size: images per batch.
+        shuffle: reshuffle every epoch (repeatably, from seed and epoch number).
+        device: where batches are delivered.
+        augment: augmentations applied on the device; None or all-off disables them.
+        seed: seed for shuffling and augmentation.
+        drop_last: drop the final incomplete batch.
 
     Attributes:
         num_samples: images in the split.
@@ -130,30 +139,4 @@ class BatchLoader:
             yield x, y, idx
 
 
-def make_loader(
-    split: Split,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    device: torch.device | str = "cpu",
-    augment: "AugmentConfig | None" = None,
-    seed: int = 0,
-    drop_last: bool = False,
-) -> BatchLoader:
-    """Builds a loader yielding (x, y, idx) batches on `device`.
-
-    Args:
-        split: the split to iterate.
-        batch_size: images per batch.
-        shuffle: reshuffle every epoch (repeatably, from seed and epoch number).
-        device: where batches are delivered.
-        augment: augmentations applied on the device; None or all-off disables them.
-        seed: seed for shuffling and augmentation.
-        drop_last: drop the final incomplete batch.
-
-    Returns:
-        A BatchLoader; len() is the number of batches per epoch.
-    """
-    return BatchLoader(
-        split, batch_size, shuffle=shuffle, device=device, augment=augment, seed=seed, drop_last=drop_last
-    )
+make_loader = BatchLoader  # the public name the trainer and the pages use

@@ -224,35 +224,25 @@ def _in_memory(name: str, cfg: "DatasetConfig") -> DataSplits:
     return _build_splits(name, raw, cfg.val_fraction)
 
 
-@DATASETS.register("digits")
-def load_digits(cfg: "DatasetConfig") -> DataSplits:
-    """scikit-learn's 8x8 digits, with a fixed stratified 20% test split."""
-    return _in_memory("digits", cfg)
+IN_MEMORY_SOURCES = {
+    "digits": "scikit-learn's 8x8 digits, with a fixed stratified 20% test split.",
+    "mnist": "MNIST from <root>/MNIST/raw (torchvision's layout).",
+    "fashion_mnist": "Fashion-MNIST from <root>/FashionMNIST/raw (torchvision's layout).",
+    "cifar10": "CIFAR-10 from <root>/cifar-10-batches-py, read with a restricted unpickler.",
+    "cifar100": "CIFAR-100 (fine labels) from <root>/cifar-100-python, read with a restricted unpickler.",
+}
 
 
-@DATASETS.register("mnist")
-def load_mnist(cfg: "DatasetConfig") -> DataSplits:
-    """MNIST from <root>/MNIST/raw (torchvision's layout)."""
-    return _in_memory("mnist", cfg)
+def _register_in_memory(name: str, doc: str) -> None:
+    def load(cfg: "DatasetConfig") -> DataSplits:
+        return _in_memory(name, cfg)
+
+    load.__name__, load.__doc__ = f"load_{name}", doc  # the docstring is the dataset's description
+    DATASETS.register(name)(load)
 
 
-@DATASETS.register("fashion_mnist")
-def load_fashion_mnist(cfg: "DatasetConfig") -> DataSplits:
-    """Fashion-MNIST from <root>/FashionMNIST/raw (torchvision's layout)."""
-    return _in_memory("fashion_mnist", cfg)
-
-
-@DATASETS.register("cifar10")
-def load_cifar10(cfg: "DatasetConfig") -> DataSplits:
-    """CIFAR-10 from <root>/cifar-10-batches-py, read with a restricted unpickler."""
-    return _in_memory("cifar10", cfg)
-
-
-@DATASETS.register("cifar100")
-def load_cifar100(cfg: "DatasetConfig") -> DataSplits:
-    """CIFAR-100 (fine labels) from <root>/cifar-100-python, read with a restricted unpickler."""
-    return _in_memory("cifar100", cfg)
-
+for _name, _doc in IN_MEMORY_SOURCES.items():
+    _register_in_memory(_name, _doc)
 
 DATASETS.register("imagefolder")(load_imagefolder)
 
