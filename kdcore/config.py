@@ -34,6 +34,7 @@ class DatasetConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=0.9)  # share of train carved out for validation (fixed seed)
     image_size: Optional[int] = Field(None, ge=8, le=512)  # imagefolder only: side in pixels after resizing
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    student_fraction: float = Field(1.0, gt=0.0, le=1.0)  # share of the training images the student and its baseline learn from (stratified, fixed); the teacher sees all
 
     @field_validator("name")
     @classmethod
@@ -59,6 +60,7 @@ class TeacherConfig(_Strict):
     run_id: Optional[int] = None  # source=run: the stored run whose teacher is reused
     checkpoint: Optional[str] = None  # source=checkpoint: a state_dict file saved with torch.save
     epochs: int = Field(5, ge=1, le=10_000)  # source=train: teacher training epochs
+    seed: Optional[int] = None  # source=train: seed of the teacher's training; default train.seed. A seed group sets it so all its runs share one teacher
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
@@ -128,6 +130,10 @@ class RunConfig(_Strict):
             return self.name
         d = self.distill
         return f"{self.dataset.name}: {self.teacher.arch} → {self.student.arch} T={d.temperature:g} α={d.alpha:g}"
+
+    @property
+    def teacher_seed(self) -> int:
+        return self.train.seed if self.teacher.seed is None else self.teacher.seed
 
 
 class ConfigError(ValueError):

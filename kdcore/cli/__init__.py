@@ -47,63 +47,143 @@ class _ProgressBars:
 
 
 def cmd_train(args) -> int:
+    from kdcore.experiments import expand, group_report, parse_seeds
     from kdcore.jobs import execute_job
     from kdcore.store import Store
 
     try:
         config = load_config(args.config, args.set)
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     except ConfigError as err:
         print(f"error: invalid config: {err}", file=sys.stderr)
         return 2
     store = Store(args.db)
     store.recover_interrupted()
-    run_id = store.create_run(config)
-    print(f"run {run_id}: {config.display_name()}", file=sys.stderr)
+    configs = [config] if seeds is None else expand(config, seeds=seeds, teacher_per_seed=args.teacher_per_seed)
+    run_ids = [store.create_run(cfg) for cfg in configs]
+    if seeds is not None:
+        print(f"group {configs[0].group!r}: runs {', '.join(map(str, run_ids))}", file=sys.stderr)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: (stop.set(), print("\ncancelling at the next step…", file=sys.stderr)))
-    bars = _ProgressBars()
+    statuses = []
     try:
-        status = execute_job(store, run_id, config, stop=stop, listener=bars)
+        for run_id, cfg in zip(run_ids, configs):
+            if stop.is_set():
+                store.finish_run(run_id, "cancelled")
+                statuses.append("cancelled")
+                continue
+            print(f"run {run_id}: {cfg.display_name()}", file=sys.stderr)
+            bars = _ProgressBars()
+            try:
+                statuses.append(execute_job(store, run_id, cfg, stop=stop, listener=bars))
+            finally:
+                bars.close()
     finally:
-        bars.close()
         signal.signal(signal.SIGINT, previous)
-    run = store.get_run(run_id)
-    if args.json:
-        print(json.dumps(_run_json(run), indent=2))
+    runs = [store.get_run(r) for r in run_ids]
+    if seeds is None:
+        print(json.dumps(_run_json(runs[0]), indent=2)) if args.json else _print_summary(runs[0])
     else:
-        _print_summary(run)
-    return 0 if status == "completed" else 1
+        report = group_report(runs)
+        if args.json:
+            print(json.dumps({"group": report["group"], "runs": [_run_json(r) for r in runs],
+                              "aggregate": report["aggregate"]}, indent=2))
+        else:
+            _print_group(report, runs)
+    return 0 if all(s == "completed" for s in statuses) else 1
 
 
 def _print_summary(run) -> None:
+    from kdcore.stats import describe_paired
+
     s = run.summary
     print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else ""))
     if run.error:
         print(f"error: {run.error.split(chr(10) + chr(10))[0]}")
     if not s:
         return
-    print(f"  teacher  {run.teacher_arch:<20} test acc {_pct(s.get('teacher_test_acc'))}  params {s.get('teacher_params', 0):,}")
+    shared = f"  (trained by run {s['teacher_from_run']})" if "teacher_from_run" in s else ""
+    print(f"  teacher  {run.teacher_arch:<20} test acc {_pct(s.get('teacher_test_acc'))}  params {s.get('teacher_params', 0):,}{shared}")
     print(f"  student  {run.student_arch:<20} test acc {_pct(s.get('student_test_acc'))}  params {s.get('student_params', 0):,}")
     if "baseline_test_acc" in s:
-        print(f"  baseline {'(student from scratch)':<20} test acc {_pct(s.get('baseline_test_acc'))}")
-        gain = s.get("kd_gain")
-        if gain is not None:
-            print(f"  KD gain  {100 * gain:+.2f} points")
+        shared = f"  (trained by run {s['baseline_from_run']})" if "baseline_from_run" in s else ""
+        print(f"  baseline {'(student from scratch)':<20} test acc {_pct(s.get('baseline_test_acc'))}{shared}")
+        if s.get("kd_gain") is not None:
+            discordant = s.get("kd_gain_discordant") or {}
+            net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
+            print(f"  KD gain  {describe_paired(s.get('kd_gain'), s.get('kd_gain_ci95'), s.get('kd_gain_p_value'), s.get('test_images'), net)}")
     if "compression" in s:
         print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs; took {s.get('seconds', 0):.1f} s")
 
 
+def _print_group(report: dict, runs) -> None:
+    from kdcore.experiments import format_seeds
+
+    print(f"group {report['group']}")
+    print(f"  {len(runs)} runs (" + ", ".join(f"{n} {k}" for k, n in report["statuses"].items())
+          + f"), seeds {format_seeds([s for s in report['seeds'] if s is not None])}, "
+          f"{report['teachers_trained']} teacher(s) trained")
+    print(f"  {'run':>5} {'seed':>5} {'status':<10} {'teacher':>8} {'student':>8} {'baseline':>8} {'gain':>7}  p")
+    for r in sorted(runs, key=lambda r: r.id):
+        s = r.summary
+        gain = "-" if r.kd_gain is None else f"{100 * r.kd_gain:+.2f}"
+        p = s.get("kd_gain_p_value")
+        print(f"  {r.id:>5} {r.config['train']['seed']:>5} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
+              f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}  {'' if p is None else f'{p:.2g}'}")
+    agg = report["aggregate"]
+    for key, label in (("teacher_test_acc", "teacher"), ("student_test_acc", "student"), ("baseline_test_acc", "baseline")):
+        a = agg.get(key)
+        if a:
+            spread = f" ± {100 * a['std']:.2f}" if a["std"] is not None else ""
+            print(f"  {label:<9} {100 * a['mean']:.2f}%{spread} over {a['n']} seed(s)")
+    print(f"  KD gain   {report['kd_gain_in_words']}")
+
+
 def _run_json(run) -> dict:
+    s = run.summary
     return {
         "id": run.id, "name": run.name, "status": run.status, "error": run.error, "device": run.device,
         "group": run.group, "tags": run.tag_list, "notes": run.notes,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "config": run.config, "summary": run.summary,
+        "config": run.config, "summary": s,
         "teacher_test_acc": run.teacher_test_acc, "student_test_acc": run.student_test_acc,
         "baseline_test_acc": run.baseline_test_acc, "kd_gain": run.kd_gain,
+        "kd_gain_ci95": s.get("kd_gain_ci95"), "kd_gain_p_value": s.get("kd_gain_p_value"),
+        "test_images": s.get("test_images"),
     }
+
+
+def cmd_groups_list(args) -> int:
+    from kdcore.store import Store
+
+    groups = Store(args.db).list_groups()
+    if args.json:
+        print(json.dumps(groups, indent=2))
+        return 0
+    if not groups:
+        print("no groups yet; try: kdcore train examples/digits.yaml --seeds 0-4")
+    for g in groups:
+        print(f"{g['runs']:>4} runs  {g['group']}")
+    return 0
+
+
+def cmd_groups_show(args) -> int:
+    from kdcore.experiments import group_report
+    from kdcore.store import Store
+
+    runs = Store(args.db).list_runs(group=args.name)
+    if not runs:
+        print(f"error: no group named {args.name!r}; see `kdcore groups list`", file=sys.stderr)
+        return 1
+    report = group_report(runs)
+    if args.json:
+        print(json.dumps({"group": report["group"], "runs": [_run_json(r) for r in sorted(runs, key=lambda r: r.id)],
+                          "aggregate": report["aggregate"]}, indent=2))
+    else:
+        _print_group(report, runs)
+    return 0
 
 
 def cmd_runs_list(args) -> int:
@@ -177,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run a distillation experiment from a YAML config")
     train.add_argument("config", help="YAML file, e.g. examples/digits.yaml")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. distill.temperature=8")
-    train.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    train.add_argument("--json", action="store_true", help="print the finished run (or group) as JSON")
+    train.add_argument("--seeds", default=None, metavar="LIST",
+                       help="run once per seed as one group, e.g. 0,1,2 or 0-4; prints the mean, spread and interval")
+    train.add_argument("--teacher-per-seed", action="store_true",
+                       help="with --seeds: train a teacher for each seed instead of one for the group")
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="stored runs")
@@ -190,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_runs_show)
+
+    groups = sub.add_parser("groups", help="seed groups and sweeps")
+    groups_sub = groups.add_subparsers(dest="groups_command", required=True)
+    glist = groups_sub.add_parser("list", help="list groups, newest first")
+    glist.add_argument("--json", action="store_true")
+    glist.set_defaults(func=cmd_groups_list)
+    gshow = groups_sub.add_parser("show", help="a group's runs, mean ± std and the interval across seeds")
+    gshow.add_argument("name")
+    gshow.add_argument("--json", action="store_true")
+    gshow.set_defaults(func=cmd_groups_show)
 
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     ds = sub.add_parser("datasets", help="list datasets and whether they are ready")

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 
 class DatasetError(RuntimeError):
@@ -88,6 +88,13 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def subset(self, indices: Sequence[int] | Tensor) -> "Split":
+        """The split restricted to `indices`, in their order."""
+        idx = _as_index(indices)
+        if self.x is not None:
+            return Split(self.x[idx], self.y[idx])
+        return Split(None, self.y[idx], dataset=Subset(self.dataset, idx.tolist()))
 
     def images(self, indices: Sequence[int] | Tensor | int) -> Tensor:
         """Returns normalized images for the given indices, for galleries.

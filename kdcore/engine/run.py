@@ -1,8 +1,11 @@
 """A whole distillation run: teacher, then student, then the scratch baseline."""
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -11,11 +14,13 @@ from torch import nn
 
 from kdcore.config import RunConfig
 from kdcore.data import DatasetError, DataSplits, load_dataset
+from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.checkpoint import load_model_from_checkpoint, save_checkpoint
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
 from kdcore.models import create_model, profile_model
+from kdcore.stats import paired_gain
 
 TEST_LOGITS_FILE = "test_logits.pt"
 
@@ -30,6 +35,50 @@ def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
                             image_size=data.image_size, **options)
 
 
+@dataclass
+class Reused:
+    """A phase's finished weights taken from elsewhere instead of training them here.
+
+    Attributes:
+        checkpoint: the weights file.
+        run_id: the stored run that trained them, if any (a seed group's or sweep's sibling).
+        summary: that run's summary, whose validation figures for the phase are carried over.
+    """
+
+    checkpoint: Path
+    run_id: Optional[int] = None
+    summary: dict = field(default_factory=dict)
+
+
+def teacher_key(config: RunConfig) -> str:
+    """Equal for two configs exactly when their teachers would train to the same weights."""
+    train = config.train.model_dump(mode="json", exclude={"epochs", "seed"})
+    dataset = config.dataset.model_dump(mode="json", exclude={"student_fraction"})
+    teacher = config.teacher.model_dump(mode="json", include={"arch", "options", "epochs"})
+    return _digest(dict(dataset=dataset, teacher=teacher, seed=config.teacher_seed, train=train))
+
+
+def baseline_key(config: RunConfig) -> str:
+    """Equal for two configs exactly when their scratch baselines would train to the same weights."""
+    return _digest(dict(dataset=config.dataset.model_dump(mode="json"),
+                        student=config.student.model_dump(mode="json"),
+                        train=config.train.model_dump(mode="json")))
+
+
+def _digest(value: dict) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def student_data(data: DataSplits, fraction: float) -> DataSplits:
+    """The splits the student and its baseline learn from: a fixed stratified share of train."""
+    if fraction >= 1.0:
+        return data
+    _, chosen = stratified_split(data.train.y, fraction, SPLIT_SEED)
+    if len(chosen) == 0:
+        raise DatasetError(f"dataset.student_fraction {fraction:g} leaves the student no training images")
+    return replace(data, train=data.train.subset(chosen))
+
+
 def execute_run(
     config: RunConfig,
     run_dir: Path,
@@ -37,20 +86,26 @@ def execute_run(
     callback: Callback = no_callback,
     should_stop: Callable[[], bool] = lambda: False,
     device: Optional[torch.device] = None,
-    teacher_checkpoint: Optional[Path] = None,
+    teacher_checkpoint: Optional[Path | Reused] = None,
+    reuse_baseline: Optional[Reused] = None,
 ) -> dict:
     """Runs every phase of `config`, saving weights and test logits under `run_dir`.
 
     Args:
         teacher_checkpoint: weights for a teacher not trained here (source "run" or
-            "checkpoint"); the job layer resolves a stored run to its file.
+            "checkpoint", or a sibling run's identical teacher); the job layer resolves
+            a stored run to its file.
+        reuse_baseline: a sibling run's baseline with the same baseline_key, used
+            instead of training an identical one again.
 
     Returns:
-        The summary: test accuracies, KD gain, sizes, and whether the run was cancelled.
+        The summary: test accuracies, KD gain with its paired interval and p-value,
+        sizes, and whether the run was cancelled.
     """
     started = time.perf_counter()
     device = device or resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
+    if isinstance(teacher_checkpoint, (str, Path)):
+        teacher_checkpoint = Reused(Path(teacher_checkpoint))
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset)
     for split in ("train", "test"):
@@ -59,7 +114,8 @@ def execute_run(
                                "or lower dataset.val_fraction")
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     summary: dict = {"device": describe_device(device), "num_classes": data.num_classes,
-                     "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}
+                     "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
+                     "teacher_key": teacher_key(config), "baseline_key": baseline_key(config)}
     test_logits: dict[str, torch.Tensor] = {"labels": data.test.y.clone()}
 
     def saver(phase: str, arch: str, options: dict):
@@ -89,35 +145,57 @@ def execute_run(
         summary["seconds"] = round(time.perf_counter() - started, 2)
         return summary
 
+    def carry_over(phase: str, reused: Reused) -> None:
+        for key in (f"{phase}_best_val_acc", f"{phase}_epochs"):
+            if key in reused.summary:
+                summary[key] = reused.summary[key]
+        if reused.run_id is not None:
+            summary[f"{phase}_from_run"] = reused.run_id
+
     # Teacher
     t_cfg = config.teacher
-    if t_cfg.source == "train":
-        teacher = _build(t_cfg.arch, t_cfg.options, data, config.train.seed)
+    if teacher_checkpoint is None:
+        if t_cfg.source != "train":
+            raise ValueError(f"teacher.source is {t_cfg.source!r} but no teacher checkpoint was given")
+        teacher = _build(t_cfg.arch, t_cfg.options, data, config.teacher_seed)
         result = fit(teacher, data, phase="teacher", epochs=t_cfg.epochs, train_cfg=config.train, device=device,
                      augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                     on_checkpoint=saver("teacher", t_cfg.arch, t_cfg.options))
+                     on_checkpoint=saver("teacher", t_cfg.arch, t_cfg.options), seed=config.teacher_seed)
         if result.cancelled:
             return cancelled()
     else:
-        if teacher_checkpoint is None:
-            raise ValueError(f"teacher.source is {t_cfg.source!r} but no teacher checkpoint was given")
-        teacher = load_model_from_checkpoint(teacher_checkpoint, arch=t_cfg.arch, options=t_cfg.options or None, **shape)
+        teacher = load_model_from_checkpoint(teacher_checkpoint.checkpoint, arch=t_cfg.arch,
+                                             options=t_cfg.options or None, **shape)
         save_checkpoint(run_dir / "teacher.pt", teacher, arch=t_cfg.arch, options=t_cfg.options, **shape)
         result = None
-        callback(Event("phase", phase="teacher", info={"loaded": str(teacher_checkpoint)}))
+        carry_over("teacher", teacher_checkpoint)
+        loaded = (f"run {teacher_checkpoint.run_id}" if teacher_checkpoint.run_id is not None
+                  else str(teacher_checkpoint.checkpoint))
+        callback(Event("phase", phase="teacher", info={"loaded": loaded}))
     teacher.to(device).eval()
     finish_phase("teacher", teacher, result)
 
-    # Student (distilled), then the same student from scratch
+    # Student (distilled), then the same student from scratch, on the same images in the same order
     s_cfg = config.student
+    s_data = student_data(data, config.dataset.student_fraction)
+    summary["student_train_size"] = len(s_data.train)
     phases = ["student"] + (["baseline"] if config.baseline else [])
     for phase in phases:
+        if phase == "baseline" and reuse_baseline is not None:
+            student = load_model_from_checkpoint(reuse_baseline.checkpoint, arch=s_cfg.arch,
+                                                 options=s_cfg.options or None, **shape)
+            save_checkpoint(run_dir / "baseline.pt", student, arch=s_cfg.arch, options=s_cfg.options, **shape)
+            carry_over("baseline", reuse_baseline)
+            callback(Event("phase", phase="baseline", info={"loaded": f"run {reuse_baseline.run_id}"}))
+            student.to(device).eval()
+            finish_phase(phase, student)
+            continue
         student = _build(s_cfg.arch, s_cfg.options, data, config.train.seed + 1)
         freeze_early_layers(student, s_cfg.freeze_fraction)
-        result = fit(student, data, phase=phase, epochs=config.train.epochs, train_cfg=config.train, device=device,
+        result = fit(student, s_data, phase=phase, epochs=config.train.epochs, train_cfg=config.train, device=device,
                      teacher=teacher if phase == "student" else None, distill_cfg=config.distill,
                      augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                     on_checkpoint=saver(phase, s_cfg.arch, s_cfg.options))
+                     on_checkpoint=saver(phase, s_cfg.arch, s_cfg.options), seed=config.train.seed)
         if result.cancelled:
             return cancelled()
         finish_phase(phase, student, result)
@@ -126,7 +204,10 @@ def execute_run(
             summary["test_agreement"] = (preds == test_logits["teacher"].argmax(1)).float().mean().item()
 
     if "baseline_test_acc" in summary:
-        summary["kd_gain"] = summary["student_test_acc"] - summary["baseline_test_acc"]
+        labels = test_logits["labels"]
+        paired = paired_gain((test_logits["student"].argmax(1) == labels).numpy(),
+                             (test_logits["baseline"].argmax(1) == labels).numpy())
+        summary.update(paired.as_summary())
     summary["compression"] = summary["teacher_params"] / max(1, summary["student_params"])
     summary["flops_ratio"] = summary["teacher_flops"] / max(1, summary["student_flops"])
     summary["cancelled"] = False

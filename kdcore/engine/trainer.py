@@ -106,6 +106,7 @@ def fit(
     should_stop: Callable[[], bool] = lambda: False,
     on_checkpoint: Callable[[str, nn.Module], None] = lambda tag, m: None,
     cache_teacher_logits: bool = True,
+    seed: Optional[int] = None,
 ) -> FitResult:
     """Trains `model` in place; at the end it holds the weights with the best validation accuracy.
 
@@ -113,8 +114,12 @@ def fit(
     The teacher stays in eval mode under inference mode and is never optimized.
     With augmentation off, the teacher's training-set logits are computed once.
     `on_checkpoint("best" | "last", model)` lets the caller persist weights.
+    `seed` (default train_cfg.seed) fixes the data order, augmentation and dropout, so a
+    phase trained again with the same seed and settings gives the same weights.
     """
     start = time.perf_counter()
+    seed = train_cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
     model.to(device).train()
     distill = teacher is not None and distill_cfg is not None and distill_cfg.alpha > 0
     alpha = distill_cfg.alpha if distill else 0.0
@@ -122,7 +127,7 @@ def fit(
 
     train_loader: BatchLoader = make_loader(
         data.train, train_cfg.batch_size, shuffle=True, device=device,
-        augment=augment if augmenting else None, seed=train_cfg.seed,
+        augment=augment if augmenting else None, seed=seed,
     )
     steps_per_epoch = len(train_loader)
     report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)

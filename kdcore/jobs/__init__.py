@@ -20,8 +20,9 @@ from kdcore.config import RunConfig
 from kdcore.engine.checkpoint import CheckpointError
 from kdcore.engine.device import describe_device, resolve_device, share_cpu_with_ui
 from kdcore.engine.events import Event
-from kdcore.engine.run import TEST_LOGITS_FILE, execute_run
+from kdcore.engine.run import TEST_LOGITS_FILE, Reused, baseline_key, execute_run, teacher_key
 from kdcore.engine.trainer import TrainingDiverged
+from kdcore.experiments import expand
 from kdcore.store import Store
 
 FLUSH_SECONDS = 3.0  # metric rows are written at each epoch end or at least this often
@@ -101,10 +102,10 @@ class _Recorder:
         self.last_flush = time.monotonic()
 
 
-def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Path]:
+def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Reused]:
     teacher = config.teacher
     if teacher.source == "checkpoint":
-        return Path(teacher.checkpoint)
+        return Reused(Path(teacher.checkpoint))
     if teacher.source == "run":
         path = store.run_dir(teacher.run_id) / "teacher.pt"
         if not path.is_file():
@@ -114,7 +115,19 @@ def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Path]:
             raise CheckpointError(f"run {teacher.run_id} is {source.status}; only a completed run's teacher can be reused")
         if source.teacher_arch != teacher.arch:
             raise CheckpointError(f"run {teacher.run_id}'s teacher is {source.teacher_arch!r}, not {teacher.arch!r}")
-        return path
+        return Reused(path, teacher.run_id, source.summary)
+    return _sibling_phase(store, config, "teacher", teacher_key(config))
+
+
+def _sibling_phase(store: Store, config: RunConfig, phase: str, key: str) -> Optional[Reused]:
+    """A completed run of the same group whose `phase` trained to the weights this run would train."""
+    if not config.group:
+        return None
+    for run in sorted(store.list_runs(status=["completed"], group=config.group), key=lambda r: r.id):
+        summary = run.summary
+        path = store.run_dir(run.id) / f"{phase}.pt"
+        if summary.get(f"{phase}_key") == key and path.is_file():
+            return Reused(path, summary.get(f"{phase}_from_run", run.id), summary)
     return None
 
 
@@ -144,8 +157,9 @@ def execute_job(store: Store, run_id: int, config: RunConfig, *, device: Optiona
         with lock:
             live.status = "running"
         run_dir = store.run_dir(run_id)
+        reuse_baseline = _sibling_phase(store, config, "baseline", baseline_key(config)) if config.baseline else None
         summary = execute_run(config, run_dir, callback=recorder, should_stop=stop.is_set, device=device,
-                              teacher_checkpoint=_teacher_checkpoint(store, config))
+                              teacher_checkpoint=_teacher_checkpoint(store, config), reuse_baseline=reuse_baseline)
         status = "cancelled" if summary.get("cancelled") else "completed"
         for kind in ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last"):
             path = run_dir / f"{kind}.pt"
@@ -210,18 +224,15 @@ class JobManager:
         self._queue.put(run_id)
         return run_id
 
-    def submit_sweep(self, config: RunConfig, temperatures: list[float], alphas: list[float], group: str) -> list[int]:
-        """Queues one run per (T, alpha) pair, all in one group."""
-        ids = []
-        for t in temperatures:
-            for a in alphas:
-                cfg = config.model_copy(deep=True)
-                cfg.group = group
-                cfg.distill.temperature = t
-                cfg.distill.alpha = a
-                cfg.name = f"{group} T={t:g} α={a:g}"
-                ids.append(self.submit(cfg))
-        return ids
+    def submit_many(self, configs: list[RunConfig]) -> list[int]:
+        """Queues configs in order (a seed group or a sweep); returns their run ids."""
+        return [self.submit(cfg) for cfg in configs]
+
+    def submit_sweep(self, config: RunConfig, temperatures: list[float], alphas: list[float], group: str,
+                     seeds: Optional[list[int]] = None, teacher_per_seed: bool = False) -> list[int]:
+        """Queues one run per (seed, T, alpha), all in one group; the group trains one teacher."""
+        return self.submit_many(expand(config, seeds=seeds, temperatures=temperatures, alphas=alphas, group=group,
+                                       teacher_per_seed=teacher_per_seed))
 
     def cancel(self, run_id: int) -> bool:
         """Stops a running job at its next step, or drops a queued one. False if it is not active here."""

@@ -102,6 +102,29 @@ class Artefact(SQLModel, table=True):
     path: str  # relative to the artefact root
 
 
+def _loads(text: Optional[str]) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _ci(i: int):
+    def read(summary: dict):
+        ci = summary.get("kd_gain_ci95")
+        return ci[i] if isinstance(ci, list) and len(ci) == 2 else None
+    return read
+
+
+# Columns of the runs table read from each run's summary JSON
+FRAME_FROM_SUMMARY = {
+    "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
+    "kd_gain_p_value": lambda s: s.get("kd_gain_p_value"), "test_images": lambda s: s.get("test_images"),
+    "teacher_from_run": lambda s: s.get("teacher_from_run"), "baseline_from_run": lambda s: s.get("baseline_from_run"),
+}
+
+
 def this_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -257,6 +280,13 @@ class Store:
                 s.expunge(r)
             return runs
 
+    def list_groups(self) -> list[dict]:
+        """Every group with its run count, newest first."""
+        with Session(self.engine) as s:
+            rows = s.exec(select(Run.group, func.count(), func.max(Run.id)).where(Run.group.is_not(None))
+                          .group_by(Run.group).order_by(func.max(Run.id).desc())).all()
+        return [{"group": g, "runs": n} for g, n, _ in rows]
+
     def count_runs(self) -> int:
         with Session(self.engine) as s:
             return s.exec(select(func.count()).select_from(Run)).one()
@@ -266,9 +296,14 @@ class Store:
         cols = ["id", "name", "status", "dataset", "teacher_arch", "student_arch", "method", "temperature", "alpha",
                 "student_best_val_acc", "teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain",
                 "teacher_params", "student_params", "teacher_flops", "student_flops", "tags", "group", "notes",
-                "error", "device", "created_at", "started_at", "finished_at"]
+                "error", "device", "created_at", "started_at", "finished_at", "config_json", "summary_json"]
         with self.engine.connect() as conn:
             frame = pd.read_sql_query(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM runs ORDER BY id DESC", conn)
+        summaries = frame.pop("summary_json").map(_loads)
+        configs = frame.pop("config_json").map(_loads)
+        for column, read in FRAME_FROM_SUMMARY.items():
+            frame[column] = pd.to_numeric(summaries.map(read), errors="coerce")
+        frame["seed"] = pd.to_numeric(configs.map(lambda c: c.get("train", {}).get("seed")), errors="coerce").astype("Int64")
         for col in ("created_at", "started_at", "finished_at"):
             frame[col] = pd.to_datetime(frame[col])
         frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
