@@ -103,6 +103,19 @@ def _panel(run_id: int, mgr) -> None:
     if not live:
         parts.outcome(run.status, run.error)
         parts.summary_card(run.summary)
+    if run.group:
+        _group(run.group)
+
+
+def _group(name: str) -> None:
+    report = state.group(name)
+    if report is None:
+        return
+    done = report["statuses"].get("completed", 0)
+    st.markdown(f"**Group** {name} · {done} of {len(report['run_ids'])} runs completed")
+    if done:
+        parts.group_card(report)
+    st.page_link("pages/runs.py", label="The group on the Runs page", icon=":material/table_rows:")
 
 
 def _anything_active(mgr, run_id: Optional[int]) -> bool:

@@ -4,7 +4,9 @@ import json
 
 import streamlit as st
 
+from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
+from kdcore.experiments import expand, parse_seeds
 from kdcore.losses import METHODS
 from kdcore.models import MODELS, describe_model
 from ui import form, state, text, uploads
@@ -197,10 +199,14 @@ with cols[2]:
         v["train.gamma"] = st.number_input("Factor at each milestone", step=0.05, key=k("train.gamma"))
     v["dataset.val_fraction"] = st.slider("Validation share of train", 0.0, 0.5, step=0.05,
                                           key=k("dataset.val_fraction"))
+    v["dataset.student_fraction"] = st.slider(
+        "Student's share of train", 0.05, 1.0, step=0.05, key=k("dataset.student_fraction"),
+        help="The distilled student and its baseline learn from this share of the training images (the same "
+             "images for both); the teacher learns from all. Soft targets help most when labels are scarce.")
     v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", min_value=0,
                                                          key=k("train.early_stopping_patience"))
     fields.slot("train.schedule", "train.milestones", "train.gamma", "dataset.val_fraction",
-                "train.early_stopping_patience")
+                "train.early_stopping_patience", "dataset.student_fraction")
 with cols[3]:
     v["train.seed"] = st.number_input("Seed", step=1, key=k("train.seed"))
     v["train.device"] = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=k("train.device"))
@@ -224,6 +230,20 @@ v["name"] = left.text_input("Run name", key=k("name"), placeholder="generated fr
 v["tags"] = [t.strip() for t in right.text_input("Tags", key=k("tags"), placeholder="comma-separated").split(",")
              if t.strip()]
 fields.slot("name", "tags", "group")
+left, right = st.columns([1, 2], vertical_alignment="bottom")
+seeds_text = left.text_input("Seeds", key="ui.seeds", placeholder="e.g. 0-4 or 0, 1, 2",
+                             help="One run per seed, queued as one group that reports the mean, the spread and a 95% "
+                                  "interval of the KD gain across seeds. Empty: one run with the seed above.")
+teacher_per_seed = right.toggle("Train a teacher for each seed", key="ui.teacher_per_seed",
+                                help="Off: the group trains one teacher (with the first seed) and every run reuses "
+                                     "it. On: the interval also covers how much the teacher varies between seeds.")
+seeds = None
+if seeds_text.strip():
+    try:
+        seeds = parse_seeds(seeds_text)
+    except ConfigError as err:
+        fields.add("seeds", str(err).removeprefix("seeds: "))
+fields.slot("seeds")
 sweep = st.toggle("Sweep over T and α: one run per pair, queued as one group", key="ui.sweep")
 temperatures, alphas, group = [], [], ""
 if sweep:
@@ -249,11 +269,17 @@ if config is not None and sweep:
 for message in fields.show():
     st.error(message, icon=":material/error:")
 
-count = len(temperatures) * len(alphas) if sweep else 1
-label = f"Queue {count} runs" if sweep else "Launch"
+count = (len(temperatures) * len(alphas) if sweep else 1) * (len(seeds) if seeds else 1)
+label = f"Queue {count} runs" if count > 1 else "Launch"
+if count > 1 and config is not None:
+    teachers = 0 if config.teacher.source != "train" else len(seeds) if seeds and teacher_per_seed else 1
+    st.caption(f"{count} runs in one group: {teachers} teacher(s) trained, and one baseline per seed, shared by "
+               "the runs that differ only in T and α.")
 if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
-    if sweep:
-        state.manager().submit_sweep(config, temperatures, alphas, group)
+    if sweep or seeds:
+        state.manager().submit_many(expand(config, seeds=seeds, temperatures=temperatures or None,
+                                           alphas=alphas or None, group=group or None,
+                                           teacher_per_seed=teacher_per_seed))
     else:
         state.manager().submit(config)
     state.runs_changed()

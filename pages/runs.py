@@ -27,11 +27,21 @@ COLUMNS = {
     "student_test_acc": st.column_config.NumberColumn("Student test acc.", format="percent"),
     "baseline_test_acc": st.column_config.NumberColumn("Baseline test acc.", format="percent"),
     "teacher_test_acc": st.column_config.NumberColumn("Teacher test acc.", format="percent"),
-    "kd_gain": st.column_config.NumberColumn("KD gain", format="percent", help="Student minus baseline, in points"),
+    "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
+                                                 help="Student minus baseline test accuracy, in percentage points"),
+    "kd_gain_interval": st.column_config.TextColumn(
+        "95% interval (pts)", help="Paired bootstrap over the test images: where the gain would likely fall on other "
+                                   "test images like these"),
+    "kd_gain_p_value": st.column_config.NumberColumn(
+        "p", format="%.2g", help="McNemar's exact test: the chance of a split of test images at least this uneven "
+                                 "if the distilled student and the baseline were equally good"),
+    "seed": st.column_config.NumberColumn("Seed", format="%d", width="small"),
     "student_params": st.column_config.NumberColumn("Student params", format="compact"),
     "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
     "tags": st.column_config.ListColumn("Tags"),
     "group": "Group",
+    "shares": st.column_config.TextColumn("Reuses", help="A teacher or baseline trained by another run of the same "
+                                                         "group, identical to what this run would have trained"),
     "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
 }
 SCATTER_X = {"temperature": "temperature T", "alpha": "alpha α", "student_params": "student parameters",
@@ -84,8 +94,8 @@ right.download_button("Selected runs' curves as CSV",
                       icon=":material/download:")
 
 # ---- comparisons -------------------------------------------------------------------------------
-curves_tab, bars_tab, frontier_tab, diff_tab, sweep_tab = st.tabs(
-    ["Curves", "Test accuracy", "Frontier", "Config diff", "Sweeps"])
+groups_tab, curves_tab, bars_tab, frontier_tab, diff_tab = st.tabs(
+    ["Groups", "Curves", "Test accuracy", "Frontier", "Config diff"])
 with curves_tab:
     if not selected:
         st.caption("Select runs in the table to overlay their curves.")
@@ -120,17 +130,32 @@ with diff_tab:
             st.dataframe(table[differs].astype(str), width="stretch")
         else:
             st.caption("Their configs are identical.")
-with sweep_tab:
-    groups = sorted(view["group"].dropna().unique())
+with groups_tab:
+    groups = list(dict.fromkeys(view["group"].dropna()))  # newest first
     if not groups:
-        st.caption("No sweep groups among these runs; queue one from **New experiment**.")
+        st.caption("No seed groups or sweeps among these runs; queue one from **New experiment** (Seeds, or a "
+                   "sweep over T and α).")
     else:
         group = st.selectbox("Group", groups, key="runs_group")
-        members = view[view["group"] == group]
-        st.plotly_chart(charts.sweep_heatmap(members, title=f"{group}: student test accuracy over T × α"),
-                        key="runs_sweep")
-        counts = members["status"].value_counts()
-        st.caption(f"{len(members)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+        report = state.group(group)
+        members = runs[runs["group"] == group]
+        if report is not None:
+            parts.group_card(report)
+            st.plotly_chart(charts.group_dots(members, report["aggregate"]), key="runs_group_dots")
+        swept = members[["temperature", "alpha"]].drop_duplicates()
+        if len(swept) > 1:
+            a, _ = st.columns([1, 3])
+            value = a.radio("Heatmap of", ["kd_gain", "student_test_acc"], horizontal=True, key="runs_sweep_value",
+                            format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
+            st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
+        a, b = st.columns([1, 3])
+        metric = a.selectbox("Curve", list(charts.METRIC_LABELS), format_func=charts.METRIC_LABELS.get,
+                             index=list(charts.METRIC_LABELS).index("val_acc"), key="runs_group_metric")
+        st.plotly_chart(charts.averaged_curves(state.metrics(members["id"], kind="epoch"), metric),
+                        key="runs_group_curves")
+        shared = members.dropna(subset=["shares"])
+        if not shared.empty:
+            st.caption("Shared phases: " + "; ".join(f"#{i} reuses the {s}" for i, s in zip(shared["id"], shared["shares"])))
 
 # ---- one run ---------------------------------------------------------------------------------------
 if not selected:

@@ -74,3 +74,35 @@ def test_kdcore_never_imports_streamlit():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_train_json_carries_the_gain_its_interval_p_value_and_test_images(db):
+    result = kdcore("train", "examples/digits.yaml", "--set", "teacher.epochs=2", "--set", "train.epochs=2",
+                    "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    low, high = run["kd_gain_ci95"]
+    assert low <= run["kd_gain"] <= high and 0 <= run["kd_gain_p_value"] <= 1 and run["test_images"] == 359
+
+
+def test_train_over_seeds_prints_one_group_object_and_trains_one_teacher(db):
+    from kdcore.store import Store
+
+    result = kdcore("train", "examples/digits.yaml", "--seeds", "0-2", "--set", "teacher.epochs=2",
+                    "--set", "train.epochs=2", "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [r["config"]["train"]["seed"] for r in out["runs"]] == [0, 1, 2]
+    assert {r["group"] for r in out["runs"]} == {out["group"]}
+    gains = [r["kd_gain"] for r in out["runs"]]
+    agg = out["aggregate"]["kd_gain"]
+    assert agg["n"] == 3 and agg["mean"] == pytest.approx(sum(gains) / 3)
+    assert agg["ci95"][0] <= agg["mean"] <= agg["ci95"][1]
+    for key in ("student_test_acc", "baseline_test_acc", "teacher_test_acc"):
+        assert set(out["aggregate"][key]) == {"mean", "std", "n", "ci95"}
+    metrics = Store(db).metrics_frame([r["id"] for r in out["runs"]], kind="epoch")
+    assert set(metrics.loc[metrics["phase"] == "teacher", "run_id"]) == {out["runs"][0]["id"]}
+    shown = kdcore("groups", "show", out["group"], db=db)
+    assert shown.returncode == 0 and "1 teacher(s) trained" in shown.stdout and "over 3 seeds" in shown.stdout
+    missing = kdcore("groups", "show", "nope", db=db)
+    assert missing.returncode == 1 and "no group named 'nope'" in missing.stderr

@@ -225,3 +225,41 @@ def test_cached_teacher_logits_give_the_same_result_as_per_step_teacher():
             distill_cfg=cfg.distill, callback=no_callback, cache_teacher_logits=cache)
         results.append(predict_logits(student, data.test, cpu))
     assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_every_run_summary_carries_its_gain_interval_and_p_value(store, manager):
+    run_id = manager.submit(digits_config())
+    assert manager.wait(run_id, timeout=300) == "completed"
+    s = store.get_run(run_id).summary
+    low, high = s["kd_gain_ci95"]
+    assert low <= s["kd_gain"] <= high and 0 <= s["kd_gain_p_value"] <= 1
+    assert s["test_images"] == s["test_size"] == 359
+    d = s["kd_gain_discordant"]
+    assert s["kd_gain"] == pytest.approx((d["student_only"] - d["baseline_only"]) / 359)
+
+
+def test_a_2x2_sweep_trains_one_teacher_and_one_baseline(store, manager):
+    ids = manager.submit_sweep(digits_config(), [2.0, 4.0], [0.5, 0.9], group="grid")
+    assert [manager.wait(i, timeout=300) for i in ids] == ["completed"] * 4
+    metrics = store.metrics_frame(ids, kind="epoch")
+    trained = metrics.groupby("phase")["run_id"].unique().map(sorted).to_dict()
+    assert trained["teacher"] == [ids[0]] and trained["baseline"] == [ids[0]]
+    assert sorted(trained["student"]) == sorted(ids)
+    runs = [store.get_run(i) for i in ids]
+    assert len({r.teacher_test_acc for r in runs}) == 1 and len({r.baseline_test_acc for r in runs}) == 1
+    assert all(r.summary["teacher_from_run"] == ids[0] == r.summary["baseline_from_run"] for r in runs[1:])
+    assert {(r.temperature, r.alpha) for r in runs} == {(2.0, 0.5), (2.0, 0.9), (4.0, 0.5), (4.0, 0.9)}
+
+
+def test_a_seed_group_trains_one_teacher_unless_asked_for_one_per_seed(store, manager):
+    from kdcore.experiments import expand
+
+    shared = manager.submit_many(expand(digits_config(), seeds=[0, 1], group="shared"))
+    own = manager.submit_many(expand(digits_config(), seeds=[0, 1], group="own", teacher_per_seed=True))
+    assert [manager.wait(i, timeout=300) for i in shared + own] == ["completed"] * 4
+    teacher_runs = set(store.metrics_frame(shared + own, kind="epoch").query("phase == 'teacher'")["run_id"])
+    assert teacher_runs == {shared[0], *own}
+    # the reused teacher is the one the second seed would have trained with the group's teacher seed
+    assert store.get_run(shared[1]).teacher_test_acc == store.get_run(shared[0]).teacher_test_acc
+    baselines = set(store.metrics_frame(shared, kind="epoch").query("phase == 'baseline'")["run_id"])
+    assert baselines == set(shared)  # a baseline per seed: different seeds are not identical settings

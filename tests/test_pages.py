@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from bench.seed_runs import seed  # noqa: E402
 from kdcore.config import build_config  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
+from kdcore.experiments import expand  # noqa: E402
 from kdcore.jobs import execute_job  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import ACTIVE, Store  # noqa: E402
@@ -41,10 +42,14 @@ def seeded(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('seeded')}/kdcore.db"
     seed(url, runs=20, epochs=50, datasets=("digits", "mnist"))
     store = Store(url)
+    group = expand(build_config({**TINY, "name": "tiny seeds"}), seeds=[0, 1], group="tiny seeds")
+    group_ids = [store.create_run(cfg) for cfg in group]
+    for run_id, cfg in zip(group_ids, group):
+        assert execute_job(store, run_id, cfg) == "completed"
     failed = store.create_run(build_config({**TINY, "name": "doomed"}))
     store.finish_run(failed, "failed", error="teacher.checkpoint: the file is not a checkpoint\n\n"
                                                "Traceback (most recent call last):\n  File \"x.py\", line 1")
-    return {"url": url, "real": _real_run(store), "failed": failed}
+    return {"url": url, "real": _real_run(store), "failed": failed, "group": "tiny seeds", "group_ids": group_ids}
 
 
 @pytest.fixture
@@ -240,6 +245,26 @@ def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
     assert sorted(r.temperature for r in runs) == [2.0, 4.0] and {r.alpha for r in runs} == {0.5}
 
 
+def test_seeds_queue_one_run_per_seed_in_one_group_sharing_one_teacher(empty_db, manager):
+    at = _new_experiment_with()
+    at.text_input(key="ui.seeds").set_value("3-5").run()
+    for run_id in manager.active():
+        manager.cancel(run_id)
+    assert at.button(key="ui.launch").label == "Queue 3 runs"
+    _launch(at)
+    runs = Store().list_runs()
+    assert len({r.group for r in runs}) == 1 and runs[0].group
+    assert sorted(r.config["train"]["seed"] for r in runs) == [3, 4, 5]
+    assert {r.config["teacher"]["seed"] for r in runs} == {3}
+
+
+def test_a_bad_seed_list_is_reported(empty_db):
+    at = _new_experiment_with()
+    at.text_input(key="ui.seeds").set_value("0-x").run()
+    assert "'0-x' is not a seed" in _errors(at)
+    assert at.button(key="ui.launch").disabled
+
+
 def test_a_bad_sweep_value_is_reported(empty_db):
     at = _new_experiment_with(**{"ui.sweep": True})
     at.text_input(key="ui.sweep_t").set_value("2, hot").run()
@@ -261,6 +286,20 @@ def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
     labels = [m.label for m in at.metric]
     assert "KD gain" in labels and "Student is smaller" in labels
     assert len(at.get("plotly_chart")) == 3
+    verdict = " ".join(i.value for i in at.info) + " ".join(w.value for w in at.warning) + \
+        " ".join(s.value for s in at.success)
+    assert "95% interval" in verdict and "of 359 test images" in verdict
+
+
+def test_runs_group_view_shows_mean_spread_interval_and_a_dot_per_seed(seeded_db):
+    at = _open("pages/runs.py")
+    at.selectbox(key="runs_group").set_value(seeded_db["group"]).run()
+    _no_exceptions(at)
+    text = " ".join(x.value for x in [*at.info, *at.success, *at.caption])
+    assert "over 2 seeds" in text and "95% interval" in text and "1 teacher(s) trained" in text
+    dots = [c for c in at.get("plotly_chart") if "n = 2 seeds" in c.proto.spec]
+    assert len(dots) == 1 and all(f"seed {s}, run #{i}" in dots[0].proto.spec
+                                  for s, i in zip((0, 1), seeded_db["group_ids"]))
 
 
 # ---- Runs ------------------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ Metric frames have the store's columns: (run_id,) phase, kind, step, epoch, name
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e"}
 LOSS_PARTS = {"train_loss": ("total", "solid"), "train_ce": ("CE on labels", "dot"), "train_kd": ("KD term", "dash")}
@@ -18,6 +20,18 @@ METRIC_LABELS = {"train_loss": "training loss", "train_ce": "CE on labels", "tra
                  "agreement": "teacher-student agreement", "images_per_s": "images per second", "lr": "learning rate"}
 FRACTIONS = {"train_acc", "val_acc", "agreement", "student_test_acc", "teacher_test_acc", "baseline_test_acc",
              "student_best_val_acc", "kd_gain"}
+# d3 formats keyed on the tick spacing plotly picks (1, 2 or 5 x 10^k): at any zoom each label gets the decimals
+# its spacing needs, so an axis never reads "89% 89% 88%"
+_PERCENT_STOPS = [dict(dtickrange=[None, 0.000099], value=".3%"), dict(dtickrange=[0.000099, 0.00099], value=".2%"),
+                  dict(dtickrange=[0.00099, 0.0099], value=".1%"), dict(dtickrange=[0.0099, None], value=".0%")]
+# Magma without its first colour: Streamlit's chart theme rewrites "#000004" (a placeholder of its own) to a
+# categorical colour, which turned every near-zero cell pink; "#0b0724" is as dark and left alone
+MAGMA = ["#0b0724", "#180f3d", "#440f76", "#721f81", "#9e2f7f", "#cd4071", "#f1605d", "#fd9668", "#feca8d", "#fcfdbf"]
+NOISE_COLOR = "#d9d9d9"  # sweep cells whose 95% interval includes zero
+# two-sided 95% Student-t quantiles by degrees of freedom, for when scipy is missing; between rows the
+# smaller df's (larger, so wider) quantile is used
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
 def _style(fig: go.Figure, title: str, uirevision=None, height: int = 320, x: str = "", y: str = "") -> go.Figure:
@@ -33,6 +47,65 @@ def _empty(title: str, note: str, uirevision=None) -> go.Figure:
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return fig
+
+
+def _percent_ticks(span: float) -> dict:
+    """Percent tick settings: per-spacing formats, and a fallback format with enough decimals for `span`."""
+    fmt = ".0%" if span >= 0.1 else ".1%" if span >= 0.01 else ".2%"
+    return dict(tickformat=fmt, tickformatstops=_PERCENT_STOPS)
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    """Where a fraction can lie: accuracies in [0, 1], a difference of two (the KD gain) in [-1, 1]."""
+    return (-1.0, 1.0) if name == "kd_gain" else (0.0, 1.0)
+
+
+def _fraction_axis(values, bounds: tuple[float, float] = (0.0, 1.0), include_zero: bool = False) -> dict:
+    """Axis settings for fractions: the data's range padded, clamped to `bounds`, with percent ticks.
+
+    Autorange pads past what a fraction can be (one point drew 0-150%); a single distinct value gets all of
+    [0, 1] for accuracies, or 5 points either side. `include_zero` keeps bars' base on the axis.
+    """
+    v = pd.to_numeric(pd.Series(np.ravel(values)), errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    low, high = bounds
+    if v.size == 0:
+        return dict(range=[low, high], **_percent_ticks(high - low))
+    lo, hi = float(v.min()), float(v.max())
+    if include_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = hi - lo
+    if span < 1e-9:
+        lo, hi = (0.0, 1.0) if (low, high) == (0.0, 1.0) else (lo - 0.05, hi + 0.05)
+    else:
+        pad = max(0.08 * span, 0.005)
+        lo, hi = (lo if include_zero and lo == 0.0 else lo - pad), hi + pad
+    lo, hi = max(low, lo), min(high, hi)
+    return dict(range=[lo, hi], **_percent_ticks(hi - lo))
+
+
+def _rgba(color: str, alpha: float) -> str:
+    """'#rrggbb' as an rgba() string, for translucent bands."""
+    r, g, b = (int(color.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _finite(x) -> Optional[float]:
+    """A float, or None for None / NaN / something that is not a number."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _t_quantile(n: int) -> float:
+    """The two-sided 95% Student-t quantile for the mean of n >= 2 values."""
+    try:
+        from scipy import stats
+        return float(stats.t.ppf(0.975, n - 1))
+    except ImportError:
+        return _T975[max(df for df in _T975 if df <= n - 1)]
 
 
 def _rows(history: pd.DataFrame, names: Sequence[str], prefer_steps: bool) -> pd.DataFrame:
@@ -71,7 +144,7 @@ def accuracy(history: pd.DataFrame, uirevision=None) -> go.Figure:
         for phase, g in rows.groupby("phase", sort=False):
             fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase} · {label}", mode=mode,
                             line=dict(color=PHASE_COLORS.get(phase), dash=dash), marker=dict(size=5))
-    fig.update_yaxes(tickformat=".0%")
+    fig.update_yaxes(**_fraction_axis(pd.concat([train["value"], val["value"]])))
     return _style(fig, "Accuracy", uirevision, x="step (within phase)")
 
 
@@ -84,7 +157,7 @@ def agreement(history: pd.DataFrame, uirevision=None) -> go.Figure:
     for phase, g in rows.groupby("phase", sort=False):
         fig.add_scatter(x=g["epoch"], y=g["value"], name=phase, mode="lines+markers",
                         line=dict(color=PHASE_COLORS.get(phase)))
-    fig.update_yaxes(tickformat=".0%")
+    fig.update_yaxes(**_fraction_axis(rows["value"]))
     return _style(fig, "Teacher-student agreement (validation)", uirevision, x="epoch")
 
 
@@ -94,11 +167,12 @@ def all_curves(history: pd.DataFrame, uirevision=None) -> list[go.Figure]:
     epochs = history[history["kind"] == "epoch"]
     for name in [n for n in METRIC_LABELS if n in set(epochs["name"])]:
         fig = go.Figure()
-        for phase, g in epochs[epochs["name"] == name].groupby("phase", sort=False):
+        curves = epochs[epochs["name"] == name]
+        for phase, g in curves.groupby("phase", sort=False):
             fig.add_scatter(x=g["epoch"], y=g["value"], name=phase, mode="lines",
                             line=dict(color=PHASE_COLORS.get(phase)))
         if name in FRACTIONS:
-            fig.update_yaxes(tickformat=".0%")
+            fig.update_yaxes(**_fraction_axis(curves["value"], _bounds(name)))
         figures.append(_style(fig, METRIC_LABELS[name], uirevision, height=260, x="epoch"))
     return figures
 
@@ -116,7 +190,8 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
         fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase}",
                         legendgroup=str(run_id), line=dict(dash=dashes.get(phase, "solid")))
     if metric in FRACTIONS:
-        fig.update_yaxes(tickformat=".0%")
+        # smoothing stays within the raw values' range, so the raw values bound the axis
+        fig.update_yaxes(**_fraction_axis(rows["value"], _bounds(metric)))
     return _style(fig, METRIC_LABELS.get(metric, metric), uirevision, height=380, x="epoch")
 
 
@@ -124,11 +199,13 @@ def accuracy_bars(runs: pd.DataFrame, labels: dict[int, str]) -> go.Figure:
     """Teacher, student and baseline test accuracy side by side for each run."""
     fig = go.Figure()
     names = [labels.get(i, str(i)) for i in runs["id"]]
-    for phase in ("teacher", "student", "baseline"):
-        values = runs[f"{phase}_test_acc"]
-        fig.add_bar(x=names, y=values, name=phase, marker_color=PHASE_COLORS[phase],
+    columns = [f"{phase}_test_acc" for phase in ("teacher", "student", "baseline")]
+    for phase, column in zip(("teacher", "student", "baseline"), columns):
+        values = runs[column]
+        # cliponaxis off: the labels above bars near 100% may overhang the clamped axis
+        fig.add_bar(x=names, y=values, name=phase, marker_color=PHASE_COLORS[phase], cliponaxis=False,
                     text=[("" if pd.isna(v) else f"{100 * v:.1f}%") for v in values], textposition="outside")
-    fig.update_yaxes(tickformat=".0%")
+    fig.update_yaxes(**_fraction_axis(runs[columns].to_numpy(dtype=float), include_zero=True))
     fig.update_layout(barmode="group")
     return _style(fig, "Test accuracy", None, height=380)
 
@@ -152,20 +229,233 @@ def frontier(runs: pd.DataFrame, x: str, y: str, selected: Sequence[int] = (), x
     if x.endswith("params") or x.endswith("flops"):
         fig.update_xaxes(type="log")
     if y in FRACTIONS:
-        fig.update_yaxes(tickformat=".1%")
+        fig.update_yaxes(**_fraction_axis(rows[y], _bounds(y)))
     fig.update_layout(hovermode="closest")
     return _style(fig, f"{y_label or y} against {x_label or x}", None, height=380, x=x_label or x, y=y_label or y)
 
 
-def sweep_heatmap(group: pd.DataFrame, value: str = "student_test_acc", title: str = "") -> go.Figure:
-    """Mean `value` over a sweep group's T x alpha grid."""
-    grid = group.pivot_table(index="alpha", columns="temperature", values=value, aggfunc="mean")
-    text = grid.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
-    fig = go.Figure(go.Heatmap(z=grid.values, x=[f"{t:g}" for t in grid.columns], y=[f"{a:g}" for a in grid.index],
-                               text=text.values, texttemplate="%{text}", colorscale="Viridis",
-                               colorbar=dict(tickformat=".0%")))
+def _sweep_cells(group: pd.DataFrame, value: str) -> pd.DataFrame:
+    """One row per (temperature, alpha) cell: mean, n, the 95% interval (low, high) and where it came from.
+
+    Only completed runs with a value count. Several runs in a cell (seeds) give a Student-t interval of their
+    mean; a lone run's KD gain keeps that run's own interval (kd_gain_low, kd_gain_high), where it has one.
+    """
+    rows = group[group["status"] == "completed"] if "status" in group else group
+    rows = rows.dropna(subset=["temperature", "alpha", value])
+    own = value == "kd_gain" and {"kd_gain_low", "kd_gain_high"} <= set(rows.columns)
+    cells = []
+    for (t, a), g in rows.groupby(["temperature", "alpha"]):
+        x = g[value].to_numpy(dtype=float)
+        n, mean = len(x), float(x.mean())
+        low = high = math.nan
+        source = "one run, no interval"
+        if n >= 2:
+            half = _t_quantile(n) * float(x.std(ddof=1)) / math.sqrt(n)
+            low, high, source = mean - half, mean + half, f"Student-t over {n} runs"
+        elif own and _finite(g["kd_gain_low"].iloc[0]) is not None and _finite(g["kd_gain_high"].iloc[0]) is not None:
+            low, high, source = float(g["kd_gain_low"].iloc[0]), float(g["kd_gain_high"].iloc[0]), "the run's own"
+        cells.append(dict(temperature=float(t), alpha=float(a), mean=mean, n=n, low=low, high=high, source=source))
+    cells = pd.DataFrame(cells, columns=["temperature", "alpha", "mean", "n", "low", "high", "source"])
+    # only a gain can be "no different from zero"; an accuracy's interval always excludes it
+    cells["noise"] = (value == "kd_gain") & (cells["low"] <= 0) & (cells["high"] >= 0)
+    return cells
+
+
+def sweep_heatmap(group: pd.DataFrame, value: str = "kd_gain", title: str = "") -> go.Figure:
+    """A sweep group's T x alpha grid: each cell's mean `value` over its runs, its 95% interval and n.
+
+    For the KD gain (in points, diverging colours around zero) cells whose interval includes zero are drawn
+    grey, outlined and marked "≈ 0: noise", so the real gains stand out from seed noise. Other values
+    (accuracies) get Viridis and percent ticks.
+    """
+    gain = value == "kd_gain"
+    label = "KD gain" if gain else \
+        METRIC_LABELS.get(value, value.replace("_test_acc", " test accuracy").replace("_", " "))
+    title = title or (f"{label} over T × α" + (" (student − baseline)" if gain else ""))
+    if value not in group or not {"temperature", "alpha"} <= set(group.columns):
+        return _empty(title, f"these runs have no {label}")
+    cells = _sweep_cells(group, value)
+    if cells.empty:
+        return _empty(title, f"no completed runs with a {label} yet")
+
+    temps, alphas = sorted(cells["temperature"].unique()), sorted(cells["alpha"].unique())
+    xs, ys = [f"{t:g}" for t in temps], [f"{a:g}" for a in alphas]
+    scale = 100.0  # text in points (gain) or percent (accuracies)
+    number = (lambda v: f"{scale * v:+.2f} pts") if gain else (lambda v: f"{scale * v:.2f}%")
+    shape = (len(ys), len(xs))
+    z, noise_z = np.full(shape, np.nan), np.full(shape, np.nan)
+    # each trace labels only its own cells: noise cells (grey) in one, the rest (coloured) in the other
+    text = {flag: np.full(shape, "", dtype=object) for flag in (False, True)}
+    hover = {flag: np.full(shape, "", dtype=object) for flag in (False, True)}
+    fig = go.Figure()
+    for c in cells.itertuples():
+        i, j, noise = alphas.index(c.alpha), temps.index(c.temperature), bool(c.noise)
+        if math.isnan(c.low):
+            spread, interval = "no interval", "none"
+        else:
+            interval = f"{number(c.low)} to {number(c.high)} ({c.source})"
+            half = scale * (c.high - c.low) / 2
+            sign = "+" if gain else ""
+            # a t interval is symmetric, so its half-width says it; a run's own need not be: both ends
+            spread = (f"±{half:.1f}" if half >= 0.1 else f"±{half:.2f}") if c.n >= 2 else \
+                f"[{scale * c.low:{sign}.1f}, {scale * c.high:{sign}.1f}]"
+        text[noise][i, j] = f"{number(c.mean)}<br>{spread} · n={c.n}" + ("<br>≈ 0: noise" if noise else "")
+        hover[noise][i, j] = (f"T = {c.temperature:g}, α = {c.alpha:g}<br>mean {number(c.mean)}"
+                              f"<br>95% interval {interval}<br>n = {c.n} run{'s' if c.n != 1 else ''}"
+                              + ("<br><b>the interval includes 0: not a real gain</b>" if noise else ""))
+        (noise_z if noise else z)[i, j] = scale * c.mean if gain else c.mean
+        if noise:
+            fig.add_shape(type="rect", x0=j - 0.46, x1=j + 0.46, y0=i - 0.46, y1=i + 0.46, xref="x", yref="y",
+                          line=dict(color="#6c757d", width=2, dash="dot"), layer="above")
+    common = dict(x=xs, y=ys, texttemplate="%{text}", hovertemplate="%{hovertext}<extra></extra>",
+                  hoverongaps=False, xgap=2, ygap=2)
+    if gain:
+        reach = float(np.nanmax(np.abs(scale * cells["mean"]))) or 1.0  # symmetric, so white is exactly 0
+        fig.add_heatmap(z=z, colorscale="RdBu", zmid=0, zmin=-reach, zmax=reach, name="KD gain",
+                        colorbar=dict(title="KD gain", ticksuffix=" pts"), text=text[False], hovertext=hover[False],
+                        **common)
+        if cells["noise"].any():
+            fig.add_heatmap(z=noise_z, colorscale=[[0, NOISE_COLOR], [1, NOISE_COLOR]], showscale=False,
+                            name="interval includes 0", text=text[True], hovertext=hover[True], **common)
+        title += "<br><sup>grey, dotted cells: the 95% interval includes 0 (noise, not a gain)</sup>"
+    else:
+        fig.add_heatmap(z=z, colorscale="Viridis", name=label,
+                        colorbar=dict(title=label, **_percent_ticks(float(np.nanmax(z) - np.nanmin(z)))),
+                        text=text[False], hovertext=hover[False], **common)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys)
     fig.update_layout(hovermode="closest")
-    return _style(fig, title or "Student test accuracy over T × α", None, height=360, x="temperature T", y="alpha α")
+    fig = _style(fig, title, None, height=380, x="temperature T", y="alpha α")
+    if gain:
+        fig.update_layout(margin=dict(t=60))  # room for the title's second line
+    return fig
+
+
+def _mean_marker(fig: go.Figure, x: float, stats: Optional[dict], values: pd.Series, color: str, scale: float,
+                 fmt, name: str, showlegend: bool, col: int) -> list[float]:
+    """A mean as a wide tick with its 95% interval as an error bar; returns the y values drawn."""
+    stats = stats or {}
+    mean = _finite(stats.get("mean"))
+    if mean is None:
+        if values.dropna().empty:
+            return []
+        mean = float(values.mean())
+    ci = stats.get("ci95") or (None, None)
+    low, high = _finite(ci[0]), _finite(ci[1])
+    has_ci = low is not None and high is not None
+    n = stats.get("n", values.notna().sum())
+    about = f"95% interval {fmt(low)} to {fmt(high)}" if has_ci else "no interval"
+    fig.add_scatter(x=[x], y=[scale * mean], mode="markers", name="mean ± 95% interval", legendgroup="mean",
+                    showlegend=showlegend, marker=dict(symbol="line-ew", size=28, line=dict(width=3, color=color)),
+                    error_y=dict(type="data", symmetric=False, array=[scale * (high - mean)] if has_ci else [0],
+                                 arrayminus=[scale * (mean - low)] if has_ci else [0], color=color, thickness=2,
+                                 width=8, visible=has_ci),
+                    hovertemplate=f"{name} mean {fmt(mean)}, {about} (n = {n})<extra></extra>", row=1, col=col)
+    return [scale * v for v in (mean, low, high) if v is not None]
+
+
+def group_dots(runs: pd.DataFrame, aggregate: dict) -> go.Figure:
+    """A seed group's results: left, each model's test accuracy as one dot per seed with the mean and its 95%
+    interval beside them; right, the KD gain in points the same way, against a dashed zero line.
+
+    `aggregate` maps teacher_test_acc, student_test_acc, baseline_test_acc and kd_gain to {"mean", "std",
+    "n", "ci95": [low, high]} (fractions; std and ci95 None for one run). Dots are jittered by seed, in the
+    same order in every column, so one seed's dots sit at the same offset.
+    """
+    if runs.empty:
+        return _empty("Seed group", "no finished runs in this group")
+    runs = runs.sort_values("seed", na_position="last").reset_index(drop=True)
+    n = len(runs)
+    jitter = np.linspace(-0.1, 0.1, n) if n > 1 else np.zeros(1)
+    seeds = ["?" if _finite(s) is None else f"{int(s)}" for s in runs["seed"]]
+    who = [f"seed {s}, run #{i}" for s, i in zip(seeds, runs["id"])]
+    percent = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    points = lambda v: f"{100 * v:+.2f} pts"  # noqa: E731
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.64, 0.36], horizontal_spacing=0.12,
+                        subplot_titles=("Test accuracy", "KD gain (student − baseline)"))
+    drawn = []
+    models = ("teacher", "student", "baseline")
+    for k, model in enumerate(models):
+        column = f"{model}_test_acc"
+        values = runs[column].astype(float) if column in runs else pd.Series(np.nan, index=runs.index)
+        keep = values.notna().to_numpy()
+        fig.add_scatter(x=k - 0.12 + jitter[keep], y=values[keep], mode="markers", name=model, legendgroup=model,
+                        marker=dict(color=PHASE_COLORS[model], size=9, opacity=0.8, line=dict(width=1, color="white")),
+                        text=[f"{w}: {percent(v)}" for w, v in zip(np.array(who)[keep], values[keep])],
+                        hovertemplate="%{text}<extra></extra>", row=1, col=1)
+        drawn += list(values[keep]) + _mean_marker(fig, k + 0.22, aggregate.get(column), values, PHASE_COLORS[model],
+                                                   1.0, percent, model, k == 0, col=1)
+
+    gain = runs["kd_gain"].astype(float) if "kd_gain" in runs else pd.Series(np.nan, index=runs.index)
+    keep = gain.notna().to_numpy()
+    color = PHASE_COLORS["student"]
+    fig.add_scatter(x=-0.12 + jitter[keep], y=100 * gain[keep], mode="markers", name="KD gain", legendgroup="gain",
+                    marker=dict(color=color, size=9, opacity=0.8, symbol="diamond", line=dict(width=1, color="white")),
+                    text=[f"{w}: {points(v)}" for w, v in zip(np.array(who)[keep], gain[keep])],
+                    hovertemplate="%{text}<extra></extra>", row=1, col=2)
+    gains = list(100 * gain[keep]) + _mean_marker(fig, 0.22, aggregate.get("kd_gain"), gain, color, 100.0, points,
+                                                  "KD gain", False, col=2)
+    fig.add_hline(y=0, line=dict(color="grey", dash="dash", width=1), row=1, col=2)
+
+    fig.update_xaxes(tickvals=list(range(len(models))), ticktext=list(models), range=[-0.5, len(models) - 0.5],
+                     showgrid=False, row=1, col=1)
+    fig.update_xaxes(tickvals=[0], ticktext=["student − baseline"], range=[-0.5, 0.5], showgrid=False, row=1, col=2)
+    fig.update_yaxes(**_fraction_axis(drawn), row=1, col=1)
+    # the zero line always on the gain axis, so a reader sees how far the gain is from none
+    lo, hi = min(gains + [0.0]), max(gains + [0.0])
+    pad = max(0.1 * (hi - lo), 0.1)
+    fig.update_yaxes(range=[lo - pad, hi + pad], ticksuffix=" pts", zeroline=False, row=1, col=2)
+    fig = _style(fig, f"n = {n} seed{'s' if n != 1 else ''}", None, height=400)
+    fig.update_layout(hovermode="closest", margin=dict(t=70))  # the subplot titles sit under the figure's
+    return fig
+
+
+def averaged_curves(frame: pd.DataFrame, metric: str, phases: Sequence[str] = ("student", "baseline"),
+                    uirevision=None) -> go.Figure:
+    """`metric` against the epoch averaged over several runs: per phase the mean as a line, with a band of
+    ± one standard deviation, or the min-max range when fewer than 3 runs (the legend says which)."""
+    label = METRIC_LABELS.get(metric, metric)
+    title = f"{label}, mean over runs"
+    if frame.empty:
+        return _empty(title, "no curves in these runs", uirevision)
+    rows = frame[(frame["kind"] == "epoch") & (frame["name"] == metric) & frame["phase"].isin(phases)]
+    rows = rows.dropna(subset=["epoch", "value"])
+    if rows.empty:
+        return _empty(title, "no such curve in these runs", uirevision)
+    fraction = metric in FRACTIONS
+    fmt = ".1%" if fraction else ".4g"
+    bounds = _bounds(metric)
+    fig = go.Figure()
+    drawn = []
+    for phase in phases:
+        g = rows[rows["phase"] == phase]
+        if g.empty:
+            continue
+        wide = g.pivot_table(index="epoch", columns="run_id", values="value", aggfunc="mean").sort_index()
+        runs = wide.shape[1]
+        mean, count = wide.mean(axis=1), wide.count(axis=1)
+        if runs >= 3:
+            sd = wide.std(axis=1, ddof=1).fillna(0.0)  # an epoch only one run reached has no spread
+            low, high, band = mean - sd, mean + sd, "± 1 sd"
+        else:
+            low, high, band = wide.min(axis=1), wide.max(axis=1), "min–max"
+        if fraction:  # a band of accuracies cannot leave [0, 1]
+            low, high = low.clip(*bounds), high.clip(*bounds)
+        epochs = wide.index.to_numpy()
+        color = PHASE_COLORS.get(phase, "#444444")
+        fig.add_scatter(x=np.concatenate([epochs, epochs[::-1]]), y=np.concatenate([high, low[::-1]]),
+                        fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
+                        name=f"{phase} · {band}", legendgroup=phase)
+        fig.add_scatter(x=epochs, y=mean.to_numpy(), mode="lines", line=dict(color=color),
+                        name=f"{phase} · mean of {runs} run{'s' if runs != 1 else ''}", legendgroup=phase,
+                        customdata=np.column_stack([low, high, count]),
+                        hovertemplate=f"{phase}: %{{y:{fmt}}} ({band} %{{customdata[0]:{fmt}}} to "
+                                      f"%{{customdata[1]:{fmt}}}, n = %{{customdata[2]}})<extra></extra>")
+        drawn += [low.to_numpy(), high.to_numpy()]
+    if fraction and drawn:
+        fig.update_yaxes(**_fraction_axis(np.concatenate(drawn), bounds))
+    return _style(fig, title, uirevision, height=380, x="epoch")
 
 
 def confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> go.Figure:
@@ -184,7 +474,8 @@ def per_class(accuracies: dict[str, np.ndarray], class_names: Sequence[str]) -> 
     fig = go.Figure()
     for model, acc in accuracies.items():
         fig.add_bar(x=list(class_names), y=acc, name=model, marker_color=PHASE_COLORS.get(model))
-    fig.update_yaxes(tickformat=".0%")
+    values = [np.asarray(acc, dtype=float).ravel() for acc in accuracies.values()]
+    fig.update_yaxes(**_fraction_axis(np.concatenate(values) if values else [], include_zero=True))
     fig.update_xaxes(type="category")
     fig.update_layout(barmode="group")
     return _style(fig, "Test accuracy per class", None, height=320)
@@ -217,9 +508,9 @@ def temperature_curves(curves: pd.DataFrame, temperature: Optional[float] = None
 def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: float) -> go.Figure:
     """The teacher's mean softened probabilities per true class ("dark knowledge")."""
     k = len(class_names)
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(class_names), y=list(class_names), colorscale="Magma", zmin=0,
-                               text=np.round(matrix, 2) if k <= 12 else None,
-                               texttemplate="%{text}" if k <= 12 else None,
+    # labels formatted from z by plotly: a text array of float32 printed as 0.20000000298023224
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(class_names), y=list(class_names), colorscale=MAGMA, zmin=0,
+                               texttemplate="%{z:.2f}" if k <= 12 else None,
                                hovertemplate="true %{y} → %{x}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")

@@ -3,27 +3,79 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kdcore.stats import describe_paired
 from ui import state, text
 
 
 def summary_card(summary: dict) -> None:
-    """Test accuracies, KD gain, and how much smaller and cheaper the student is."""
+    """Test accuracies, the KD gain with its interval in words, and how much smaller and cheaper the student is."""
     if not summary or "student_test_acc" not in summary:
         return
     gain = summary.get("kd_gain")
+    ci = summary.get("kd_gain_ci95") or (None, None)
     cols = st.columns(6)
-    cols[0].metric("Teacher test accuracy", text.pct(summary.get("teacher_test_acc")))
+    cols[0].metric("Teacher test accuracy", text.pct(summary.get("teacher_test_acc")),
+                   help=f"Trained by run #{summary['teacher_from_run']} of this group and reused here"
+                   if "teacher_from_run" in summary else None)
     cols[1].metric("Student test accuracy", text.pct(summary.get("student_test_acc")),
                    delta=None if text.missing(gain) else f"{text.points(gain)} vs baseline")
     cols[2].metric("Baseline test accuracy", text.pct(summary.get("baseline_test_acc")),
-                   help="The same student trained from scratch, without the teacher")
-    cols[3].metric("KD gain", text.points(gain), help="Student minus baseline test accuracy, in percentage points")
+                   help="The same student trained from scratch, without the teacher"
+                   + (f"; trained by run #{summary['baseline_from_run']} and shared" if "baseline_from_run" in summary
+                      else ""))
+    cols[3].metric("KD gain", text.points(gain), help="Student minus baseline test accuracy, in percentage points; "
+                   f"95% interval {text.points_range(*ci)}")
     cols[4].metric("Student is smaller", text.ratio(summary.get("teacher_params"), summary.get("student_params")),
                    help=f"{text.compact(summary.get('student_params'))} parameters against the teacher's "
                         f"{text.compact(summary.get('teacher_params'))}")
     cols[5].metric("Student is cheaper", text.ratio(summary.get("teacher_flops"), summary.get("student_flops")),
                    help=f"{text.compact(summary.get('student_flops'), 'FLOPs')} per image against the teacher's "
                         f"{text.compact(summary.get('teacher_flops'), 'FLOPs')}")
+    if not text.missing(gain):
+        gain_verdict(summary)
+
+
+def gain_verdict(summary: dict) -> None:
+    """The gain in words, and what its interval means."""
+    discordant = summary.get("kd_gain_discordant") or {}
+    net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
+    words = describe_paired(summary.get("kd_gain"), summary.get("kd_gain_ci95"), summary.get("kd_gain_p_value"),
+                            summary.get("test_images"), net)
+    p = summary.get("kd_gain_p_value")
+    real = p is not None and p < 0.05 and "not distinguishable" not in words
+    (st.success if real and summary["kd_gain"] > 0 else st.warning if real else st.info)(
+        f"**KD gain:** {words}", icon=":material/insights:")
+    if discordant:
+        st.caption(f"The student got {discordant.get('student_only', 0)} test images right that the baseline got "
+                   f"wrong, and the baseline {discordant.get('baseline_only', 0)} the other way. The interval is where "
+                   "the gain would likely fall on other test images like these (a paired bootstrap over the test "
+                   "images); p is the chance of a split at least this uneven if both students were equally good "
+                   "(McNemar's exact test). A new seed can still move the gain: run several seeds for that.")
+
+
+def group_card(report: dict) -> None:
+    """A seed group's or sweep's answer: mean ± std over its completed runs, the interval, in words."""
+    agg = report["aggregate"]
+    done = report["statuses"].get("completed", 0)
+    total = len(report["run_ids"])
+    cols = st.columns(4)
+    for col, (key, label) in zip(cols, [("teacher_test_acc", "Teacher"), ("student_test_acc", "Student"),
+                                        ("baseline_test_acc", "Baseline"), ("kd_gain", "KD gain")]):
+        a = agg.get(key)
+        if not a:
+            col.metric(label, "—")
+            continue
+        value = text.points(a["mean"]) if key == "kd_gain" else text.pct(a["mean"], 2)
+        spread = "" if a["std"] is None else f" ± {100 * a['std']:.2f}"
+        col.metric(label, value + spread, help=None if a["ci95"] is None else
+                   f"95% interval across seeds: {text.points_range(*a['ci95'])} points")
+    gain = agg.get("kd_gain")
+    above = gain and gain.get("ci95") and gain["ci95"][0] > 0
+    (st.success if above else st.info)(f"**KD gain over seeds:** {report['kd_gain_in_words']}",
+                                       icon=":material/insights:")
+    st.caption(f"{done} of {total} runs completed · {report['teachers_trained']} teacher(s) trained for the group. "
+               "Mean ± standard deviation over seeds; the interval is a Student-t 95% interval of the mean: where the "
+               "average gain over many more seeds would likely fall.")
 
 
 def outcome(status: str, error: str | None) -> None:

@@ -17,8 +17,10 @@ import torch
 from kdcore.analysis import entropy_vs_temperature, kl_vs_temperature
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
+from kdcore.experiments import group_report
 from kdcore.jobs import JobManager, get_manager
 from kdcore.store import ACTIVE, Run, RunNotFound, Store, default_url
+from ui import text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
@@ -61,7 +63,22 @@ def demo_config() -> RunConfig:
 # ---- runs and metrics ---------------------------------------------------------------------
 @st.cache_data(ttl=1.0, show_spinner=False)
 def _runs_frame(url: str) -> pd.DataFrame:
-    return _store(url).runs_frame()
+    frame = _store(url).runs_frame()
+    # gains in points, as every page shows them
+    frame["kd_gain_pts"] = frame["kd_gain"] * 100
+    frame["kd_gain_interval"] = [text.points_range(lo, hi) if pd.notna(lo) else None
+                                 for lo, hi in zip(frame["kd_gain_low"], frame["kd_gain_high"])]
+    frame["shares"] = [_shared_from(t, b) for t, b in zip(frame["teacher_from_run"], frame["baseline_from_run"])]
+    return frame
+
+
+def _shared_from(teacher_run, baseline_run) -> Optional[str]:
+    parts = []
+    if pd.notna(teacher_run):
+        parts.append(f"teacher of #{int(teacher_run)}")
+    if pd.notna(baseline_run):
+        parts.append(f"baseline of #{int(baseline_run)}")
+    return ", ".join(parts) or None
 
 
 def runs_frame() -> pd.DataFrame:
@@ -79,6 +96,17 @@ def metrics(run_ids, kind: Optional[str] = None) -> pd.DataFrame:
     return _metrics(default_url(), tuple(sorted(int(r) for r in run_ids)), kind)
 
 
+@st.cache_data(ttl=1.0, show_spinner=False)
+def _group_report(url: str, name: str) -> Optional[dict]:
+    runs = _store(url).list_runs(group=name)
+    return group_report(runs) if runs else None
+
+
+def group(name: str) -> Optional[dict]:
+    """A group's runs, statuses and mean ± std with intervals over its completed runs."""
+    return _group_report(default_url(), name)
+
+
 def get_run(run_id: int) -> Optional[Run]:
     try:
         return store().get_run(int(run_id))
@@ -90,6 +118,7 @@ def runs_changed() -> None:
     """Drops cached queries after this session changed the store."""
     _runs_frame.clear()
     _metrics.clear()
+    _group_report.clear()
 
 
 def is_active(run: Optional[Run]) -> bool:

@@ -22,6 +22,19 @@ def points(value: Optional[float]) -> str:
     return "—" if missing(value) else f"{100 * value:+.2f} pts"
 
 
+def points_range(low: Optional[float], high: Optional[float]) -> str:
+    """An interval of accuracy differences in points: '−0.28 to +3.06'."""
+    if missing(low) or missing(high):
+        return "—"
+    return f"{100 * low:+.2f} to {100 * high:+.2f}".replace("-", "−")
+
+
+def p_value(p: Optional[float]) -> str:
+    if missing(p):
+        return "—"
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
 def compact(value: Optional[float], unit: str = "") -> str:
     """1234567 -> '1.23 M'."""
     if missing(value):
