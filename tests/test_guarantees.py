@@ -1,0 +1,173 @@
+"""Guarantees behind the KD gain (distilled student minus scratch baseline).
+
+Each test protects one behaviour whose silent loss would bias the gain or the model
+choice while every other test stays green. Tiny runs on the embedded digits data, CPU only.
+"""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kdcore.config import build_config
+from kdcore.data import load_dataset
+from kdcore.data.splitting import stratified_split
+from kdcore.engine.checkpoint import load_model_from_checkpoint
+from kdcore.engine.run import TEST_LOGITS_FILE, _build, execute_run
+from kdcore.engine.trainer import accuracy, fit, freeze_early_layers
+
+CPU = torch.device("cpu")
+
+
+def tiny_config(**sections):
+    data = {
+        "dataset": {"name": "digits", "val_fraction": 0.15},
+        "teacher": {"arch": "mlp_tiny", "epochs": 1},
+        "student": {"arch": "mlp_tiny"},
+        "distill": {"temperature": 4.0, "alpha": 0.9},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "seed": 0, "device": "cpu", "amp": False},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
+    return build_config(data)
+
+
+def epoch_events(phase=None):
+    events = []
+
+    def callback(event):
+        if event.kind == "epoch" and (phase is None or event.phase == phase):
+            events.append(event)
+
+    return events, callback
+
+
+def load_phase(run_dir, phase, config, data):
+    return load_model_from_checkpoint(run_dir / f"{phase}.pt", arch=config.student.arch, num_classes=data.num_classes,
+                                      in_channels=data.in_channels, image_size=data.image_size).eval()
+
+
+@torch.no_grad()
+def plain_logits(model, split):
+    # straight through the model, bypassing loaders and predict_logits, which are under test
+    return model.eval()(split.x)
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_baseline_starts_from_the_students_initial_weights_and_data_order(tmp_path):
+    # with alpha = 0 the distilled phase is plain cross-entropy, so any difference between
+    # student and baseline can only come from init or data order, and would leak into the gain
+    config = tiny_config(distill={"alpha": 0.0})
+    summary = execute_run(config, tmp_path, device=CPU)
+    logits = torch.load(tmp_path / TEST_LOGITS_FILE, weights_only=True)
+    assert torch.equal(logits["student"], logits["baseline"])
+    assert summary["kd_gain"] == 0.0
+    assert summary["student_test_acc"] == summary["baseline_test_acc"]
+    data = load_dataset(config.dataset)
+    assert same_weights(load_phase(tmp_path, "student", config, data), load_phase(tmp_path, "baseline", config, data))
+
+
+def test_fit_ends_holding_the_best_validation_epochs_weights():
+    # SGD at lr 1.0 overshoots after an early peak, so the best epoch is not the last
+    data = load_dataset(tiny_config().dataset)
+    train_cfg = tiny_config(train={"optimizer": "sgd", "lr": 1.0, "schedule": "none"}).train
+    model = _build("mlp_tiny", {}, data, 1)
+    events, callback = epoch_events()
+    result = fit(model, data, phase="student", epochs=5, train_cfg=train_cfg, device=CPU, callback=callback)
+    val_accs = [e.metrics["val_acc"] for e in events]
+    assert len(val_accs) == 5
+    assert result.best_epoch < 5 and val_accs[-1] < max(val_accs), "setting no longer has an early best epoch"
+    assert result.best_val_acc == max(val_accs) == val_accs[result.best_epoch - 1]
+    assert accuracy(plain_logits(model, data.val), data.val.y) == pytest.approx(result.best_val_acc, abs=1e-9)
+
+
+class _Untouchable:
+    """A test split that fails the test on any use."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read during training (.{name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was read during training (len)")
+
+
+def test_model_selection_never_reads_the_test_split():
+    # choosing epochs on test images would make every reported test accuracy optimistic
+    config = tiny_config(train={"epochs": 3})
+    data = load_dataset(config.dataset)
+    blind = replace(data, test=_Untouchable())
+    model = _build("mlp_tiny", {}, data, 1)
+    result = fit(model, blind, phase="student", epochs=3, train_cfg=config.train, device=CPU, callback=lambda e: None)
+    reference = _build("mlp_tiny", {}, data, 1)
+    expected = fit(reference, data, phase="student", epochs=3, train_cfg=config.train, device=CPU,
+                   callback=lambda e: None)
+    assert result.epochs_run == 3 and result.best_val_acc > 0.5
+    assert (result.best_epoch, result.best_val_acc) == (expected.best_epoch, expected.best_val_acc)
+    assert same_weights(model, reference)
+
+
+def test_validation_and_test_images_are_never_augmented(tmp_path):
+    # augmented evaluation makes the reported accuracies noisy and lower than the model's real ones
+    config = tiny_config(dataset={"augment": {"crop_padding": 2, "flip": True}}, baseline=False)
+    events, callback = epoch_events("student")
+    execute_run(config, tmp_path, device=CPU, callback=callback)
+    data = load_dataset(config.dataset)
+    stored = torch.load(tmp_path / TEST_LOGITS_FILE, weights_only=True)
+    best = load_phase(tmp_path, "student", config, data)
+    torch.testing.assert_close(stored["student"], plain_logits(best, data.test), rtol=1e-4, atol=1e-4)
+    last = load_phase(tmp_path, "student_last", config, data)
+    assert events[-1].metrics["val_acc"] == pytest.approx(accuracy(plain_logits(last, data.val), data.val.y), abs=1e-9)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_gain():
+    # at lr 1e-9 validation accuracy cannot move after epoch 1, so patience 1 ends at epoch 2
+    config = tiny_config(train={"lr": 1e-9, "schedule": "none", "early_stopping_patience": 1})
+    data = load_dataset(config.dataset)
+    model = _build("mlp_tiny", {}, data, 1)
+    events, callback = epoch_events()
+    result = fit(model, data, phase="student", epochs=6, train_cfg=config.train, device=CPU, callback=callback)
+    assert result.epochs_run == 2
+    assert [e.epoch for e in events] == [1, 2]
+    assert result.best_epoch == 1
+
+
+def test_frozen_layers_keep_their_initial_weights(tmp_path):
+    # a freeze that silently trains everything would make freeze_fraction sweeps meaningless
+    fresh = _build("mlp_tiny", {}, load_dataset(tiny_config().dataset), 1)
+    params = list(fresh.parameters())
+    assert freeze_early_layers(fresh, 0.5) == len(params) // 2 > 0
+    assert [p.requires_grad for p in params] == [False] * (len(params) // 2) + [True] * (len(params) - len(params) // 2)
+
+    config = tiny_config(student={"freeze_fraction": 0.5}, distill={"alpha": 0.5})
+    execute_run(config, tmp_path, device=CPU)
+    data = load_dataset(config.dataset)
+    initial = list(_build(config.student.arch, config.student.options, data, config.train.seed + 1).parameters())
+    frozen = len(initial) // 2
+    for phase in ("student", "baseline"):
+        trained = list(load_phase(tmp_path, phase, config, data).parameters())
+        unchanged = [torch.equal(a, b) for a, b in zip(initial, trained)]
+        assert unchanged == [True] * frozen + [False] * (len(initial) - frozen), phase
+
+
+def test_validation_split_is_stratified():
+    # an unstratified validation split skews per-class accuracy and, on small data, model selection
+    sizes = [50 * (i + 1) for i in range(10)]
+    y = torch.cat([torch.full((s,), c) for c, s in enumerate(sizes)])
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(3))]
+    for fraction in (0.1, 0.15, 0.3):
+        kept, carved = stratified_split(y, fraction)
+        assert len(carved) == round(fraction * len(y))
+        assert torch.equal(torch.sort(torch.cat([kept, carved])).values, torch.arange(len(y)))
+        counts = torch.bincount(y[carved], minlength=10)
+        for c, s in enumerate(sizes):
+            assert abs(counts[c].item() - fraction * s) <= 1, (fraction, c, counts.tolist())
+
+    config = tiny_config()
+    data = load_dataset(config.dataset)
+    val_counts = torch.bincount(data.val.y, minlength=data.num_classes)
+    all_counts = val_counts + torch.bincount(data.train.y, minlength=data.num_classes)
+    for c in range(data.num_classes):
+        assert abs(val_counts[c].item() - config.dataset.val_fraction * all_counts[c].item()) <= 1, c
