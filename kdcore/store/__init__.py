@@ -1,112 +1,163 @@
-"""The run store: runs, their metrics and artefacts, in SQLite (or any SQLAlchemy URL).
+"""The run store: runs, their metrics and artefacts, and the queue of runs to execute.
 
-Nothing outside this module writes SQL. One engine per process and URL; one
-Session per unit of work; metric rows arrive in batches.
+Nothing outside this module writes SQL. One engine per process and URL, its schema
+brought up to date by Alembic on first open; one Session per unit of work; metric
+rows arrive in batches. The store is also the queue: submitting writes a queued run,
+workers claim the oldest atomically and hold a lease renewed by heartbeats, and a
+cancel is a flag in the row, so any process on any host can watch or stop any run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import threading
-from datetime import datetime, timezone
+import time
+import uuid as uuidlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
-from sqlalchemy import event, func, insert
+from sqlalchemy import event, func, insert, inspect, or_, text, update
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
+from sqlmodel import Session, create_engine, delete, select
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
-ACTIVE = ("queued", "running")
+from kdcore.store.tables import ACTIVE, FINISHED, STATUSES, Artefact, Metric, Run, utcnow  # noqa: F401
+
 DEFAULT_URL = "sqlite:///runs/kdcore.db"
 SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
                    "teacher_params", "student_params", "teacher_flops", "student_flops")
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+HEARTBEAT_S = 2.0  # how often a worker renews its lease and reads the cancel flag
+DEFAULT_GRACE_S = 60.0  # a running run whose lease is older than this is interrupted
+EXPIRE_EVERY_S = 5.0  # readers look for expired leases at most this often
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+def host_name() -> str:
+    """This machine's name as workers report it ($KDCORE_HOST overrides, e.g. in a container)."""
+    return os.environ.get("KDCORE_HOST") or socket.gethostname()
 
 
-class Run(SQLModel, table=True):
-    __tablename__ = "runs"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = ""
-    status: str = Field(default="queued", index=True)
-    config_json: str = "{}"
-    summary_json: str = "{}"
-    error: Optional[str] = None
-    device: Optional[str] = None
-    owner: Optional[str] = None  # host:pid of the process running it, for crash recovery
-    group: Optional[str] = Field(default=None, index=True)
-    tags: str = "[]"  # JSON list
-    notes: str = ""
-    # Copied out of the config and summary so the runs table filters and sorts in SQL
-    dataset: str = ""
-    teacher_arch: str = ""
-    student_arch: str = ""
-    method: str = ""
-    temperature: float = 0.0
-    alpha: float = 0.0
-    teacher_test_acc: Optional[float] = None
-    student_test_acc: Optional[float] = None
-    baseline_test_acc: Optional[float] = None
-    kd_gain: Optional[float] = None
-    student_best_val_acc: Optional[float] = None
-    teacher_params: Optional[int] = None
-    student_params: Optional[int] = None
-    teacher_flops: Optional[int] = None
-    student_flops: Optional[int] = None
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+def this_worker(suffix: str = "") -> str:
+    return f"{host_name()}:{os.getpid()}" + (f":{suffix}" if suffix else "")
 
-    @property
-    def config(self) -> dict:
-        return json.loads(self.config_json)
 
-    @property
-    def summary(self) -> dict:
-        return json.loads(self.summary_json)
+def lease_grace_s() -> float:
+    """Seconds without a heartbeat after which a running run counts as interrupted ($KDCORE_LEASE_GRACE_S)."""
+    try:
+        return max(1.0, float(os.environ.get("KDCORE_LEASE_GRACE_S", DEFAULT_GRACE_S)))
+    except ValueError:
+        return DEFAULT_GRACE_S
 
-    @property
-    def tag_list(self) -> list[str]:
-        return json.loads(self.tags)
 
-    @property
-    def duration_s(self) -> Optional[float]:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
+_engines: dict[str, Any] = {}
+_engines_lock = threading.Lock()
+
+
+def _sqlite_path(url: str) -> Optional[Path]:
+    if url.startswith("sqlite:///") and ":memory:" not in url and url != "sqlite://":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def _engine_for(url: str):
+    with _engines_lock:
+        if url not in _engines:
+            path = _sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+                @event.listens_for(engine, "connect")
+                def _sqlite_pragmas(conn, _record):
+                    cur = conn.cursor()
+                    cur.execute("PRAGMA busy_timeout=30000")  # first: every later statement may wait on a lock
+                    cur.execute("PRAGMA synchronous=NORMAL")
+                    cur.execute("PRAGMA foreign_keys=ON")
+                    cur.close()
+            elif url.startswith("sqlite"):  # in memory: one connection, or each thread sees its own empty database
+                engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
+            elif url.startswith("postgresql"):
+                # timestamps are stored without a zone, always in UTC
+                engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            _migrate(engine, path)
+            _engines[url] = engine
+        return _engines[url]
+
+
+@contextlib.contextmanager
+def _migration_lock(conn, sqlite_path: Optional[Path]):
+    """One process at a time brings a store's schema up to date; the others wait, then find it done."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_lock(7271)")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql("SELECT pg_advisory_unlock(7271)")
+        return
+    if sqlite_path is None:
+        yield
+        return
+    import fcntl
+
+    with open(f"{sqlite_path}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _migrate(engine, sqlite_path: Optional[Path]) -> None:
+    """Creates a new store, or stamps a 0.1.0 store (no version table) and upgrades it in place."""
+    from alembic import command
+    from alembic.config import Config
+
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a batch rebuild drops and renames tables
+        with _migration_lock(conn, sqlite_path):
+            tables = set(inspect(conn).get_table_names())
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            if "runs" in tables and "alembic_version" not in tables:
+                command.stamp(cfg, "0001")  # release 0.1.0 had no version table
+            command.upgrade(cfg, "head")
+            conn.commit()
+            if sqlite_path is not None:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept in the file; set once, under the lock
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
+def default_url() -> str:
+    return os.environ.get("KDCORE_DB_URL", DEFAULT_URL)
+
+
+def default_artefact_root(url: str) -> Path:
+    """$KDCORE_ARTEFACT_ROOT, else the SQLite file's folder, else ./runs."""
+    root = os.environ.get("KDCORE_ARTEFACT_ROOT") or os.environ.get("KDCORE_RUNS_DIR")
+    if root:
+        return Path(root)
+    path = _sqlite_path(url)
+    return path.parent if path is not None else Path("runs")
+
+
+def _loads_any(text: Optional[str]):
+    try:
+        return json.loads(text or "null")
+    except ValueError:
         return None
 
 
-class Metric(SQLModel, table=True):
-    __tablename__ = "metrics"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="runs.id", index=True)
-    phase: str  # teacher | student | baseline
-    kind: str = "epoch"  # step (inside an epoch) | epoch (end of epoch, with validation)
-    step: int
-    epoch: int
-    name: str
-    value: float
-
-
-class Artefact(SQLModel, table=True):
-    __tablename__ = "artefacts"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="runs.id", index=True)
-    kind: str  # teacher_weights, student_weights, baseline_weights, test_logits, ...
-    path: str  # relative to the artefact root
-
-
 def _loads(text: Optional[str]) -> dict:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
+    value = _loads_any(text)
     return value if isinstance(value, dict) else {}
 
 
@@ -125,87 +176,42 @@ FRAME_FROM_SUMMARY = {
 }
 
 
-def this_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_engines: dict[str, Any] = {}
-_engines_lock = threading.Lock()
-
-
-def _engine_for(url: str):
-    with _engines_lock:
-        if url not in _engines:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-                @event.listens_for(engine, "connect")
-                def _sqlite_pragmas(conn, _record):
-                    cur = conn.cursor()
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute("PRAGMA busy_timeout=30000")
-                    cur.execute("PRAGMA synchronous=NORMAL")
-                    cur.execute("PRAGMA foreign_keys=ON")
-                    cur.close()
-            elif url.startswith("sqlite"):  # in memory: one connection, or each thread sees its own empty database
-                engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            SQLModel.metadata.create_all(engine)
-            _engines[url] = engine
-        return _engines[url]
-
-
-def default_url() -> str:
-    return os.environ.get("KDCORE_DB_URL", DEFAULT_URL)
-
-
 class RunNotFound(KeyError):
     pass
 
 
 class Store:
-    """Reads and writes runs. Safe to share between threads.
+    """Reads and writes runs; the queue of runs to execute. Safe to share between threads.
 
     Args:
         url: an SQLAlchemy URL; default $KDCORE_DB_URL, else sqlite:///runs/kdcore.db.
-        artefact_root: where runs/<id>/ folders live; default the SQLite file's folder, else ./runs.
+        artefact_root: where run folders live; default $KDCORE_ARTEFACT_ROOT, else the SQLite
+            file's folder, else ./runs. Workers on several machines share it over a shared filesystem.
     """
 
     def __init__(self, url: Optional[str] = None, artefact_root: Optional[str | Path] = None):
         self.url = url or default_url()
         self.engine = _engine_for(self.url)
-        if artefact_root is None:
-            artefact_root = os.environ.get("KDCORE_RUNS_DIR") or (
-                Path(self.url.removeprefix("sqlite:///")).parent if self.url.startswith("sqlite:///") else "runs"
-            )
-        self.artefact_root = Path(artefact_root)
+        self.artefact_root = Path(artefact_root) if artefact_root is not None else default_artefact_root(self.url)
+        self._folders: dict[int, str] = {}
+        self._last_expiry = 0.0
 
     # ---- runs -----------------------------------------------------------------------------
     def create_run(self, config, status: str = "queued") -> int:
-        """Stores a validated RunConfig as a new run; returns its id."""
+        """Stores a validated RunConfig as a new (queued) run; returns its number, never used before."""
         cfg = config.model_dump(mode="json")
+        run_uuid = uuidlib.uuid4().hex
         run = Run(
-            name=config.display_name(), status=status, config_json=json.dumps(cfg), group=config.group,
-            tags=json.dumps(list(config.tags)), dataset=config.dataset.name, teacher_arch=config.teacher.arch,
-            student_arch=config.student.arch, method=config.distill.method,
-            temperature=config.distill.temperature, alpha=config.distill.alpha, owner=this_owner(),
+            uuid=run_uuid, folder=run_uuid, name=config.display_name(), status=status, config_json=json.dumps(cfg),
+            group=config.group, tags=json.dumps(list(config.tags)), dataset=config.dataset.name,
+            teacher_arch=config.teacher.arch, student_arch=config.student.arch, method=config.distill.method,
+            temperature=config.distill.temperature, alpha=config.distill.alpha,
         )
         with Session(self.engine) as s:
             s.add(run)
             s.commit()
             s.refresh(run)
+            self._folders[run.id] = run.folder
             return run.id
 
     def get_run(self, run_id: int) -> Run:
@@ -226,19 +232,39 @@ class Store:
             s.add(run)
             s.commit()
 
-    def mark_running(self, run_id: int, device: str) -> None:
-        self._update(run_id, status="running", device=device, started_at=utcnow(), owner=this_owner())
+    def set_device(self, run_id: int, device: str) -> None:
+        self._update(run_id, device=device)
 
-    def finish_run(self, run_id: int, status: str, summary: Optional[dict] = None, error: Optional[str] = None) -> None:
+    def mark_running(self, run_id: int, device: str, worker: Optional[str] = None) -> None:
+        """Marks a run running under `worker`'s lease (seeded and imported runs; workers use claim)."""
+        now = utcnow()
+        self._update(run_id, status="running", device=device, started_at=now, heartbeat_at=now,
+                     worker=worker or this_worker())
+
+    def finish_run(self, run_id: int, status: str, summary: Optional[dict] = None, error: Optional[str] = None,
+                   worker: Optional[str] = None) -> bool:
+        """Records a run's end. With `worker`, only while that worker still holds the run's lease.
+
+        Returns:
+            False when the lease was lost (another process already marked the run interrupted).
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "phase": None}
         if summary is not None:
             values["summary_json"] = json.dumps(summary, default=float)
             for key in SUMMARY_COLUMNS:
                 if key in summary and summary[key] == summary[key]:  # skip NaN
                     values[key] = summary[key]
-        self._update(run_id, **values)
+        q = update(Run).where(Run.id == run_id)
+        if worker is not None:
+            q = q.where(Run.worker == worker, Run.status == "running")
+        with Session(self.engine) as s:
+            done = s.execute(q.values(**values)).rowcount
+            s.commit()
+        if not done and worker is None:
+            raise RunNotFound(f"no run with id {run_id}")
+        return bool(done)
 
     def update_run(self, run_id: int, *, name: Optional[str] = None, tags: Optional[Iterable[str]] = None,
                    notes: Optional[str] = None) -> None:
@@ -254,19 +280,24 @@ class Store:
         self._update(run_id, **values)
 
     def delete_run(self, run_id: int) -> None:
-        """Deletes a finished run, its metrics, artefact rows and its folder."""
+        """Deletes a finished run, its metrics, artefact rows and its own folder (nothing of any other run)."""
+        self.expire_leases(force=True)
         run = self.get_run(run_id)
         if run.status in ACTIVE:
             raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting")
+        folder = self.run_dir(run_id)
         with Session(self.engine) as s:
             s.exec(delete(Metric).where(Metric.run_id == run_id))
             s.exec(delete(Artefact).where(Artefact.run_id == run_id))
             s.exec(delete(Run).where(Run.id == run_id))
             s.commit()
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        self._folders.pop(run_id, None)
+        if folder.resolve() != self.artefact_root.resolve():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def list_runs(self, status: Optional[Iterable[str]] = None, group: Optional[str] = None,
                   limit: Optional[int] = None) -> list[Run]:
+        self.expire_leases()
         with Session(self.engine) as s:
             q = select(Run).order_by(Run.id.desc())
             if status:
@@ -293,42 +324,131 @@ class Store:
 
     def runs_frame(self) -> pd.DataFrame:
         """One row per run, the columns a runs table shows; read in one query."""
-        cols = ["id", "name", "status", "dataset", "teacher_arch", "student_arch", "method", "temperature", "alpha",
-                "student_best_val_acc", "teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain",
-                "teacher_params", "student_params", "teacher_flops", "student_flops", "tags", "group", "notes",
-                "error", "device", "created_at", "started_at", "finished_at", "config_json", "summary_json"]
+        self.expire_leases()
+        cols = [Run.id, Run.name, Run.status, Run.dataset, Run.teacher_arch, Run.student_arch, Run.method,
+                Run.temperature, Run.alpha, Run.student_best_val_acc, Run.teacher_test_acc, Run.student_test_acc,
+                Run.baseline_test_acc, Run.kd_gain, Run.teacher_params, Run.student_params, Run.teacher_flops,
+                Run.student_flops, Run.tags, Run.group, Run.notes, Run.error, Run.device, Run.created_at,
+                Run.started_at, Run.finished_at, Run.config_json, Run.summary_json]
+        # selected through the table's columns, so a missing column is an error, never a string constant
         with self.engine.connect() as conn:
-            frame = pd.read_sql_query(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM runs ORDER BY id DESC", conn)
+            frame = pd.read_sql_query(select(*cols).order_by(Run.id.desc()), conn)
+        for col in ("created_at", "started_at", "finished_at"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+        frame["tags"] = frame["tags"].map(lambda t: t if isinstance(t := _loads_any(t), list) else [])
         summaries = frame.pop("summary_json").map(_loads)
         configs = frame.pop("config_json").map(_loads)
         for column, read in FRAME_FROM_SUMMARY.items():
             frame[column] = pd.to_numeric(summaries.map(read), errors="coerce")
         frame["seed"] = pd.to_numeric(configs.map(lambda c: c.get("train", {}).get("seed")), errors="coerce").astype("Int64")
-        for col in ("created_at", "started_at", "finished_at"):
-            frame[col] = pd.to_datetime(frame[col])
-        frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
-        frame["tags"] = frame["tags"].map(lambda t: json.loads(t) if t else [])
         return frame
 
-    def recover_interrupted(self) -> list[int]:
-        """Marks runs left queued or running by a process on this host that has died as interrupted."""
-        host = socket.gethostname()
-        recovered = []
+    # ---- the queue ------------------------------------------------------------------------
+    def claim(self, worker: str, run_id: Optional[int] = None) -> Optional[int]:
+        """Takes the oldest queued run (or `run_id` if still queued) for `worker`, atomically.
+
+        PostgreSQL locks the row with FOR UPDATE SKIP LOCKED, so concurrent workers take
+        different runs; SQLite serialises claims with a short BEGIN IMMEDIATE transaction.
+
+        Returns:
+            The claimed run's number, or None when nothing (or not that run) is queued.
+        """
+        now = utcnow()
+        values = dict(status="running", worker=worker, heartbeat_at=now, started_at=now, finished_at=None,
+                      cancel_requested=False, attempt=Run.attempt + 1, live_json="{}")
+        pick = select(Run.id).where(Run.status == "queued")
+        pick = pick.where(Run.id == run_id) if run_id is not None else pick.order_by(Run.id).limit(1)
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading the queue
+                chosen = conn.execute(pick).scalar()
+                if chosen is not None:
+                    conn.execute(update(Run).where(Run.id == chosen, Run.status == "queued").values(**values))
+                conn.commit()
+            return chosen
         with Session(self.engine) as s:
-            for run in s.exec(select(Run).where(Run.status.in_(ACTIVE))):
-                owner_host, _, pid = (run.owner or ":").rpartition(":")
-                if owner_host != host or not pid.isdigit():
-                    continue  # another machine's run: not ours to judge
-                if int(pid) == os.getpid() or _pid_alive(int(pid)):
-                    continue
-                was = run.status
-                run.status = "interrupted"
-                run.finished_at = utcnow()
-                run.error = f"the process that {'ran' if was == 'running' else 'had queued'} this run stopped before it finished"
-                s.add(run)
-                recovered.append(run.id)
+            chosen = s.execute(pick.with_for_update(skip_locked=True)).scalar()
+            if chosen is not None:
+                s.execute(update(Run).where(Run.id == chosen).values(**values))
             s.commit()
-        return recovered
+            return chosen
+
+    def heartbeat(self, run_id: int, worker: str, live: Optional[dict] = None, phase: Optional[str] = None) -> str:
+        """Renews `worker`'s lease on a run and stores its progress.
+
+        Returns:
+            "ok"; "cancel" when someone asked to cancel it; "lost" when the lease is gone
+            (the run was marked interrupted by another process after a missed heartbeat).
+        """
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if live is not None:
+            values["live_json"] = json.dumps(live, default=float)
+        if phase is not None:
+            values["phase"] = phase
+        with Session(self.engine) as s:
+            held = s.execute(update(Run).where(Run.id == run_id, Run.worker == worker, Run.status == "running")
+                             .values(**values)).rowcount
+            cancel = s.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar() if held else None
+            s.commit()
+        if not held:
+            return "lost"
+        return "cancel" if cancel else "ok"
+
+    def request_cancel(self, run_id: int) -> str:
+        """Cancels a queued run at once, or flags a running one for its worker to stop at its next step.
+
+        Returns:
+            "cancelled" (it was queued) or "requested" (it is running).
+        Raises:
+            RunNotFound, or ValueError when the run has already finished.
+        """
+        with Session(self.engine) as s:
+            dropped = s.execute(update(Run).where(Run.id == run_id, Run.status == "queued")
+                                .values(status="cancelled", finished_at=utcnow())).rowcount
+            flagged = 0 if dropped else s.execute(update(Run).where(Run.id == run_id, Run.status == "running")
+                                                  .values(cancel_requested=True)).rowcount
+            s.commit()
+        if dropped:
+            return "cancelled"
+        if flagged:
+            return "requested"
+        run = self.get_run(run_id)
+        raise ValueError(f"run {run_id} is {run.status}; only a queued or running run can be cancelled")
+
+    def expire_leases(self, grace_s: Optional[float] = None, force: bool = False) -> list[int]:
+        """Marks running runs whose lease is older than the grace period as interrupted; returns them.
+
+        Any process may call it, on any host; readers call it at most every few seconds.
+        """
+        now_s = time.monotonic()
+        if not force and now_s - self._last_expiry < EXPIRE_EVERY_S:
+            return []
+        self._last_expiry = now_s
+        cutoff = utcnow() - timedelta(seconds=grace_s if grace_s is not None else lease_grace_s())
+        stale = (Run.status == "running") & or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
+        with Session(self.engine) as s:
+            ids = list(s.execute(select(Run.id).where(stale)).scalars())
+            if ids:
+                s.execute(update(Run).where(Run.id.in_(ids), stale).values(
+                    status="interrupted", finished_at=utcnow(), phase=None,
+                    error="its worker stopped sending heartbeats (the process died or its machine stopped) "
+                          "before the run finished"))
+                s.commit()
+        return ids
+
+    def live(self, run_id: int) -> dict:
+        """A run's stored progress (see kdcore.jobs.LiveState); empty when it is not running."""
+        with Session(self.engine) as s:
+            text_ = s.execute(select(Run.live_json).where(Run.id == run_id)).scalar()
+        return _loads(text_)
+
+    def active_ids(self) -> tuple[list[int], list[int]]:
+        """(running, queued) run numbers, oldest first."""
+        self.expire_leases()
+        with Session(self.engine) as s:
+            rows = s.execute(select(Run.id, Run.status).where(Run.status.in_(ACTIVE)).order_by(Run.id)).all()
+        return [i for i, st in rows if st == "running"], [i for i, st in rows if st == "queued"]
 
     # ---- metrics --------------------------------------------------------------------------
     def add_metrics(self, run_id: int, rows: list[dict]) -> None:
@@ -356,7 +476,13 @@ class Store:
 
     # ---- artefacts ------------------------------------------------------------------------
     def run_dir(self, run_id: int) -> Path:
-        return self.artefact_root / str(run_id)
+        """The run's own folder under the artefact root, named by its uuid (0.1.0 runs: by their number)."""
+        folder = self._folders.get(run_id)
+        if folder is None:
+            with Session(self.engine) as s:
+                folder = s.execute(select(Run.folder).where(Run.id == run_id)).scalar() or str(run_id)
+            self._folders[run_id] = folder
+        return self.artefact_root / folder
 
     def add_artefact(self, run_id: int, kind: str, path: Path) -> None:
         path = Path(path)

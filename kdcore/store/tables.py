@@ -1,0 +1,121 @@
+"""The store's tables. Their history lives in kdcore/store/migrations; change both together."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlmodel import Field, SQLModel
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted run's number is never given again
+    id: Optional[int] = Field(default=None, primary_key=True)
+    uuid: Optional[str] = Field(default=None, index=True, unique=True)  # names the run's folder; never repeats
+    folder: Optional[str] = None  # relative to the artefact root: the uuid (0.1.0 runs: their number)
+    name: str = ""
+    status: str = Field(default="queued", index=True)
+    config_json: str = "{}"
+    summary_json: str = "{}"
+    error: Optional[str] = None
+    device: Optional[str] = None
+    owner: Optional[str] = None  # 0.1.0's host:pid; kept for old stores, `worker` holds it now
+    worker: Optional[str] = None  # host:pid of the process holding the run's lease
+    heartbeat_at: Optional[datetime] = None  # the lease: renewed every few seconds while running
+    cancel_requested: bool = False  # read by the worker at its next heartbeat; stops the run at its next step
+    attempt: int = 0  # how many times a worker has claimed it
+    phase: Optional[str] = None  # teacher | student | baseline while running
+    live_json: str = "{}"  # progress while running: epoch, step, images/s, ETA (see kdcore.jobs.LiveState)
+    group: Optional[str] = Field(default=None, index=True)
+    tags: str = "[]"  # JSON list
+    notes: str = ""
+    # Copied out of the config and summary so the runs table filters and sorts in SQL
+    dataset: str = ""
+    teacher_arch: str = ""
+    student_arch: str = ""
+    method: str = ""
+    temperature: float = 0.0
+    alpha: float = 0.0
+    teacher_test_acc: Optional[float] = None
+    student_test_acc: Optional[float] = None
+    baseline_test_acc: Optional[float] = None
+    kd_gain: Optional[float] = None
+    student_best_val_acc: Optional[float] = None
+    teacher_params: Optional[int] = None
+    student_params: Optional[int] = None
+    teacher_flops: Optional[int] = None
+    student_flops: Optional[int] = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+    @property
+    def config(self) -> dict:
+        return _loads(self.config_json)
+
+    @property
+    def summary(self) -> dict:
+        return _loads(self.summary_json)
+
+    @property
+    def live(self) -> dict:
+        return _loads(self.live_json)
+
+    @property
+    def tag_list(self) -> list[str]:
+        try:
+            tags = json.loads(self.tags or "[]")
+        except ValueError:
+            return []
+        return tags if isinstance(tags, list) else []
+
+    @property
+    def duration_s(self) -> Optional[float]:
+        if self.started_at and self.finished_at:
+            return (_aware(self.finished_at) - _aware(self.started_at)).total_seconds()
+        return None
+
+
+class Metric(SQLModel, table=True):
+    __tablename__ = "metrics"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    phase: str  # teacher | student | baseline
+    kind: str = "epoch"  # step (inside an epoch) | epoch (end of epoch, with validation)
+    step: int
+    epoch: int
+    name: str
+    value: float
+
+
+class Artefact(SQLModel, table=True):
+    __tablename__ = "artefacts"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    kind: str  # teacher_weights, student_weights, baseline_weights, test_logits, ...
+    path: str  # relative to the artefact root
+
+
+metadata = SQLModel.metadata
+
+
+def _loads(text: Optional[str]) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite and PostgreSQL's plain timestamps come back naive; they were written in UTC
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
