@@ -120,7 +120,7 @@ def _pts(fraction: float) -> str:
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+    return f"= {p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def describe_paired(gain: Optional[float], ci95: Optional[Sequence[float]], p_value: Optional[float],
@@ -142,8 +142,8 @@ def describe_paired(gain: Optional[float], ci95: Optional[Sequence[float]], p_va
     low, high = ci95 if ci95 else (math.nan, math.nan)
     if p_value < SIGNIFICANCE and (low > 0 or high < 0):
         verdict = "real" if gain > 0 else "real, and the student is worse"
-        return f"{words}: {verdict} at p = {_p(p_value)}"
-    return f"{words}: not distinguishable from chance (p = {_p(p_value)})"
+        return f"{words}: {verdict} at p {_p(p_value)}"
+    return f"{words}: not distinguishable from chance (p {_p(p_value)})"
 
 
 def describe_spread(spread: Optional[dict | SeedSpread]) -> str:

@@ -1,8 +1,7 @@
 """Live: the queue, the running job's progress and curves, and the result when it ends.
 
-Everything shown comes from the job manager's snapshot (while this process runs
-the job) or the store, so a refresh, another tab or a return to this page shows
-the same job.
+Everything shown comes from the store: a run executed by this dashboard's worker, by
+`kdcore worker` on another machine or by `kdcore train` shows and cancels the same way.
 """
 from typing import Optional
 
@@ -27,10 +26,13 @@ def _shown_run_id(mgr) -> Optional[int]:
     if active:
         return active[0]
     fresh = state.runs_frame()
-    running = fresh[fresh["status"] == "running"]  # e.g. started by the CLI in another process
-    if not running.empty:
-        return int(running["id"].iloc[0])
     return int(fresh["id"].iloc[0]) if not fresh.empty else None
+
+
+def _cancel(run_id: int) -> None:
+    state.manager().cancel(run_id)
+    st.session_state["live_pick"] = run_id  # stay on the cancelled run rather than jump to the next one
+    state.runs_changed()
 
 
 def _queue(mgr) -> None:
@@ -43,11 +45,10 @@ def _queue(mgr) -> None:
         run = state.get_run(run_id)
         left, right = st.columns([6, 1], vertical_alignment="center")
         status = "running" if run_id in running else "queued"
-        left.markdown(f"{text.STATUS_ICONS.get(status, '')} **#{run_id}** {run.name if run else ''} · {status}")
-        if right.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop:"):
-            mgr.cancel(run_id)
-            state.runs_changed()
-            st.rerun(scope="fragment")
+        where = f" · {run.worker.rsplit(':', 1)[0] if run.worker else ''}" if run and status == "running" else ""
+        left.markdown(f"{text.STATUS_ICONS.get(status, '')} **#{run_id}** {run.name if run else ''} · {status}{where}")
+        right.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop:", on_click=_cancel, args=(run_id,),
+                     disabled=bool(run and run.cancel_requested))
 
 
 def _progress(snap: LiveState) -> None:
@@ -59,9 +60,9 @@ def _progress(snap: LiveState) -> None:
         return
     eta = text.duration(snap.eta_s) if snap.eta_s is not None else "—"
     total_steps = snap.epochs * snap.steps_per_epoch
-    st.progress(snap.phase_progress, text=(
+    st.progress(snap.run_progress, text=(
         f"{snap.phase}: epoch {snap.epoch}/{snap.epochs} · step {snap.step}/{total_steps} · "
-        f"ETA {eta} · {snap.images_per_s:,.0f} images/s"))
+        f"{snap.images_per_s:,.0f} images/s · whole run {snap.run_progress:.0%}, about {eta} left"))
 
 
 def _charts(history: pd.DataFrame, run_id: int) -> None:
@@ -81,26 +82,25 @@ def _panel(run_id: int, mgr) -> None:
         st.warning(f"Run {run_id} is no longer stored.")
         return
     snap = mgr.snapshot(run_id)
-    live = snap is not None and snap.status in ("queued", "running")
-    status = snap.status if live else run.status
+    status = run.status
     st.subheader(f"{text.STATUS_ICONS.get(status, '')} #{run.id} {run.name}")
     st.caption(f"{run.dataset} · {run.teacher_arch} → {run.student_arch} · {run.method} · "
                f"T = {run.temperature:g} · α = {run.alpha:g} · {status}"
-               + (f" · {run.device}" if run.device else ""))
-    if live and snap.status == "queued":
+               + (f" · {run.device}" if run.device else "") + (f" · worker {run.worker}" if run.worker else ""))
+    if status == "queued":
         queued = mgr.queued()
         position = queued.index(run_id) + 1 if run_id in queued else 1
         st.info(f"Waiting in the queue, position {position}.", icon=":material/hourglass_top:")
         return
-    if live:
+    if status == "running":
+        if run.cancel_requested:
+            st.info("Cancelling: the worker stops it at its next step.", icon=":material/stop_circle:")
         _progress(snap)
         history = pd.DataFrame(snap.history, columns=["phase", "kind", "step", "epoch", "name", "value"])
     else:
-        if run.status == "running":
-            st.info("Running in another process; curves appear as its epochs are stored.", icon=":material/sync:")
         history = state.metrics([run_id])
     _charts(history, run_id)
-    if not live:
+    if status != "running":
         parts.outcome(run.status, run.error)
         parts.summary_card(run.summary)
     if run.group:

@@ -16,7 +16,7 @@ SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "chec
 k = form.key
 
 st.title("New experiment")
-form.ensure_defaults(state.demo_config())
+form.ensure_defaults(state.demo_config().model_copy(update={"name": ""}))  # a new run, not named after the demo
 runs = state.runs_frame()
 run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.itertuples()}
 fields = form.FieldErrors()

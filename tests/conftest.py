@@ -1,5 +1,9 @@
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -29,3 +33,74 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+# ---- a real PostgreSQL server for the store's tests ----------------------------------------------------
+def _pg_bin() -> Optional[Path]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """Starts PostgreSQL with initdb/pg_ctl in a temporary folder on a free port; yields a URL factory.
+
+    Root cannot run the server, so as root it runs as the `postgres` user. Skips where the
+    server is not installed, unless KDCORE_REQUIRE_POSTGRES=1 (CI), where that is a failure.
+    """
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (make test installs Debian's postgresql when run as root)"
+        if os.environ.get("KDCORE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="kdcore-pg-"))
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", _free_port()
+
+    def pg(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(as_user + [str(bin_dir / cmd[0]), *cmd[1:]], capture_output=True, text=True,
+                              check=check, timeout=120)
+
+    pg("initdb", "-D", str(data), "-U", "kdcore", "-A", "trust", "--no-sync", "-E", "UTF8")
+    pg("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "120", "-o",
+       f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start")
+    counter = iter(range(1_000_000))
+
+    def new_database() -> str:
+        name = f"kd{next(counter)}"
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "kdcore", name)
+        return f"postgresql+psycopg://kdcore@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path):
+    """The same store tests on a real SQLite file and on a real PostgreSQL server."""
+    from kdcore.store import Store
+
+    if request.param == "sqlite":
+        return Store(f"sqlite:///{tmp_path}/runs/kdcore.db")
+    return Store(request.getfixturevalue("postgres_server")(), artefact_root=tmp_path / "runs")

@@ -21,7 +21,7 @@ from bench.seed_runs import seed  # noqa: E402
 from kdcore.config import build_config  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.experiments import expand  # noqa: E402
-from kdcore.jobs import execute_job  # noqa: E402
+from kdcore.jobs import run_here  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import ACTIVE, Store  # noqa: E402
 
@@ -31,9 +31,8 @@ TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs":
 
 
 def _real_run(store: Store, name: str = "real tiny run") -> int:
-    config = build_config({**TINY, "name": name})
-    run_id = store.create_run(config)
-    assert execute_job(store, run_id, config) == "completed"
+    run_id, status = run_here(store, build_config({**TINY, "name": name}))
+    assert status == "completed"
     return run_id
 
 
@@ -43,9 +42,11 @@ def seeded(tmp_path_factory):
     seed(url, runs=20, epochs=50, datasets=("digits", "mnist"))
     store = Store(url)
     group = expand(build_config({**TINY, "name": "tiny seeds"}), seeds=[0, 1], group="tiny seeds")
-    group_ids = [store.create_run(cfg) for cfg in group]
-    for run_id, cfg in zip(group_ids, group):
-        assert execute_job(store, run_id, cfg) == "completed"
+    group_ids = []
+    for cfg in group:
+        run_id, status = run_here(store, cfg)
+        assert status == "completed"
+        group_ids.append(run_id)
     failed = store.create_run(build_config({**TINY, "name": "doomed"}))
     store.finish_run(failed, "failed", error="teacher.checkpoint: the file is not a checkpoint\n\n"
                                                "Traceback (most recent call last):\n  File \"x.py\", line 1")
@@ -74,8 +75,8 @@ def manager():
     yield mgr
     for run_id in mgr.active():
         mgr.cancel(run_id)
-    for run_id in list(mgr._live):
-        mgr.wait(run_id, timeout=120)
+    for run_id in mgr.store.list_runs(status=ACTIVE):
+        mgr.wait(run_id.id)
 
 
 def _open(page: str) -> AppTest:

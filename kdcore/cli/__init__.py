@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import signal
@@ -46,42 +47,70 @@ class _ProgressBars:
             self.bar = None
 
 
+def _configs(args):
+    """The config(s) a train or submit command asks for: one, or one per seed in a group."""
+    from kdcore.experiments import expand, parse_seeds
+
+    config = load_config(args.config, args.set)
+    if args.seeds is None:
+        return [config]
+    return expand(config, seeds=parse_seeds(args.seeds), teacher_per_seed=args.teacher_per_seed)
+
+
+@contextlib.contextmanager
+def _interrupt_on_signals(interrupt: threading.Event):
+    """SIGTERM and SIGINT end the current run as interrupted (metrics flushed), then the command exits."""
+    def handler(signum, _frame):
+        if not interrupt.is_set():
+            print(f"\n{signal.Signals(signum).name}: stopping the run at its next step…", file=sys.stderr)
+        interrupt.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def cmd_train(args) -> int:
-    from kdcore.experiments import expand, group_report, parse_seeds
+    from kdcore.experiments import group_report
     from kdcore.jobs import execute_job
-    from kdcore.store import Store
+    from kdcore.store import Store, this_worker
 
     try:
-        config = load_config(args.config, args.set)
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        configs = _configs(args)
     except ConfigError as err:
         print(f"error: invalid config: {err}", file=sys.stderr)
         return 2
     store = Store(args.db)
-    store.recover_interrupted()
-    configs = [config] if seeds is None else expand(config, seeds=seeds, teacher_per_seed=args.teacher_per_seed)
-    run_ids = [store.create_run(cfg) for cfg in configs]
-    if seeds is not None:
+    worker = this_worker("train")
+    # submitted already claimed: another worker on the same queue cannot take them first
+    run_ids = [store.create_run(cfg, worker=worker) for cfg in configs[:1]] + [store.create_run(cfg) for cfg in configs[1:]]
+    if args.seeds is not None:
         print(f"group {configs[0].group!r}: runs {', '.join(map(str, run_ids))}", file=sys.stderr)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: (stop.set(), print("\ncancelling at the next step…", file=sys.stderr)))
+    interrupt = threading.Event()
     statuses = []
-    try:
-        for run_id, cfg in zip(run_ids, configs):
-            if stop.is_set():
-                store.finish_run(run_id, "cancelled")
-                statuses.append("cancelled")
+    with _interrupt_on_signals(interrupt):
+        for i, (run_id, cfg) in enumerate(zip(run_ids, configs)):
+            if interrupt.is_set():
+                if i == 0:  # claimed at submission, never started
+                    store.finish_run(run_id, "interrupted", error="stopped before it started", worker=worker)
+                else:  # still queued
+                    store.request_cancel(run_id)
+                statuses.append("interrupted")
+                continue
+            if i and store.claim(worker, run_id=run_id) is None:
+                statuses.append(store.get_run(run_id).status)  # taken by another worker on this queue
                 continue
             print(f"run {run_id}: {cfg.display_name()}", file=sys.stderr)
             bars = _ProgressBars()
             try:
-                statuses.append(execute_job(store, run_id, cfg, stop=stop, listener=bars))
+                statuses.append(execute_job(store, run_id, worker=worker, interrupt=interrupt, listener=bars))
             finally:
                 bars.close()
-    finally:
-        signal.signal(signal.SIGINT, previous)
     runs = [store.get_run(r) for r in run_ids]
-    if seeds is None:
+    if args.seeds is None:
         print(json.dumps(_run_json(runs[0]), indent=2)) if args.json else _print_summary(runs[0])
     else:
         report = group_report(runs)
@@ -90,7 +119,104 @@ def cmd_train(args) -> int:
                               "aggregate": report["aggregate"]}, indent=2))
         else:
             _print_group(report, runs)
+    if interrupt.is_set():
+        return 130
     return 0 if all(s == "completed" for s in statuses) else 1
+
+
+def cmd_submit(args) -> int:
+    from kdcore.store import Store
+
+    try:
+        configs = _configs(args)
+    except ConfigError as err:
+        print(f"error: invalid config: {err}", file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    run_ids = [store.create_run(cfg) for cfg in configs]
+    if args.json:
+        print(json.dumps({"runs": run_ids, "group": configs[0].group if args.seeds is not None else None}))
+    else:
+        print(" ".join(map(str, run_ids)))
+        print(f"queued {len(run_ids)} run(s); a `kdcore worker` (or the dashboard) on the same --db runs them",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from kdcore.engine.device import resolve_device
+    from kdcore.jobs import Worker
+    from kdcore.store import Store
+
+    store = Store(args.db)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    try:
+        for device in devices:
+            resolve_device(device)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: --devices: {err}", file=sys.stderr)
+        return 2
+    stop, interrupt = threading.Event(), threading.Event()
+    workers = [Worker(store, d, name=f"{i}" if len(devices) > 1 else "") for i, d in enumerate(devices)]
+
+    def announce(run_id: int) -> None:  # one line per claimed run; no progress bars in a service's log
+        print(f"run {run_id}: {store.get_run(run_id).name}", file=sys.stderr, flush=True)
+
+    for w in workers:
+        w.listener_for = announce
+    results: list = []
+    with _interrupt_on_signals(interrupt):
+        threads = [threading.Thread(target=lambda w=w: results.extend(
+            w.run(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle)), daemon=True)
+            for w in workers]
+        print(f"kdcore worker on {', '.join(str(w.device) for w in workers)}, store {store.url}", file=sys.stderr,
+              flush=True)
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)
+    for run_id, status in results:
+        print(f"run {run_id} {status}", flush=True)
+    return 130 if interrupt.is_set() else 0
+
+
+def cmd_runs_cancel(args) -> int:
+    from kdcore.store import RunNotFound, Store
+
+    try:
+        outcome = Store(args.db).request_cancel(args.id)
+    except (RunNotFound, ValueError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 1
+    print(f"run {args.id} " + ("cancelled (it was queued)" if outcome == "cancelled"
+                               else "will stop at its next step (its worker reads the request within a few seconds)"))
+    return 0
+
+
+def cmd_runs_delete(args) -> int:
+    from kdcore.store import RunNotFound, Store
+
+    store = Store(args.db)
+    try:
+        run = store.get_run(args.id)
+    except RunNotFound as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 1
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"error: deleting run {args.id} ({run.name}) needs --yes when not asked at a terminal", file=sys.stderr)
+            return 2
+        if input(f"Delete run {args.id} ({run.name}), its curves and its files? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("kept")
+            return 1
+    try:
+        store.delete_run(args.id)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"run {args.id} deleted")
+    return 0
 
 
 def _print_summary(run) -> None:
@@ -264,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --seeds: train a teacher for each seed instead of one for the group")
     train.set_defaults(func=cmd_train)
 
+    submit = sub.add_parser("submit", help="queue runs for workers (`kdcore worker` or the dashboard) and return")
+    submit.add_argument("config", help="YAML file, e.g. examples/digits.yaml")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    submit.add_argument("--seeds", default=None, metavar="LIST", help="one run per seed, as one group: 0,1,2 or 0-4")
+    submit.add_argument("--teacher-per-seed", action="store_true", help="with --seeds: a teacher per seed")
+    submit.add_argument("--json", action="store_true", help="print the run ids as JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    worker = sub.add_parser("worker", help="run queued runs from the store until stopped")
+    worker.add_argument("--devices", default="auto", help="one worker per device: auto, cpu, cuda:0,cuda:1 (default auto)")
+    worker.add_argument("--max-runs", type=int, default=None, metavar="N", help="stop after N runs (per device)")
+    worker.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
+    worker.set_defaults(func=cmd_worker)
+
     runs = sub.add_parser("runs", help="stored runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     lst = runs_sub.add_parser("list", help="list stored runs, newest first")
@@ -274,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_runs_show)
+    cancel = runs_sub.add_parser("cancel", help="drop a queued run, or stop a running one at its next step")
+    cancel.add_argument("id", type=int)
+    cancel.set_defaults(func=cmd_runs_cancel)
+    remove = runs_sub.add_parser("delete", help="delete a finished run, its curves and its files")
+    remove.add_argument("id", type=int)
+    remove.add_argument("--yes", action="store_true", help="do not ask")
+    remove.set_defaults(func=cmd_runs_delete)
 
     groups = sub.add_parser("groups", help="seed groups and sweeps")
     groups_sub = groups.add_subparsers(dest="groups_command", required=True)

@@ -9,8 +9,8 @@ PHASES = ("teacher", "student", "baseline")
 
 @dataclass
 class Event:
-    """kind: "phase" (a phase starts), "step" (a reporting point inside an epoch),
-    "epoch" (an epoch ended, with validation), "summary" (the run's result)."""
+    """kind: "plan" (the phases and their most steps, once), "phase" (a phase starts), "step" (a
+    reporting point inside an epoch), "epoch" (an epoch ended, with validation), "summary" (the run's result)."""
 
     kind: str
     phase: str = ""

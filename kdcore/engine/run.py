@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.checkpoint import load_model_from_checkpoint, save_checkpoint
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
+from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
 from kdcore.models import create_model, profile_model
 from kdcore.stats import paired_gain
@@ -25,11 +25,8 @@ from kdcore.stats import paired_gain
 TEST_LOGITS_FILE = "test_logits.pt"
 
 
-_init_lock = threading.Lock()  # workers on other devices share the global RNG
-
-
 def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
-    with _init_lock, torch.random.fork_rng(devices=[]):
+    with global_rng_lock, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the student and its baseline start from the same weights
         return create_model(arch, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size, **options)
@@ -152,6 +149,15 @@ def execute_run(
         if reused.run_id is not None:
             summary[f"{phase}_from_run"] = reused.run_id
 
+    # The steps each phase will take at most, so a UI can estimate the whole run's time left
+    s_data = student_data(data, config.dataset.student_fraction)
+    batches = lambda n: -(-n // config.train.batch_size)  # noqa: E731
+    phases = ["teacher", "student"] + (["baseline"] if config.baseline else [])
+    callback(Event("plan", info={"phases": phases, "steps": {
+        "teacher": config.teacher.epochs * batches(len(data.train)) if teacher_checkpoint is None else 0,
+        "student": config.train.epochs * batches(len(s_data.train)),
+        "baseline": config.train.epochs * batches(len(s_data.train)) if reuse_baseline is None else 0}}))
+
     # Teacher
     t_cfg = config.teacher
     if teacher_checkpoint is None:
@@ -177,10 +183,8 @@ def execute_run(
 
     # Student (distilled), then the same student from scratch, on the same images in the same order
     s_cfg = config.student
-    s_data = student_data(data, config.dataset.student_fraction)
     summary["student_train_size"] = len(s_data.train)
-    phases = ["student"] + (["baseline"] if config.baseline else [])
-    for phase in phases:
+    for phase in phases[1:]:
         if phase == "baseline" and reuse_baseline is not None:
             student = load_model_from_checkpoint(reuse_baseline.checkpoint, arch=s_cfg.arch,
                                                  options=s_cfg.options or None, **shape)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
 from kdcore.engine.events import Callback, Event
+from kdcore.engine.rng import global_rng_lock
 from kdcore.losses import distillation_loss
 
 REPORTS_PER_EPOCH = 10  # step events per epoch, for the live curves
@@ -119,7 +120,8 @@ def fit(
     """
     start = time.perf_counter()
     seed = train_cfg.seed if seed is None else seed
-    torch.manual_seed(seed)
+    with global_rng_lock:
+        torch.manual_seed(seed)  # dropout draws; data order and augmentation have their own generators
     model.to(device).train()
     distill = teacher is not None and distill_cfg is not None and distill_cfg.alpha > 0
     alpha = distill_cfg.alpha if distill else 0.0

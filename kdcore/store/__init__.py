@@ -31,7 +31,7 @@ DEFAULT_URL = "sqlite:///runs/kdcore.db"
 SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
                    "teacher_params", "student_params", "teacher_flops", "student_flops")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEARTBEAT_S = 2.0  # how often a worker renews its lease and reads the cancel flag
+HEARTBEAT_S = 1.0  # how often a worker renews its lease, stores progress and reads the cancel flag
 DEFAULT_GRACE_S = 60.0  # a running run whose lease is older than this is interrupted
 EXPIRE_EVERY_S = 5.0  # readers look for expired leases at most this often
 
@@ -197,11 +197,20 @@ class Store:
         self._last_expiry = 0.0
 
     # ---- runs -----------------------------------------------------------------------------
-    def create_run(self, config, status: str = "queued") -> int:
-        """Stores a validated RunConfig as a new (queued) run; returns its number, never used before."""
+    def create_run(self, config, status: str = "queued", worker: Optional[str] = None) -> int:
+        """Stores a validated RunConfig as a new run; returns its number, never used before.
+
+        Args:
+            worker: claim it for this worker at once (`kdcore train` runs what it submits), so no
+                other worker on the same queue can take it first.
+        """
         cfg = config.model_dump(mode="json")
         run_uuid = uuidlib.uuid4().hex
-        run = Run(
+        lease = {}
+        if worker is not None:
+            now = utcnow()
+            status, lease = "running", dict(worker=worker, heartbeat_at=now, started_at=now, attempt=1)
+        run = Run(**lease,
             uuid=run_uuid, folder=run_uuid, name=config.display_name(), status=status, config_json=json.dumps(cfg),
             group=config.group, tags=json.dumps(list(config.tags)), dataset=config.dataset.name,
             teacher_arch=config.teacher.arch, student_arch=config.student.arch, method=config.distill.method,

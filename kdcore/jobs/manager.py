@@ -1,0 +1,132 @@
+"""The dashboard's helper: submit to the store's queue, run local worker threads, read progress back.
+
+Nothing here that the store does not also know: runs queued, run or cancelled by any
+other process show and can be cancelled here, and the reverse.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from kdcore.config import RunConfig
+from kdcore.engine.device import share_cpu_with_ui
+from kdcore.experiments import expand
+from kdcore.jobs.live import LiveState
+from kdcore.jobs.worker import Worker
+from kdcore.store import RunNotFound, Store
+
+
+class JobManager:
+    """Submits runs to a store's queue and, unless told not to, runs one worker thread per device.
+
+    Args:
+        store: the run store and queue.
+        devices: one local worker per entry; default one per GPU, else one for the CPU.
+        local_workers: run workers in this process (default: unless $KDCORE_LOCAL_WORKERS is 0,
+            for a dashboard whose runs are executed by `kdcore worker` elsewhere).
+    """
+
+    def __init__(self, store: Optional[Store] = None, devices: Optional[list[str]] = None,
+                 local_workers: Optional[bool] = None):
+        self.store = store or Store()
+        self.expired = self.store.expire_leases(force=True)
+        if local_workers is None:
+            local_workers = os.environ.get("KDCORE_LOCAL_WORKERS", "1") != "0"
+        if devices is None:
+            n = torch.cuda.device_count()
+            devices = [f"cuda:{i}" for i in range(n)] if n else ["auto"]
+        self._stop, self._interrupt, self._wake = threading.Event(), threading.Event(), threading.Event()
+        self.workers = [Worker(self.store, d, name=f"thread{i}", poll_s=1.0) for i, d in enumerate(devices)] \
+            if local_workers else []
+        if any(w.device.type == "cpu" for w in self.workers):
+            share_cpu_with_ui()
+        self._threads = [threading.Thread(target=w.run, args=(self._stop, self._interrupt), kwargs={"wake": self._wake},
+                                          daemon=True, name=f"kdcore-worker-{w.device}") for w in self.workers]
+        for t in self._threads:
+            t.start()
+
+    # ---- submitting ------------------------------------------------------------------------
+    def submit(self, config: RunConfig) -> int:
+        """Queues a validated config; returns its run number at once."""
+        run_id = self.store.create_run(config)
+        self._wake.set()
+        return run_id
+
+    def submit_many(self, configs: list[RunConfig]) -> list[int]:
+        """Queues configs in order (a seed group or a sweep); returns their run numbers."""
+        return [self.submit(cfg) for cfg in configs]
+
+    def submit_sweep(self, config: RunConfig, temperatures: list[float], alphas: list[float], group: str,
+                     seeds: Optional[list[int]] = None, teacher_per_seed: bool = False) -> list[int]:
+        """Queues one run per (seed, T, alpha), all in one group; the group trains one teacher."""
+        return self.submit_many(expand(config, seeds=seeds, temperatures=temperatures, alphas=alphas, group=group,
+                                       teacher_per_seed=teacher_per_seed))
+
+    def cancel(self, run_id: int) -> bool:
+        """Drops a queued run, or asks whichever worker runs it to stop at its next step."""
+        try:
+            self.store.request_cancel(run_id)
+        except (ValueError, RunNotFound):
+            return False
+        return True
+
+    # ---- reading ---------------------------------------------------------------------------
+    def snapshot(self, run_id: int) -> Optional[LiveState]:
+        """A run's progress and curves as stored, wherever it executes; None if it is not stored."""
+        try:
+            run = self.store.get_run(run_id)
+        except RunNotFound:
+            return None
+        live = LiveState.from_stored(run_id, run.status, run.live, run.error, run.summary)
+        if run.status == "running":
+            live.history = self.store.metrics_frame([run_id]).drop(columns="run_id").to_dict("records")
+        return live
+
+    def queued(self) -> list[int]:
+        return self.store.active_ids()[1]
+
+    def running(self) -> list[int]:
+        return self.store.active_ids()[0]
+
+    def active(self) -> list[int]:
+        """Running first, then queued in order."""
+        running, queued = self.store.active_ids()
+        return running + queued
+
+    def wait(self, run_id: int, timeout: Optional[float] = None, poll_s: float = 0.2) -> str:
+        """Blocks until the run is no longer queued or running; returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.store.expire_leases()
+            status = self.store.get_run(run_id).status
+            if status not in ("queued", "running"):
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {status} after {timeout} s")
+            time.sleep(poll_s)
+
+    def shutdown(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
+        """Stops the local workers; with cancel_running their current runs end as interrupted."""
+        self._stop.set()
+        if cancel_running:
+            self._interrupt.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+
+
+_managers: dict[str, JobManager] = {}
+_managers_lock = threading.Lock()
+
+
+def get_manager(store: Optional[Store] = None) -> JobManager:
+    """The process-wide JobManager for a store's URL (default: the default store), created on first use."""
+    store = store or Store()
+    with _managers_lock:
+        if store.url not in _managers:
+            _managers[store.url] = JobManager(store)
+        return _managers[store.url]

@@ -1,0 +1,183 @@
+"""A worker: claims queued runs from the store, executes the stored config, records the outcome.
+
+Every executor is one of these: the dashboard's background thread, `kdcore worker` on
+any machine, and `kdcore train` for the run it submits itself.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.engine.checkpoint import CheckpointError
+from kdcore.engine.device import describe_device, resolve_device
+from kdcore.engine.events import Event
+from kdcore.engine.run import TEST_LOGITS_FILE, Reused, baseline_key, execute_run, teacher_key
+from kdcore.engine.trainer import TrainingDiverged
+from kdcore.jobs.live import LiveState
+from kdcore.jobs.recorder import Heartbeat, Recorder
+from kdcore.store import Store, this_worker
+
+ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
+
+
+def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Reused]:
+    teacher = config.teacher
+    if teacher.source == "checkpoint":
+        return Reused(Path(teacher.checkpoint))
+    if teacher.source == "run":
+        path = store.run_dir(teacher.run_id) / "teacher.pt"
+        if not path.is_file():
+            raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
+        source = store.get_run(teacher.run_id)
+        if source.status != "completed":
+            raise CheckpointError(f"run {teacher.run_id} is {source.status}; only a completed run's teacher can be reused")
+        if source.teacher_arch != teacher.arch:
+            raise CheckpointError(f"run {teacher.run_id}'s teacher is {source.teacher_arch!r}, not {teacher.arch!r}")
+        return Reused(path, teacher.run_id, source.summary)
+    return _sibling_phase(store, config, "teacher", teacher_key(config))
+
+
+def _sibling_phase(store: Store, config: RunConfig, phase: str, key: str) -> Optional[Reused]:
+    """A completed run of the same group whose `phase` trained to the weights this run would train."""
+    if not config.group:
+        return None
+    for run in sorted(store.list_runs(status=["completed"], group=config.group), key=lambda r: r.id):
+        summary = run.summary
+        path = store.run_dir(run.id) / f"{phase}.pt"
+        if summary.get(f"{phase}_key") == key and path.is_file():
+            return Reused(path, summary.get(f"{phase}_from_run", run.id), summary)
+    return None
+
+
+def describe_error(err: BaseException) -> str:
+    """A failure in words for the runs table; the traceback is kept after a blank line."""
+    known = (CheckpointError, TrainingDiverged, ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError)
+    headline = str(err) if isinstance(err, known) and str(err) else f"{type(err).__name__}: {err}"
+    if isinstance(err, KeyError) and err.args:
+        headline = str(err.args[0])
+    return headline + "\n\n" + "".join(traceback.format_exception(err))[-4000:]
+
+
+def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torch.device] = None,
+                interrupt: Optional[threading.Event] = None,
+                listener: Optional[Callable[[Event], None]] = None) -> str:
+    """Executes a run this worker has claimed, from its stored config, and records the outcome.
+
+    While it runs, a heartbeat renews the lease with the run's progress and reads the cancel
+    flag; a cancel stops it at the next step as "cancelled", `interrupt` (SIGTERM, SIGINT, a
+    shutdown) as "interrupted", both with the metrics so far stored.
+
+    Returns:
+        The final status.
+    """
+    interrupt = interrupt or threading.Event()
+    run = store.get_run(run_id)
+    live = LiveState(run_id=run_id, status="running", run_started=time.time())
+    recorder = Recorder(store, live, listener)
+    status, summary, error = "failed", None, None
+    with Heartbeat(store, run_id, worker, recorder) as beat:
+        recorder.on_phase = beat.poke
+        stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set()  # noqa: E731
+        try:
+            config = build_config(run.config)  # the stored config is the one that runs
+            wanted = resolve_device(config.train.device)
+            if device is None or device.type != wanted.type:  # a worker keeps its own GPU for a plain "cuda"
+                device = wanted
+            store.set_device(run_id, describe_device(device))
+            run_dir = store.run_dir(run_id)
+            reuse_baseline = _sibling_phase(store, config, "baseline", baseline_key(config)) if config.baseline else None
+            summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
+                                  teacher_checkpoint=_teacher_checkpoint(store, config), reuse_baseline=reuse_baseline)
+            if summary.get("cancelled"):
+                status = "cancelled" if beat.cancel.is_set() else "interrupted"
+                if status == "interrupted":
+                    error = "the worker was stopped (SIGTERM, Ctrl-C or a shutdown) before the run finished"
+            else:
+                status = "completed"
+            for kind in ARTEFACT_KINDS:
+                path = run_dir / f"{kind}.pt"
+                if path.is_file():
+                    store.add_artefact(run_id, f"{kind}_weights", path)
+            if (run_dir / TEST_LOGITS_FILE).is_file():
+                store.add_artefact(run_id, "test_logits", run_dir / TEST_LOGITS_FILE)
+        except Exception as err:  # a failed run is stored with its reason; the worker goes on
+            error, status = describe_error(err), "failed"
+        finally:
+            try:
+                recorder.flush()
+            except Exception as err:  # losing some curve points must not leave the run 'running'
+                error = (error or "") + f"\nsome metrics could not be stored: {err}"
+    if beat.lost.is_set():
+        return "interrupted"  # another process already recorded it so; its lease is not ours to end
+    store.finish_run(run_id, status, summary, error, worker=worker)
+    return status
+
+
+class Worker:
+    """Claims queued runs from a store, oldest first, and executes them one at a time.
+
+    Args:
+        store: the queue.
+        device: "auto", "cpu", "cuda", "cuda:1", ...: where its runs train.
+        name: told apart from other workers of the same process in the lease.
+    """
+
+    def __init__(self, store: Store, device: str = "auto", *, name: str = "", poll_s: float = 1.0,
+                 listener_for: Optional[Callable[[int], Callable[[Event], None]]] = None):
+        self.store = store
+        self.device = resolve_device(device)
+        self.id = this_worker(name)
+        self.poll_s = poll_s
+        self.listener_for = listener_for
+        self.current: Optional[int] = None
+
+    def run(self, stop: threading.Event, interrupt: Optional[threading.Event] = None, *,
+            max_runs: Optional[int] = None, exit_when_idle: bool = False,
+            wake: Optional[threading.Event] = None) -> list[tuple[int, str]]:
+        """Runs queued runs until `stop` (or `interrupt`, which also ends the current run) is set.
+
+        Returns:
+            (run number, final status) of each run it executed.
+        """
+        interrupt = interrupt or threading.Event()
+        done: list[tuple[int, str]] = []
+        while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
+            try:
+                run_id = self.store.claim(self.id)
+            except Exception as err:  # the store is briefly unreachable: keep polling
+                print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)
+                run_id = None
+            if run_id is None:
+                if exit_when_idle:
+                    break
+                (wake or stop).wait(self.poll_s)
+                if wake is not None:
+                    wake.clear()
+                continue
+            self.current = run_id
+            try:
+                listener = self.listener_for(run_id) if self.listener_for else None
+                status = execute_job(self.store, run_id, worker=self.id, device=self.device, interrupt=interrupt,
+                                     listener=listener)
+            except Exception as err:  # the store failed mid-run; the lease will expire and say so
+                print(f"kdcore worker {self.id}: run {run_id} could not be recorded: {err}", file=sys.stderr)
+                status = "failed"
+            finally:
+                self.current = None
+            done.append((run_id, status))
+        return done
+
+
+def run_here(store: Store, config: RunConfig, *, interrupt: Optional[threading.Event] = None,
+             listener: Optional[Callable[[Event], None]] = None) -> tuple[int, str]:
+    """Submits a run already claimed by this process and executes it here; returns (number, status)."""
+    worker = this_worker("here")
+    run_id = store.create_run(config, worker=worker)
+    return run_id, execute_job(store, run_id, worker=worker, interrupt=interrupt, listener=listener)
