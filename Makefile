@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdcore-installed
 PORT ?= 8501
 
-.PHONY: run demo test browser-deps bench clean
+.PHONY: run demo worker test browser-deps postgres-deps bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,16 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kdcore train examples/digits.yaml
 
+worker: $(STAMP)
+	$(VENV)/bin/kdcore worker
+
 browser-deps:
 	@bash scripts/ensure_chromium.sh
 
-test: $(STAMP) browser-deps
+postgres-deps:
+	@bash scripts/ensure_postgres.sh
+
+test: $(STAMP) browser-deps postgres-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -5,6 +5,7 @@ missing the tests skip with the reason, unless KDCORE_REQUIRE_BROWSER=1 (CI), wh
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -181,3 +182,47 @@ def test_demo_live_groups_runs_and_distributions_in_a_real_browser(dashboard, pa
         page.wait_for_timeout(500)
         after = _plot_data(page)
     assert after != before, "moving T did not change the softened distributions"
+
+
+@pytest.fixture(scope="module")
+def dashboard_without_worker(tmp_path_factory):
+    """A dashboard that runs nothing itself: runs are executed by `kdcore worker` processes."""
+    tmp = tmp_path_factory.mktemp("no_worker")
+    db = f"sqlite:///{tmp}/runs/kdcore.db"
+    with serve_dashboard(db, log_path=tmp / "streamlit.log", start_timeout=STALL_S,
+                         env={"KDCORE_LOCAL_WORKERS": "0"}) as url:
+        yield url, db
+
+
+def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the_browser(dashboard_without_worker,
+                                                                                         page):
+    url, db = dashboard_without_worker
+    store = Store(db)
+    kdcore = [sys.executable, "-m", "kdcore", "--db", db]
+    submitted = subprocess.run(kdcore + ["submit", "examples/digits.yaml", "--set", "teacher.epochs=2000", "--json"],
+                               cwd=ROOT, capture_output=True, text=True, check=True)
+    run_id = json.loads(submitted.stdout)["runs"][0]
+    worker = subprocess.Popen(kdcore + ["worker", "--max-runs", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=dict(os.environ, KDCORE_CPU_THREADS="1"))
+    try:
+        _wait_while_progressing(store, lambda: store.get_run(run_id).status == "running"
+                                and len(store.metrics_frame([run_id])) > 0, "the worker starting the run")
+        page.goto(url)
+        page.get_by_role("heading", name="Knowledge distillation").wait_for(timeout=STALL_S * 1000)
+        page.get_by_text("no worker in this dashboard").first.wait_for()
+        _goto(page, "Live", "Live")
+        page.get_by_text(f"worker {store.get_run(run_id).worker}").first.wait_for()
+        page.get_by_text("whole run").first.wait_for()
+        page.wait_for_selector(".js-plotly-plot")
+        first = _plot_data(page)
+        _wait_while_progressing(store, lambda: _plot_data(page) != first, "the live chart moving", page)
+
+        page.get_by_role("button", name="Cancel").first.click()
+        _wait_while_progressing(store, lambda: store.get_run(run_id).status != "running", "the cancel taking effect")
+        assert store.get_run(run_id).status == "cancelled"
+        page.get_by_text("This run was cancelled").first.wait_for()  # Live stays on the cancelled run
+        _wait_while_progressing(store, lambda: worker.poll() is not None, "the worker exiting after its one run")
+        assert worker.returncode == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()

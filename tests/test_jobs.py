@@ -262,3 +262,12 @@ def test_a_seed_group_trains_one_teacher_unless_asked_for_one_per_seed(store, ma
     assert store.get_run(shared[1]).teacher_test_acc == store.get_run(shared[0]).teacher_test_acc
     baselines = set(store.metrics_frame(shared, kind="epoch").query("phase == 'baseline'")["run_id"])
     assert baselines == set(shared)  # a baseline per seed: different seeds are not identical settings
+
+
+def test_a_worker_keeps_its_own_gpu_for_a_plain_cuda_run_and_yields_to_another_kind():
+    from kdcore.jobs.worker import choose_device
+
+    assert choose_device(torch.device("cuda:1"), torch.device("cuda")) == torch.device("cuda:1")
+    assert choose_device(torch.device("cuda:1"), torch.device("cpu")) == torch.device("cpu")
+    assert choose_device(torch.device("cpu"), torch.device("cuda")) == torch.device("cuda")
+    assert choose_device(None, torch.device("cpu")) == torch.device("cpu")

@@ -24,10 +24,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout: float = 120.0) -> Iterator[str]:
+def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout: float = 120.0,
+                    env: Optional[dict] = None) -> Iterator[str]:
     """Runs `streamlit run app.py` against the store at `db_url`; yields its base URL, stops it after."""
     port = free_port()
-    env = dict(os.environ, KDCORE_DB_URL=db_url, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, KDCORE_DB_URL=db_url, PYTHONUNBUFFERED="1", **(env or {}))
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",

@@ -50,13 +50,15 @@ def manager() -> JobManager:
 def device_line() -> str:
     from kdcore.engine.device import describe_device
 
-    manager()  # it sets the CPU thread count the runs will use; describe the device after that
+    if not manager().workers:
+        return f"no worker in this dashboard: queued runs wait for `kdcore worker` on this store · torch {torch.__version__}"
+    # the manager sets the CPU thread count its worker uses; describe the device after that
     return f"{describe_device()} · torch {torch.__version__}"
 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def demo_config() -> RunConfig:
-    """The digits demo, as examples/digits.yaml sets it (a CNN taught to a smaller MLP, T = 4, alpha = 0.9)."""
+    """The digits demo, as examples/digits.yaml sets it (a CNN teacher, an MLP student that sees 10% of the labels)."""
     return load_config(DEMO_CONFIG)
 
 

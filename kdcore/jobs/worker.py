@@ -56,6 +56,17 @@ def _sibling_phase(store: Store, config: RunConfig, phase: str, key: str) -> Opt
     return None
 
 
+def choose_device(worker_device: Optional[torch.device], wanted: torch.device) -> torch.device:
+    """Where a run trains: its worker's own device when of the kind the config asks for.
+
+    A worker on cuda:1 keeps a plain "cuda" (or "auto" on a GPU machine) run on cuda:1, so
+    several workers spread over the GPUs; a config asking for another kind gets that kind.
+    """
+    if worker_device is None or worker_device.type != wanted.type:
+        return wanted
+    return worker_device
+
+
 def describe_error(err: BaseException) -> str:
     """A failure in words for the runs table; the traceback is kept after a blank line."""
     known = (CheckpointError, TrainingDiverged, ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError)
@@ -87,9 +98,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
         stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set()  # noqa: E731
         try:
             config = build_config(run.config)  # the stored config is the one that runs
-            wanted = resolve_device(config.train.device)
-            if device is None or device.type != wanted.type:  # a worker keeps its own GPU for a plain "cuda"
-                device = wanted
+            device = choose_device(device, resolve_device(config.train.device))
             store.set_device(run_id, describe_device(device))
             run_dir = store.run_dir(run_id)
             reuse_baseline = _sibling_phase(store, config, "baseline", baseline_key(config)) if config.baseline else None
