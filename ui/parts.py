@@ -65,10 +65,11 @@ def group_card(report: dict) -> None:
         if not a:
             col.metric(label, "—")
             continue
-        value = text.points(a["mean"]) if key == "kd_gain" else text.pct(a["mean"], 2)
+        value = f"{100 * a['mean']:+.2f}" if key == "kd_gain" else text.pct(a["mean"], 2)
         spread = "" if a["std"] is None else f" ± {100 * a['std']:.2f}"
-        col.metric(label, value + spread, help=None if a["ci95"] is None else
-                   f"95% interval across seeds: {text.points_range(*a['ci95'])} points")
+        col.metric(label + (" (pts)" if key == "kd_gain" else ""), value + spread,
+                   help=None if a["ci95"] is None else f"95% interval across seeds: {text.points_range(*a['ci95'])} "
+                                                       "points; ± is the standard deviation over seeds")
     gain = agg.get("kd_gain")
     above = gain and gain.get("ci95") and gain["ci95"][0] > 0
     (st.success if above else st.info)(f"**KD gain over seeds:** {report['kd_gain_in_words']}",

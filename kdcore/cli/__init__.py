@@ -441,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "worker"):
+        from kdcore.engine.device import cpu_threads_from_env
+
+        cpu_threads_from_env()
     return args.func(args)
 
 

@@ -42,3 +42,12 @@ def share_cpu_with_ui() -> int:
     threads = int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
     torch.set_num_threads(threads)
     return threads
+
+
+def cpu_threads_from_env() -> int:
+    """Applies $KDCORE_CPU_THREADS to PyTorch's CPU threads if set; returns the count in use."""
+    import os
+
+    if os.environ.get("KDCORE_CPU_THREADS"):
+        torch.set_num_threads(max(1, int(os.environ["KDCORE_CPU_THREADS"])))
+    return torch.get_num_threads()
