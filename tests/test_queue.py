@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,11 +130,17 @@ OPEN = ("import sys, time\n"
         "print(Store(sys.argv[1], artefact_root=sys.argv[3]).count_runs())\n")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_four_processes_opening_one_new_store_at_once_never_fail(backend, tmp_path, request):
-    for attempt in range(20):
-        url = (f"sqlite:///{tmp_path}/new{attempt}.db" if backend == "sqlite"
-               else request.getfixturevalue("postgres_server")())
+@pytest.mark.parametrize("backend, attempts", [("sqlite", 20), ("postgresql", 20), ("sqlite-0.1.0", 5)])
+def test_four_processes_opening_one_store_at_once_never_fail(backend, attempts, tmp_path, request):
+    runs_before = "2" if backend == "sqlite-0.1.0" else "0"
+    for attempt in range(attempts):
+        if backend == "sqlite-0.1.0":  # four processes upgrading the same old store at once
+            shutil.copytree(Path(__file__).parent / "fixtures" / "store-0.1.0", tmp_path / f"old{attempt}")
+            url = f"sqlite:///{tmp_path}/old{attempt}/kdcore.db"
+        elif backend == "sqlite":
+            url = f"sqlite:///{tmp_path}/new{attempt}.db"
+        else:
+            url = request.getfixturevalue("postgres_server")()
         go = tmp_path / f"go{attempt}"
         procs = [subprocess.Popen([sys.executable, "-c", OPEN, url, str(go), str(tmp_path)], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
@@ -142,4 +149,4 @@ def test_four_processes_opening_one_new_store_at_once_never_fail(backend, tmp_pa
         results = [p.communicate() + (p.returncode,) for p in procs]
         failed = [err[-1500:] for out, err, code in results if code != 0]
         assert not failed, f"attempt {attempt}: {failed}"
-        assert [out.strip() for out, _, _ in results] == ["0"] * 4
+        assert [out.strip() for out, _, _ in results] == [runs_before] * 4

@@ -334,8 +334,10 @@ def cmd_runs_list(args) -> int:
 def cmd_runs_show(args) -> int:
     from kdcore.store import RunNotFound, Store
 
+    store = Store(args.db)
+    store.expire_leases()
     try:
-        run = Store(args.db).get_run(args.id)
+        run = store.get_run(args.id)
     except RunNotFound as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 1
