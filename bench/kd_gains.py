@@ -121,20 +121,25 @@ HEADER = ("| config | kernels | seeds | test images | teacher % | baseline % | d
 
 
 def write_markdown(path: Path, rows: list[str], command: str) -> None:
+    """Puts the rows between the kd_gains markers of `path`, replacing rows of the same config and kernels,
+    and lists every command that wrote rows there."""
     text = path.read_text() if path.exists() else ""
-    stamp = f"{datetime.date.today():%Y-%m-%d}, {_cpu_model()}, {os.cpu_count()} cores, torch"
+    stamp = f"{datetime.date.today():%Y-%m-%d}, {_cpu_model()}, {os.cpu_count()} cores"
     try:
         import torch
 
-        stamp += f" {torch.__version__}"
+        stamp += f", torch {torch.__version__}"
     except ImportError:
         pass
-    block_rows = rows
+    block_rows, commands = rows, []
     if BEGIN in text and END in text:
         old = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
         kept = [line for line in old.splitlines() if line.startswith("| ") and not line.startswith("| config")]
         block_rows = _merge(kept, rows)
-    block = (f"{BEGIN}\n{HEADER}\n" + "\n".join(block_rows) + f"\n\nLast written {stamp} by `{command}`.\n{END}")
+        commands = [line for line in old.splitlines() if line.startswith("- ")]
+    entry = f"- `{command}` ({stamp})"
+    commands = [c for c in commands if not c.startswith(f"- `{command}`")] + [entry]
+    block = f"{BEGIN}\n{HEADER}\n" + "\n".join(block_rows) + "\n\nWritten by:\n" + "\n".join(commands) + f"\n{END}"
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
