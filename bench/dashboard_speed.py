@@ -8,15 +8,17 @@ Three ways to run examples/digits.yaml, each with KDCORE_CPU_THREADS threads (de
 the dashboard worker's default on 2 cores), alternated --repeats times:
 
 * cli: `kdcore train examples/digits.yaml` in its own process.
-* dashboard: `streamlit run app.py`; headless Chromium clicks "Run the demo" on Home and
-  stays on Live (it polls the store every second), so the dashboard's own worker thread
-  trains beside the page server, as a user would run it.
-* dashboard + worker: the same dashboard with no worker of its own (KDCORE_LOCAL_WORKERS=0)
-  and a separate `kdcore worker` process on the same store doing the training.
+* dashboard, worker process: `streamlit run app.py` as `make run` starts it (its worker is a
+  `kdcore worker` child process); headless Chromium clicks "Run the demo" on Home and stays
+  on Live, which rereads the store every second, as a user would watch it.
+* dashboard, worker thread: the same with KDCORE_LOCAL_WORKERS=thread, the worker a thread
+  of the page server's own process.
 
-Reported: each phase's median images/s (from the run's stored step metrics) and the
-run's wall time, medians over repeats, and the ratio against the CLI. `--load N` starts N
-processes that spin on the CPU for the whole bench, the way other jobs load a shared machine.
+Reported: the run's wall time (start to finish, as stored), each phase's median images/s
+over the stored step windows (a window covers the steps, not the evaluation, checkpoints and
+reporting between them), medians over repeats, and the speed against the CLI: the CLI's wall
+time over the side's. `--load N` starts N processes that spin on the CPU for the whole bench,
+the way other jobs load a shared machine.
 """
 from __future__ import annotations
 
@@ -64,19 +66,14 @@ def run_cli(env: dict) -> dict:
         return _speeds(store, store.list_runs()[0].id)
 
 
-def run_dashboard(env: dict, separate_worker: bool) -> dict:
+def run_dashboard(env: dict, workers: str) -> dict:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{tmp}/runs.db"
         extra = {k: env[k] for k in ("KDCORE_CPU_THREADS",) if k in env}
-        if separate_worker:
-            extra["KDCORE_LOCAL_WORKERS"] = "0"
-        worker = None
+        extra["KDCORE_LOCAL_WORKERS"] = workers
         with serve_dashboard(db, env=extra, start_timeout=600) as url, sync_playwright() as p:
-            if separate_worker:
-                worker = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", db, "worker", "--max-runs", "1"],
-                                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
@@ -86,8 +83,6 @@ def run_dashboard(env: dict, separate_worker: bool) -> dict:
             while not store.list_runs() or store.list_runs()[0].status in ACTIVE:
                 time.sleep(0.5)
             browser.close()
-            if worker is not None:
-                worker.wait(60)
             return _speeds(store, store.list_runs()[0].id)
 
 
@@ -102,8 +97,8 @@ def main(argv=None) -> int:
     spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
     for s in spinners:
         s.start()
-    sides = {"cli": lambda: run_cli(env), "dashboard": lambda: run_dashboard(env, False),
-             "dashboard + worker": lambda: run_dashboard(env, True)}
+    sides = {"cli": lambda: run_cli(env), "dashboard, worker process": lambda: run_dashboard(env, "process"),
+             "dashboard, worker thread": lambda: run_dashboard(env, "thread")}
     results: dict[str, list[dict]] = {name: [] for name in sides}
     try:
         for repeat in range(args.repeats):
@@ -114,12 +109,11 @@ def main(argv=None) -> int:
         for s in spinners:
             s.terminate()
     med = {name: {k: statistics.median(r[k] for r in rs) for k in (*PHASES, "wall_s")} for name, rs in results.items()}
-    lines = [f"| side | teacher img/s | student img/s | baseline img/s | run wall s | student speed vs CLI |",
+    lines = ["| side | run wall s | speed vs CLI | teacher img/s | student img/s | baseline img/s |",
              "|---|---|---|---|---|---|"]
     for name, m in med.items():
-        ratio = m["student"] / med["cli"]["student"]
-        lines.append(f"| {name} | {m['teacher']:,.0f} | {m['student']:,.0f} | {m['baseline']:,.0f} | "
-                     f"{m['wall_s']:.1f} | {ratio:.2f}x |")
+        lines.append(f"| {name} | {m['wall_s']:.1f} | {med['cli']['wall_s'] / m['wall_s']:.2f}x | {m['teacher']:,.0f} | "
+                     f"{m['student']:,.0f} | {m['baseline']:,.0f} |")
     header = (f"{datetime.date.today()}, {args.threads} thread(s), load {args.load}, medians of {args.repeats}: "
               f"`python bench/dashboard_speed.py --repeats {args.repeats} --threads {args.threads} --load {args.load}`")
     table = header + "\n\n" + "\n".join(lines)

@@ -209,7 +209,7 @@ def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the
                                 and len(store.metrics_frame([run_id])) > 0, "the worker starting the run")
         page.goto(url)
         page.get_by_role("heading", name="Knowledge distillation").wait_for(timeout=STALL_S * 1000)
-        page.get_by_text("no worker in this dashboard").first.wait_for()
+        page.get_by_text("no worker here").first.wait_for()
         _goto(page, "Live", "Live")
         page.get_by_text(f"worker {store.get_run(run_id).worker}").first.wait_for()
         page.get_by_text("whole run").first.wait_for()

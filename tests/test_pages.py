@@ -36,6 +36,12 @@ def _real_run(store: Store, name: str = "real tiny run") -> int:
     return run_id
 
 
+@pytest.fixture(autouse=True)
+def worker_threads(monkeypatch):
+    # these tests drive pages, not the worker layout: a thread per test store, not a process
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "thread")
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('seeded')}/kdcore.db"

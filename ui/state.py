@@ -7,6 +7,7 @@ store is the truth, the caches only spare repeated reads within a second or two.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -34,8 +35,11 @@ def _store(url: str) -> Store:
 
 @st.cache_resource(show_spinner=False)
 def _manager(url: str) -> JobManager:
-    # one queue and worker per process and store; sessions, tabs and reruns share it
-    return get_manager(_store(url))
+    # One manager per process and store; sessions, tabs and reruns share it. Its worker is a child
+    # process by default: as a thread beside the page server it waited on Python's GIL while pages
+    # rendered, and the demo took twice as long (docs/benchmarks.md).
+    mode = os.environ.get("KDCORE_LOCAL_WORKERS", "process")
+    return get_manager(_store(url), workers={"0": "none", "1": "process"}.get(mode, mode))
 
 
 def store() -> Store:
@@ -48,12 +52,7 @@ def manager() -> JobManager:
 
 @st.cache_resource(show_spinner=False)
 def device_line() -> str:
-    from kdcore.engine.device import describe_device
-
-    if not manager().workers:
-        return f"no worker in this dashboard: queued runs wait for `kdcore worker` on this store · torch {torch.__version__}"
-    # the manager sets the CPU thread count its worker uses; describe the device after that
-    return f"{describe_device()} · torch {torch.__version__}"
+    return f"{manager().describe_workers()} · torch {torch.__version__}"
 
 
 @st.cache_data(ttl=10, show_spinner=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import math
 import signal
 import sys
@@ -164,6 +165,13 @@ def cmd_worker(args) -> int:
 
     for w in workers:
         w.listener_for = announce
+    if args.parent:  # a dashboard's own worker: stop with it, even if it dies without a word
+        def watch_parent() -> None:
+            while not interrupt.wait(1.0):
+                if os.getppid() != args.parent:
+                    print("the parent process is gone: stopping", file=sys.stderr, flush=True)
+                    interrupt.set()
+        threading.Thread(target=watch_parent, daemon=True).start()
     results: list = []
     with _interrupt_on_signals(interrupt):
         threads = [threading.Thread(target=lambda w=w: results.extend(
@@ -404,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--devices", default="auto", help="one worker per device: auto, cpu, cuda:0,cuda:1 (default auto)")
     worker.add_argument("--max-runs", type=int, default=None, metavar="N", help="stop after N runs (per device)")
     worker.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
+    worker.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)  # the dashboard that started it
     worker.set_defaults(func=cmd_worker)
 
     runs = sub.add_parser("runs", help="stored runs")

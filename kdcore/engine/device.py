@@ -30,7 +30,7 @@ def describe_device(device: torch.device | str | None = None) -> str:
     return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
-def share_cpu_with_ui() -> int:
+def share_cpu_with_ui(threads: int | None = None) -> int:
     """Caps PyTorch's CPU threads so a UI in the same process keeps a core.
 
     Training threads that take every core starve the page server and the browser
@@ -39,7 +39,7 @@ def share_cpu_with_ui() -> int:
     """
     import os
 
-    threads = int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
+    threads = threads or int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
     torch.set_num_threads(threads)
     return threads
 

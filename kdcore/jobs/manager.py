@@ -5,7 +5,11 @@ other process show and can be cancelled here, and the reverse.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Optional
@@ -20,34 +24,78 @@ from kdcore.jobs.worker import Worker
 from kdcore.store import RunNotFound, Store
 
 
+WORKER_MODES = ("thread", "process", "none")
+
+
 class JobManager:
-    """Submits runs to a store's queue and, unless told not to, runs one worker thread per device.
+    """Submits runs to a store's queue and runs local workers for it: one per device.
 
     Args:
         store: the run store and queue.
         devices: one local worker per entry; default one per GPU, else one for the CPU.
-        local_workers: run workers in this process (default: unless $KDCORE_LOCAL_WORKERS is 0,
-            for a dashboard whose runs are executed by `kdcore worker` elsewhere).
+        workers: "thread" runs them as threads of this process; "process" as `kdcore worker`
+            child processes that stop with this one (the dashboard's choice: a thread beside
+            the page server waits for Python's GIL while pages render, and the demo took twice
+            as long); "none" runs nothing here, for runs executed by `kdcore worker` elsewhere.
+        cpu_threads: training threads per CPU worker; default all cores but one, to leave one
+            for a UI in the same process or machine ($KDCORE_CPU_THREADS overrides).
     """
 
     def __init__(self, store: Optional[Store] = None, devices: Optional[list[str]] = None,
-                 local_workers: Optional[bool] = None):
+                 workers: str = "thread", cpu_threads: Optional[int] = None):
+        if workers not in WORKER_MODES:
+            raise ValueError(f"workers must be one of {', '.join(WORKER_MODES)}, not {workers!r}")
         self.store = store or Store()
         self.expired = self.store.expire_leases(force=True)
-        if local_workers is None:
-            local_workers = os.environ.get("KDCORE_LOCAL_WORKERS", "1") != "0"
         if devices is None:
             n = torch.cuda.device_count()
             devices = [f"cuda:{i}" for i in range(n)] if n else ["auto"]
+        if workers == "process" and not shared_store(self.store.url):
+            workers = "thread"  # an in-memory store exists in this process only
+        self.mode = workers
+        self.devices = devices if workers != "none" else []
         self._stop, self._interrupt, self._wake = threading.Event(), threading.Event(), threading.Event()
-        self.workers = [Worker(self.store, d, name=f"thread{i}", poll_s=1.0) for i, d in enumerate(devices)] \
-            if local_workers else []
-        if any(w.device.type == "cpu" for w in self.workers):
-            share_cpu_with_ui()
-        self._threads = [threading.Thread(target=w.run, args=(self._stop, self._interrupt), kwargs={"wake": self._wake},
-                                          daemon=True, name=f"kdcore-worker-{w.device}") for w in self.workers]
-        for t in self._threads:
-            t.start()
+        self.workers: list[Worker] = []
+        self._threads: list[threading.Thread] = []
+        self._children: list[subprocess.Popen] = []
+        threads = cpu_threads or int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
+        self.cpu_threads = threads
+        if workers == "thread":
+            self.workers = [Worker(self.store, d, name=f"thread{i}", poll_s=1.0) for i, d in enumerate(devices)]
+            if any(w.device.type == "cpu" for w in self.workers):
+                share_cpu_with_ui(threads)
+            self._threads = [threading.Thread(target=w.run, args=(self._stop, self._interrupt),
+                                              kwargs={"wake": self._wake}, daemon=True,
+                                              name=f"kdcore-worker-{w.device}") for w in self.workers]
+            for t in self._threads:
+                t.start()
+        elif workers == "process":
+            env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
+                       KDCORE_ARTEFACT_ROOT=str(self.store.artefact_root.resolve()))
+            self._children = [subprocess.Popen(
+                [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", "--devices", d,
+                 "--parent", str(os.getpid())], env=env, stdin=subprocess.DEVNULL) for d in devices]
+            atexit.register(self._stop_children)
+
+    def describe_workers(self) -> str:
+        """Who executes this process's runs, in a few words."""
+        if self.mode == "none":
+            return "no worker here: queued runs wait for `kdcore worker` on this store"
+        kind = "worker process" if self.mode == "process" else "worker thread"
+        count = f"{len(self.devices)} {kind}{'es' if kind.endswith('s') else 's'}" if len(self.devices) > 1 else kind
+        on_cpu = any(d in ("auto", "cpu") for d in self.devices) and not torch.cuda.is_available()
+        threads = f", {self.cpu_threads} CPU thread{'s' if self.cpu_threads != 1 else ''}" if on_cpu else ""
+        return f"{count} on {', '.join('CPU' if d == 'auto' and on_cpu else d for d in self.devices)}{threads}"
+
+    def _stop_children(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)  # its run ends as interrupted, metrics stored
+        for child in self._children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
     # ---- submitting ------------------------------------------------------------------------
     def submit(self, config: RunConfig) -> int:
@@ -117,16 +165,22 @@ class JobManager:
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
+        self._stop_children()
 
 
 _managers: dict[str, JobManager] = {}
 _managers_lock = threading.Lock()
 
 
-def get_manager(store: Optional[Store] = None) -> JobManager:
+def shared_store(url: str) -> bool:
+    """Whether other processes can open the same store (not an in-memory SQLite database)."""
+    return not (url.startswith("sqlite") and (":memory:" in url or url in ("sqlite://", "sqlite:///")))
+
+
+def get_manager(store: Optional[Store] = None, workers: str = "thread") -> JobManager:
     """The process-wide JobManager for a store's URL (default: the default store), created on first use."""
     store = store or Store()
     with _managers_lock:
         if store.url not in _managers:
-            _managers[store.url] = JobManager(store)
+            _managers[store.url] = JobManager(store, workers=workers)
         return _managers[store.url]
