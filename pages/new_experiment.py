@@ -4,6 +4,7 @@ import json
 
 import streamlit as st
 
+from kdcore import checks
 from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
 from kdcore.experiments import expand, parse_seeds
@@ -57,11 +58,13 @@ elif not info.embedded:
     root = right.text_input("Data root", key=k("dataset.root"), placeholder=str(data_root(None))) or None
     download = right.toggle("Allow download if missing", key=k("dataset.download"))
 v.update({"dataset.root": root, "dataset.download": download, "dataset.image_size": image_size})
-status = dataset_status(name, root, download)
-if status.ready:
+outside = (checks.root_problem(root, [state.store().artefact_root / "uploads"])
+           if name == "imagefolder" and root and where == "folder" else None)
+status = None if outside else dataset_status(name, root, download)  # never walk a folder outside the data roots
+if status is not None and status.ready:
     st.success(status.message, icon=":material/check_circle:")
 else:
-    fields.add("dataset.root", status.message)
+    fields.add("dataset.root", outside or status.message)
 fields.slot("dataset")
 shape = (info.num_classes, info.in_channels, info.image_size or image_size or 64)  # classes None: imagefolder
 
@@ -77,13 +80,26 @@ def architecture(role: str, label: str) -> str:
                         format_func=lambda n: f"{n} · {describe_model(n)}")
 
 
+def too_large(arch: str, options: dict):
+    """Why this model is over KDCORE_MAX_PARAMS, estimated on the meta device; None if it is not (or cannot be built)."""
+    try:
+        return checks.too_large(checks.estimate_profile(arch, shape[0] or 10, shape[1], shape[2], options))
+    except (TypeError, ValueError, KeyError, RuntimeError):
+        return None
+
+
 def show_profile(role: str, arch: str, options: dict):
     """Parameters, MB and FLOPs per image of the chosen model; None when it cannot be built."""
     try:
-        profile = state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True))
+        # over the limit, only the estimate: the page server never builds such a model for real
+        refusal = too_large(arch, options)
+        profile = (checks.estimate_profile(arch, shape[0] or 10, shape[1], shape[2], options) if refusal else
+                   state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True)))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         fields.add(f"{role}.options", f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
         return None
+    if refusal:
+        fields.add(f"{role}.options", f"{arch} would have {refusal}")
     a, b, c = st.columns(3)
     a.metric("Parameters", text.compact(profile.params))
     b.metric("Size", f"{profile.size_mb:.2f} MB")
@@ -126,8 +142,14 @@ with teacher_col:
         if v.get("teacher.checkpoint"):
             checkpoint, problem_key = v["teacher.checkpoint"], "teacher.checkpoint"
     v["teacher.source"] = source
+    if checkpoint is not None and st.session_state.get("ui.options_from") != str(checkpoint):
+        # a new file: show (and run) the options it was saved with, so the sizes below are its model's
+        st.session_state["ui.options_from"] = str(checkpoint)
+        saved = state.checkpoint_options(checkpoint)
+        if saved is not None:
+            st.session_state[k("teacher.options")] = form._as_widget_value("teacher.options", saved)
     v["teacher.options"] = t_options = options_input("teacher")
-    if checkpoint is not None:
+    if checkpoint is not None and not too_large(t_arch, t_options):
         problem = state.checkpoint_problem(checkpoint, t_arch, shape[0], shape[1], shape[2], t_options)
         if problem:
             fields.add(problem_key, problem)
@@ -248,11 +270,17 @@ sweep = st.toggle("Sweep over T and α: one run per pair, queued as one group", 
 temperatures, alphas, group = [], [], ""
 if sweep:
     a, b, c = st.columns(3)
+    # every field renders before any is parsed: a widget skipped by an error loses its value
+    t_text = a.text_input("T values", value="2, 4, 8", key="ui.sweep_t")
+    alpha_text = b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha")
     try:
-        temperatures = form.parse_list(a.text_input("T values", value="2, 4, 8", key="ui.sweep_t"))
-        alphas = form.parse_list(b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha"))
+        temperatures = form.parse_list(t_text)
     except ValueError as err:
-        fields.add("sweep", str(err))
+        fields.add("sweep.T", f"T values: {err}")
+    try:
+        alphas = form.parse_list(alpha_text)
+    except ValueError as err:
+        fields.add("sweep.alpha", f"α values: {err}")
     group = c.text_input("Group name", value=f"sweep-{dt.datetime.now():%Y%m%d-%H%M}", key="ui.sweep_group").strip()
     if not (temperatures and alphas and group):
         fields.add("sweep", "give at least one T, one α and a group name")
@@ -260,6 +288,12 @@ if sweep:
 
 config, errors = form.validate(form.nest(v))
 fields.update(errors)
+if config is not None:
+    try:
+        for path, message in state.runnable_problems(config):  # kdcore's refusals, shared with the CLI
+            fields.add(path, message)
+    except ConfigError as err:  # a malformed KDCORE_* limit
+        fields.add("(config)", str(err))
 if config is not None and sweep:
     for t in temperatures:
         for a in alphas:

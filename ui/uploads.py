@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
+
+from kdcore.checks import archive_problem
 
 
 class UploadError(ValueError):
@@ -44,9 +47,16 @@ def extract_zip(data: bytes, filename: str, uploads: Path) -> Path:
                 parts = PurePosixPath(name).parts
                 if name.startswith("/") or ".." in parts:
                     raise UploadError(f"{filename} holds a path outside its folder ({name}); refused")
+            too_big = archive_problem(archive, filename)  # from the directory, before a byte is written
+            if too_big:
+                raise UploadError(too_big)
             tmp = target.with_name(target.name + ".tmp")
             tmp.mkdir(parents=True, exist_ok=True)
-            archive.extractall(tmp, members=names)
+            try:
+                archive.extractall(tmp, members=names)
+            except (zipfile.BadZipFile, OSError, EOFError) as err:  # e.g. a member past its declared size
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise UploadError(f"{filename} could not be extracted: {err}") from None
             tmp.replace(target)
     children = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
     if len(children) == 1 and children[0].is_dir() and not (target / "train").is_dir():

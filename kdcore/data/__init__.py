@@ -6,7 +6,7 @@ normalized tensors; imagefolder is streamed from disk. Every loader yields
 """
 from kdcore.data.augment import augment_batch
 from kdcore.data.loaders import BatchLoader, make_loader
-from kdcore.data.sources import DATASETS, data_root, dataset_info, dataset_status, load_dataset
+from kdcore.data.sources import DATASETS, data_root, data_roots, dataset_info, dataset_status, load_dataset
 from kdcore.data.types import DatasetError, DatasetInfo, DatasetStatus, DataSplits, Split
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Split",
     "augment_batch",
     "data_root",
+    "data_roots",
     "dataset_info",
     "dataset_status",
     "load_dataset",

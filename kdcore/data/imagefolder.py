@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,34 @@ def load_imagefolder(cfg) -> DataSplits:
         val=split(val_ds),
         test=split(test_ds),
     )
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What an image folder holds, read from its file names and a few image headers (nothing decoded).
+
+    Attributes:
+        root: the folder, resolved.
+        class_names: class sub-folders holding images, sorted.
+        train_targets: class index of each image of the train folder (the whole folder without test/).
+        test_targets: class index of each image under test/, or None when the test split is carved from train.
+        in_channels: 1 if the sampled images are all grayscale, else 3.
+    """
+
+    root: Path
+    class_names: list[str]
+    train_targets: list[int]
+    test_targets: list[int] | None
+    in_channels: int
+
+
+def scan_imagefolder(root: str) -> FolderScan:
+    """Scans an image folder as load_imagefolder would, without decoding images; raises DatasetError."""
+    path = Path(root).expanduser().resolve()
+    train_dir, test_dir = _layout(path)
+    paths, targets, class_names = _scan(train_dir)
+    test_targets = _scan(test_dir, class_names)[1] if test_dir is not None else None
+    return FolderScan(path, class_names, targets, test_targets, 1 if _detect_mode(paths) == "L" else 3)
 
 
 def imagefolder_status(root: str | None) -> DatasetStatus:

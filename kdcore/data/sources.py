@@ -66,10 +66,19 @@ def data_root(root: str | None) -> Path:
         root: an explicit folder, or None.
 
     Returns:
-        `root` if given, else $KDCORE_DATA_ROOT if set, else ./data; absolute.
+        `root` if given, else the first of $KDCORE_DATA_ROOT if set, else ./data; absolute.
     """
-    chosen = root or os.environ.get("KDCORE_DATA_ROOT") or "data"
+    chosen = root or data_roots()[0]
     return Path(chosen).expanduser().resolve()
+
+
+def data_roots() -> list[Path]:
+    """The folders datasets may be read from: $KDCORE_DATA_ROOT (several joined by os.pathsep), else ./data.
+
+    The first is the default dataset.root; an image folder must lie inside one of them.
+    """
+    listed = [r for r in os.environ.get("KDCORE_DATA_ROOT", "").split(os.pathsep) if r.strip()]
+    return [Path(r).expanduser().resolve() for r in listed or ["data"]]
 
 
 def _folder_and_files(name: str, root: Path) -> tuple[Path, list[str]]:
