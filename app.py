@@ -4,6 +4,7 @@
 """
 import streamlit as st
 
+from kdcore.store import StoreError
 from ui import parts, state
 
 st.set_page_config(page_title="kdcore · knowledge distillation", page_icon=":material/school:", layout="wide")
@@ -16,8 +17,13 @@ page = st.navigation([
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
 ])
 
-with st.sidebar:
-    st.caption(f":material/memory: {state.device_line()}")
-    parts.queue_line()
-
-page.run()
+read_only = state.store().read_only  # opened first, so a fault of the store shows in place of the page
+try:
+    with st.sidebar:
+        st.caption(f":material/memory: {state.device_line()}")
+        if read_only:
+            st.caption(":material/lock: Read-only store: runs can be viewed, not launched, changed or deleted")
+        parts.queue_line()
+    page.run()
+except StoreError as err:  # not a kdcore store, damaged, or a write to a read-only one: its reason, not a traceback
+    state.show_store_error(err)

@@ -119,6 +119,6 @@ def group_report(runs: Sequence) -> dict:
     teachers_trained = sum(1 for r in runs if r.status == "completed" and "teacher_from_run" not in r.summary
                            and r.config.get("teacher", {}).get("source") == "train")
     return {"group": runs[0].group if runs else None, "run_ids": [r.id for r in runs], "statuses": statuses,
-            "seeds": sorted({r.config.get("train", {}).get("seed") for r in runs}),
+            "seeds": sorted({r.config.get("train", {}).get("seed") for r in runs} - {None}),  # None: a damaged config
             "teachers_trained": teachers_trained, "aggregate": agg,
             "kd_gain_in_words": describe_spread(agg["kd_gain"])}

@@ -10,6 +10,7 @@ import streamlit as st
 from kdcore.analysis import class_similarity, confusion_matrix
 from kdcore.data import DatasetError
 from kdcore.losses import entropy, softened
+from kdcore.store import DAMAGED_LABEL
 from ui import charts, form, images, state, text
 
 PAGE_SIZE = 16
@@ -30,13 +31,16 @@ if logits is None:
     st.stop()
 labels, teacher, student = logits["labels"], logits["teacher"], logits["student"]
 num_classes = teacher.shape[1]
+dataset_cfg = run.config.get("dataset")  # None when the stored config is damaged
 try:
-    data = state.dataset(run.config["dataset"])
+    if dataset_cfg is None:
+        raise ValueError(f"its stored config cannot be read {DAMAGED_LABEL}")
+    data = state.dataset(dataset_cfg)
 except (DatasetError, OSError, ValueError) as err:
     data = None
     st.warning(f"The test images cannot be shown ({text.headline(str(err))}); everything below still comes "
                "from the stored logits.", icon=":material/image_not_supported:")
-names = state.class_names(run.config["dataset"], num_classes)
+names = state.class_names(dataset_cfg, num_classes) if dataset_cfg else [str(i) for i in range(num_classes)]
 
 T = st.slider("Temperature T", *form.T_RANGE, value=min(max(run.temperature, form.T_RANGE[0]), form.T_RANGE[1]),
               step=0.5, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")

@@ -16,13 +16,14 @@ st.markdown(f"**The demo:** {demo.dataset.name}, a `{demo.teacher.arch}` teacher
             f"`{demo.student.arch}` student at T = {demo.distill.temperature:g}, α = {demo.distill.alpha:g}, "
             "with its baseline (the same student trained without the teacher).")
 left, right, _ = st.columns([1, 1, 2])
-if left.button("Run the demo", type="primary", icon=":material/play_arrow:",
+read_only = state.store().read_only  # nothing can be queued: the sidebar says why
+if left.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=read_only,
                help="One run, under a minute on two CPU cores. Its KD gain comes with a 95% interval over the test "
                     "images and a p-value: whether the gain is more than chance on this test set."):
     state.manager().submit(demo)
     state.runs_changed()
     st.switch_page("pages/live.py")
-if right.button(f"Run it over {DEMO_SEEDS} seeds", icon=":material/stacks:",
+if right.button(f"Run it over {DEMO_SEEDS} seeds", icon=":material/stacks:", disabled=read_only,
                 help=f"{DEMO_SEEDS} runs in one group sharing one teacher: the mean gain with a 95% interval across "
                      "seeds, whether the gain survives a change of seed."):
     state.manager().submit_many(expand(demo, seeds=list(range(DEMO_SEEDS))))

@@ -6,6 +6,8 @@ store is the truth, the caches only spare repeated reads within a second or two.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,7 +22,7 @@ from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager, get_manager
-from kdcore.store import ACTIVE, Run, RunNotFound, Store, default_url
+from kdcore.store import ACTIVE, DAMAGED_LABEL, Run, RunNotFound, Store, StoreError, default_url
 from ui import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +41,53 @@ def _manager(url: str) -> JobManager:
     # process by default: as a thread beside the page server it waited on Python's GIL while pages
     # rendered, and the demo took twice as long (docs/benchmarks.md).
     mode = os.environ.get("KDCORE_LOCAL_WORKERS", "process")
-    return get_manager(_store(url), workers={"0": "none", "1": "process"}.get(mode, mode))
+    store_ = _store(url)
+    mgr = get_manager(store_, workers="none" if store_.read_only else {"0": "none", "1": "process"}.get(mode, mode))
+    # Streamlit ends on SIGINT or SIGTERM by leaving its loop, then Python exits: stop the workers first,
+    # or a worker thread is still inside torch at exit ("terminate called without an active exception",
+    # SIGABRT) and its run stays `running` until its lease expires.
+    atexit.register(mgr.shutdown)
+    return mgr
 
 
+def show_store_error(err: StoreError) -> None:
+    """The store's one-line reason (not a kdcore store, damaged, read-only) in place of the page; stops the run."""
+    st.error(str(err), icon=":material/database:")
+    st.stop()
+
+
+def _shows_store_faults(read):
+    # Pages read the store through these accessors, so a StoreError shows as its line wherever a page
+    # script runs: under app.py, on its own (Streamlit's pages/ routing on a first visit), or as a fragment.
+    @functools.wraps(read)
+    def shown(*args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except StoreError as err:
+            show_store_error(err)
+    return shown
+
+
+class _FaultsShown:
+    """The Store or JobManager itself, but a StoreError from any of its methods (a launch or a delete on a
+    read-only store, a damaged page) shows as its line instead of a traceback."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def __getattr__(self, name):
+        value = getattr(self._target, name)
+        return _shows_store_faults(value) if callable(value) else value
+
+
+@_shows_store_faults
 def store() -> Store:
-    return _store(default_url())
+    return _FaultsShown(_store(default_url()))
 
 
+@_shows_store_faults
 def manager() -> JobManager:
-    return _manager(default_url())
+    return _FaultsShown(_manager(default_url()))
 
 
 @st.cache_resource(show_spinner=False)
@@ -70,6 +110,8 @@ def _runs_frame(url: str) -> pd.DataFrame:
     frame["kd_gain_interval"] = [text.points_range(lo, hi) if pd.notna(lo) else None
                                  for lo, hi in zip(frame["kd_gain_low"], frame["kd_gain_high"])]
     frame["shares"] = [_shared_from(t, b) for t, b in zip(frame["teacher_from_run"], frame["baseline_from_run"])]
+    damaged = frame["damaged"].map(bool)
+    frame.loc[damaged, "name"] = frame.loc[damaged, "name"] + " " + DAMAGED_LABEL  # wherever a page lists it
     return frame
 
 
@@ -82,6 +124,7 @@ def _shared_from(teacher_run, baseline_run) -> Optional[str]:
     return ", ".join(parts) or None
 
 
+@_shows_store_faults
 def runs_frame() -> pd.DataFrame:
     """Every stored run, newest first, in one query (cached for a second)."""
     return _runs_frame(default_url())
@@ -92,6 +135,7 @@ def _metrics(url: str, run_ids: tuple[int, ...], kind: Optional[str]) -> pd.Data
     return _store(url).metrics_frame(run_ids, kind=kind)
 
 
+@_shows_store_faults
 def metrics(run_ids, kind: Optional[str] = None) -> pd.DataFrame:
     """Metric rows of the given runs only."""
     return _metrics(default_url(), tuple(sorted(int(r) for r in run_ids)), kind)
@@ -103,11 +147,13 @@ def _group_report(url: str, name: str) -> Optional[dict]:
     return group_report(runs) if runs else None
 
 
+@_shows_store_faults
 def group(name: str) -> Optional[dict]:
     """A group's runs, statuses and mean ± std with intervals over its completed runs."""
     return _group_report(default_url(), name)
 
 
+@_shows_store_faults
 def get_run(run_id: int) -> Optional[Run]:
     try:
         return store().get_run(int(run_id))
@@ -139,12 +185,14 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
     """{"labels", "teacher", "student", "baseline"?} test-set tensors of a run, or None if not saved."""
     path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
     return _test_logits(str(path), _stamp(path))
 
 
+@_shows_store_faults
 def has_test_logits(run_id: int) -> bool:
     return (store().run_dir(int(run_id)) / TEST_LOGITS_FILE).is_file()
 
@@ -162,12 +210,14 @@ def _temperature_curves(path: str, mtime: float) -> Optional[pd.DataFrame]:
     })
 
 
+@_shows_store_faults
 def temperature_curves(run_id: int) -> Optional[pd.DataFrame]:
     """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20."""
     path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
     return _temperature_curves(str(path), _stamp(path))
 
 
+@_shows_store_faults
 def weights_path(run_id: int, phase: str) -> Optional[Path]:
     path = store().run_dir(int(run_id)) / f"{phase}.pt"
     return path if path.is_file() else None
@@ -228,6 +278,39 @@ def checkpoint_problem(path: Path, arch: str, num_classes: Optional[int], in_cha
     """Why a teacher checkpoint cannot serve as `arch` for this data, in words; None if it can."""
     return _checkpoint_problem(str(path), _stamp(Path(path)), arch, num_classes, in_channels, image_size,
                                json.dumps(options, sort_keys=True))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _checkpoint_options(path: str, mtime: float) -> Optional[dict]:
+    from kdcore.engine.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        options = read_checkpoint(path).get("options")
+    except CheckpointError:
+        return None
+    return dict(options) if isinstance(options, dict) else None
+
+
+def checkpoint_options(path: Path) -> Optional[dict]:
+    """The model options a kdcore checkpoint was saved with; None for a plain state_dict or an unreadable file."""
+    return _checkpoint_options(str(path), _stamp(Path(path)))
+
+
+def runs_here() -> bool:
+    """Whether this dashboard's own worker runs what it queues (not with KDCORE_LOCAL_WORKERS=0)."""
+    return os.environ.get("KDCORE_LOCAL_WORKERS", "process") not in ("0", "none")
+
+
+@st.cache_data(ttl=2.0, show_spinner=False, max_entries=32)
+def _runnable_problems(url: str, config_json: str, here: bool) -> list[tuple[str, str]]:
+    from kdcore.checks import check_runnable
+
+    return check_runnable(RunConfig.model_validate_json(config_json), store=_store(url), here=here)
+
+
+def runnable_problems(config: RunConfig) -> list[tuple[str, str]]:
+    """kdcore.checks.check_runnable for the form's config: what would refuse it before any work."""
+    return _runnable_problems(default_url(), config.model_dump_json(), runs_here())
 
 
 def class_names(dataset_cfg: dict, num_classes: int) -> list[str]:

@@ -10,6 +10,9 @@ from sqlmodel import Field, SQLModel
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
+JSON_COLUMNS = ("config_json", "summary_json", "live_json", "tags")  # a run's columns that hold JSON text
+CONFIG_SECTIONS = ("dataset", "teacher", "student", "distill", "train")
+DAMAGED_LABEL = "(damaged record)"  # after the name of a run with a damaged column, wherever it is listed
 
 
 def utcnow() -> datetime:
@@ -60,7 +63,7 @@ class Run(SQLModel, table=True):
 
     @property
     def config(self) -> dict:
-        return _loads(self.config_json)
+        return {} if unreadable("config_json", self.config_json) else _loads(self.config_json)
 
     @property
     def summary(self) -> dict:
@@ -72,11 +75,12 @@ class Run(SQLModel, table=True):
 
     @property
     def tag_list(self) -> list[str]:
-        try:
-            tags = json.loads(self.tags or "[]")
-        except ValueError:
-            return []
-        return tags if isinstance(tags, list) else []
+        return [] if unreadable("tags", self.tags) else json.loads(self.tags or "[]")
+
+    @property
+    def damaged(self) -> list[str]:
+        """Its JSON columns that cannot be read (an edit by hand, a disk fault, another program); [] when none."""
+        return [column for column in JSON_COLUMNS if unreadable(column, getattr(self, column))]
 
     @property
     def duration_s(self) -> Optional[float]:
@@ -114,6 +118,21 @@ def _loads(text: Optional[str]) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def unreadable(column: str, text: Optional[str]) -> bool:
+    """Whether a JSON column's text is not what it should hold: a config with its sections, a dict, a list of tags."""
+    if not text:
+        return column == "config_json"  # every run is stored with its config; the others may be empty
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return True
+    if column == "tags":
+        return not (isinstance(value, list) and all(isinstance(t, str) for t in value))
+    if column == "config_json":
+        return not (isinstance(value, dict) and all(isinstance(value.get(k), dict) for k in CONFIG_SECTIONS))
+    return not isinstance(value, dict)
 
 
 def _aware(moment: datetime) -> datetime:
