@@ -24,10 +24,12 @@ worker: $(STAMP)
 	$(VENV)/bin/kdcore worker
 
 browser-deps:
-	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_debian_package.sh chromium "the browser tests" \
+		'command -v chromium || test -x /usr/bin/chromium'
 
 postgres-deps:
-	@bash scripts/ensure_postgres.sh
+	@bash scripts/ensure_debian_package.sh postgresql "the PostgreSQL store tests" \
+		'ls /usr/lib/postgresql/*/bin/initdb || command -v initdb'
 
 test: $(STAMP) browser-deps postgres-deps
 	$(PY) -m pytest

@@ -21,13 +21,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.machine import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"default": None, "avx2": "avx2", "avx512": "avx512"}
@@ -44,16 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--markdown", metavar="FILE", help="write the table between the kd_gains markers of FILE")
     p.add_argument("--label", default="", help="a label for the rows (default: the config's file name)")
     return p.parse_args(argv)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_group(config: str, seeds: str, kernel: str, overrides: list[str], teacher_per_seed: bool) -> dict:
@@ -124,7 +116,7 @@ def write_markdown(path: Path, rows: list[str], command: str) -> None:
     """Puts the rows between the kd_gains markers of `path`, replacing rows of the same config and kernels,
     and lists every command that wrote rows there."""
     text = path.read_text() if path.exists() else ""
-    stamp = f"{datetime.date.today():%Y-%m-%d}, {_cpu_model()}, {os.cpu_count()} cores"
+    stamp = f"{datetime.date.today():%Y-%m-%d}, {cpu_model()}, {os.cpu_count()} cores"
     try:
         import torch
 

@@ -31,11 +31,13 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.machine import cpu_model  # noqa: E402
 
 import torch
 from torch import nn
@@ -87,16 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_label(device: torch.device) -> str:

@@ -8,7 +8,7 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
-from kdcore.jobs import LiveState
+from kdcore.jobs import LiveState, resumable
 from ui import charts, parts, state, text
 
 LIVE_REFRESH_S = 2.0  # each refresh redraws three charts: at 1 s the demo ran at 0.83x the CLI's speed, at 2 s 0.93x
@@ -29,6 +29,12 @@ def _shown_run_id(mgr) -> Optional[int]:
         return active[0]
     fresh = state.runs_frame()
     return int(fresh["id"].iloc[0]) if not fresh.empty else None
+
+
+def _resume(run_id: int) -> None:
+    state.store().requeue(run_id)  # a worker picks it up and goes on from its last saved epoch
+    st.session_state["live_pick"] = run_id
+    state.runs_changed()
 
 
 def _cancel(run_id: int) -> None:
@@ -104,6 +110,11 @@ def _panel(run_id: int, mgr) -> None:
     _charts(history, run_id)
     if status != "running":
         parts.outcome(run.status, run.error)
+        if status in ("interrupted", "cancelled", "failed"):
+            problem = resumable(run)
+            st.button("Resume", key=f"resume_{run_id}", icon=":material/play_circle:", on_click=_resume,
+                      args=(run_id,), disabled=problem is not None,
+                      help=problem or "Go on from its last saved epoch; finished phases are not run again")
         parts.summary_card(run.summary)
     if run.group:
         _group(run.group)
@@ -140,6 +151,8 @@ def live_view() -> None:
     if polling and not _anything_active(mgr, run_id):
         state.runs_changed()
         st.rerun()  # the last job ended: one full rerun shows its result and stops the polling
+    elif not polling and _anything_active(mgr, run_id):
+        st.rerun()  # a run was resumed or queued from within this fragment: a full rerun starts the polling
 
 
 live_view()

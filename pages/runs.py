@@ -11,6 +11,7 @@ import streamlit as st
 
 from kdcore.analysis import confusion_matrix, per_class_accuracy
 from kdcore.export import to_torchscript
+from kdcore.jobs import resumable
 from ui import charts, form, parts, state, text
 
 COLUMNS = {
@@ -210,6 +211,14 @@ shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", "Downloads"
                  key="runs_detail_view", label_visibility="collapsed")
 if shown == "Summary":
     parts.outcome(run.status, run.error)
+    if run.status in ("interrupted", "cancelled", "failed"):
+        problem = resumable(run)
+        if st.button("Resume", key=f"resume_{run.id}", icon=":material/play_circle:", disabled=problem is not None,
+                     help=problem or "Go on from its last saved epoch; finished phases are not run again"):
+            state.store().requeue(run.id)
+            state.runs_changed()
+            st.session_state["live_pick"] = run.id
+            st.switch_page("pages/live.py")
     parts.summary_card(run.summary)
     if run.notes:
         st.markdown(f"**Notes:** {run.notes}")
@@ -233,7 +242,7 @@ elif shown == "Test set":
         labels_t = logits["labels"]
         models = [m for m in ("student", "teacher", "baseline") if m in logits]
         num_classes = logits[models[0]].shape[1]
-        names = state.class_names(run.config["dataset"], num_classes)
+        names = state.class_names(run.config.get("dataset") or {}, num_classes)
         model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model")
         cm = confusion_matrix(logits[model], labels_t, num_classes).numpy()
         acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy() for m in models}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -226,3 +227,40 @@ def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_an_interrupted_run_is_resumed_from_the_browser(dashboard_without_worker, page):
+    url, db = dashboard_without_worker
+    store = Store(db)
+    kdcore = [sys.executable, "-m", "kdcore", "--db", db]
+    env = dict(os.environ, KDCORE_CPU_THREADS="1")
+    # a run stopped for real: SIGTERM to `kdcore train` once its teacher has finished two epochs
+    train = subprocess.Popen(kdcore + ["train", "examples/digits.yaml"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def teacher_epochs() -> list[int]:
+        runs = store.list_runs()
+        if not runs:
+            return []
+        rows = store.metrics_frame([runs[0].id], kind="epoch", names=["val_acc"])
+        return sorted(rows.loc[rows["phase"] == "teacher", "epoch"])
+
+    _wait_while_progressing(store, lambda: len(teacher_epochs()) >= 2, "the teacher's first epochs")
+    run_id = store.list_runs()[0].id
+    train.send_signal(signal.SIGTERM)
+    _wait_while_progressing(store, lambda: train.poll() is not None, "kdcore train stopping")
+    assert store.get_run(run_id).status == "interrupted"
+
+    page.goto(url)
+    page.get_by_role("heading", name="Knowledge distillation").wait_for(timeout=STALL_S * 1000)
+    _goto(page, "Live", "Live")
+    page.get_by_text(f"#{run_id} ").first.wait_for()
+    page.get_by_role("button", name="Resume").click()
+    _wait_while_progressing(store, lambda: store.get_run(run_id).status == "queued", "the run going back in the queue")
+    worker = subprocess.Popen(kdcore + ["worker", "--exit-when-idle"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    _wait_while_progressing(store, lambda: worker.poll() is not None, "the worker resuming the run")
+    run = store.get_run(run_id)
+    assert run.status == "completed" and run.attempt == 2
+    assert teacher_epochs() == list(range(1, 31))  # each teacher epoch stored once, the stopped one replaced
+    page.get_by_text("95% interval").first.wait_for(timeout=STALL_S * 1000)  # Live shows the finished run

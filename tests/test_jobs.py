@@ -133,7 +133,7 @@ def test_a_teacher_is_not_reused_from_an_unfinished_run(store, manager):
     second = manager.submit(digits_config(teacher={"source": "run", "run_id": first}))
     manager.cancel(first)
     assert manager.wait(second, timeout=60) == "failed"
-    assert "only a completed run's teacher" in store.get_run(second).error
+    assert "its teacher did not finish training; only a finished teacher can be reused" in store.get_run(second).error
 
 
 class _RunsCode:

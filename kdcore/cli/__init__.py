@@ -81,6 +81,9 @@ def cmd_train(args) -> int:
 
     try:
         configs = _configs(args)
+        from kdcore.checks import refuse_unrunnable
+
+        refuse_unrunnable(configs, store=args.db, here=True)  # before the store is even opened
     except ConfigError as err:
         print(f"error: invalid config: {err}", file=sys.stderr)
         return 2
@@ -130,6 +133,10 @@ def cmd_submit(args) -> int:
 
     try:
         configs = _configs(args)
+        from kdcore.checks import refuse_unrunnable
+
+        # here=False: a worker on any machine may take the runs, so this machine's devices and RAM do not decide
+        refuse_unrunnable(configs, store=args.db, here=False)
     except ConfigError as err:
         print(f"error: invalid config: {err}", file=sys.stderr)
         return 2
@@ -150,9 +157,15 @@ def cmd_worker(args) -> int:
     from kdcore.store import Store
 
     store = Store(args.db)
+    store.check_writable()  # a worker records every step: refuse at once, not at its first run
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     try:
         for device in devices:
+            from kdcore.checks import device_problem
+
+            problem = device_problem(device)  # resolve_device alone accepts cuda:3 on a one-GPU machine
+            if problem:
+                raise ValueError(problem)
             resolve_device(device)
     except (ValueError, RuntimeError) as err:
         print(f"error: --devices: {err}", file=sys.stderr)
@@ -175,7 +188,8 @@ def cmd_worker(args) -> int:
     results: list = []
     with _interrupt_on_signals(interrupt):
         threads = [threading.Thread(target=lambda w=w: results.extend(
-            w.run(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle)), daemon=True)
+            w.run(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle,
+                  resume_interrupted=args.resume_interrupted)), daemon=True)
             for w in workers]
         print(f"kdcore worker on {', '.join(str(w.device) for w in workers)}, store {store.url}", file=sys.stderr,
               flush=True)
@@ -187,6 +201,29 @@ def cmd_worker(args) -> int:
     for run_id, status in results:
         print(f"run {run_id} {status}", flush=True)
     return 130 if interrupt.is_set() else 0
+
+
+def cmd_runs_resume(args) -> int:
+    from kdcore.jobs import resume_here
+    from kdcore.store import RunNotFound, Store
+
+    store = Store(args.db)
+    store.expire_leases(force=True)
+    interrupt = threading.Event()
+    bars = _ProgressBars()
+    try:
+        with _interrupt_on_signals(interrupt):
+            status = resume_here(store, args.id, interrupt=interrupt, listener=bars)
+    except (RunNotFound, ValueError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 1
+    finally:
+        bars.close()
+    run = store.get_run(args.id)
+    print(json.dumps(_run_json(run), indent=2)) if args.json else _print_summary(run)
+    if interrupt.is_set():
+        return 130
+    return 0 if status == "completed" else 1
 
 
 def cmd_runs_cancel(args) -> int:
@@ -252,6 +289,7 @@ def _print_summary(run) -> None:
 
 def _print_group(report: dict, runs) -> None:
     from kdcore.experiments import format_seeds
+    from kdcore.store import DAMAGED_LABEL
 
     print(f"group {report['group']}")
     print(f"  {len(runs)} runs (" + ", ".join(f"{n} {k}" for k, n in report["statuses"].items())
@@ -262,8 +300,10 @@ def _print_group(report: dict, runs) -> None:
         s = r.summary
         gain = "-" if r.kd_gain is None else f"{100 * r.kd_gain:+.2f}"
         p = s.get("kd_gain_p_value")
-        print(f"  {r.id:>5} {r.config['train']['seed']:>5} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
-              f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}  {'' if p is None else f'{p:.2g}'}")
+        seed = r.config.get("train", {}).get("seed")  # None when its config is damaged
+        print(f"  {r.id:>5} {'-' if seed is None else seed:>5} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
+              f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}  {'' if p is None else f'{p:.2g}'}"
+              + (f"  {DAMAGED_LABEL}" if r.damaged else ""))
     agg = report["aggregate"]
     for key, label in (("teacher_test_acc", "teacher"), ("student_test_acc", "student"), ("baseline_test_acc", "baseline")):
         a = agg.get(key)
@@ -275,13 +315,16 @@ def _print_group(report: dict, runs) -> None:
 
 def _run_json(run) -> dict:
     s = run.summary
+    damaged = run.damaged
     return {
         "id": run.id, "name": run.name, "status": run.status, "error": run.error, "device": run.device,
         "group": run.group, "tags": run.tag_list, "notes": run.notes,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "config": run.config, "summary": s,
+        "config": None if "config_json" in damaged else run.config,
+        "summary": None if "summary_json" in damaged else s,
+        "damaged": damaged,  # its JSON columns that cannot be read: null or empty above
         "teacher_test_acc": run.teacher_test_acc, "student_test_acc": run.student_test_acc,
         "baseline_test_acc": run.baseline_test_acc, "kd_gain": run.kd_gain,
         "kd_gain_ci95": s.get("kd_gain_ci95"), "kd_gain_p_value": s.get("kd_gain_p_value"),
@@ -321,7 +364,7 @@ def cmd_groups_show(args) -> int:
 
 
 def cmd_runs_list(args) -> int:
-    from kdcore.store import Store
+    from kdcore.store import DAMAGED_LABEL, Store
 
     runs = Store(args.db).list_runs(limit=args.limit)
     if args.json:
@@ -335,12 +378,13 @@ def cmd_runs_list(args) -> int:
         gain = "-" if r.kd_gain is None else f"{100 * r.kd_gain:+.2f}"
         pair = f"{r.teacher_arch} → {r.student_arch}"
         print(f"{r.id:>5}  {r.status:<11} {r.dataset:<14} {pair:<32} {r.temperature:>5g} {r.alpha:>5g} "
-              f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}")
+              f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}"
+              + (f"  {DAMAGED_LABEL}" if r.damaged else ""))
     return 0
 
 
 def cmd_runs_show(args) -> int:
-    from kdcore.store import RunNotFound, Store
+    from kdcore.store import DAMAGED_LABEL, RunNotFound, Store
 
     store = Store(args.db)
     store.expire_leases()
@@ -352,8 +396,13 @@ def cmd_runs_show(args) -> int:
     if args.json:
         print(json.dumps(_run_json(run), indent=2))
     else:
-        print(f"run {run.id}: {run.name}")
+        print(f"run {run.id}: {run.name}" + (f" {DAMAGED_LABEL}" if run.damaged else ""))
+        if run.damaged:
+            print(f"damaged: {', '.join(run.damaged)} cannot be read; the rest is shown as stored")
         _print_summary(run)
+        if "config_json" in run.damaged:
+            print("config: unreadable")
+            return 0
         print("config:")
         import yaml
 
@@ -412,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--devices", default="auto", help="one worker per device: auto, cpu, cuda:0,cuda:1 (default auto)")
     worker.add_argument("--max-runs", type=int, default=None, metavar="N", help="stop after N runs (per device)")
     worker.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
+    worker.add_argument("--resume-interrupted", action="store_true",
+                        help="put interrupted runs back in the queue and resume them from their last saved epoch")
     worker.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)  # the dashboard that started it
     worker.set_defaults(func=cmd_worker)
 
@@ -425,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_runs_show)
+    resume = runs_sub.add_parser("resume", help="go on with an interrupted, cancelled or failed run from its last "
+                                                "saved epoch, here; finished phases are not run again")
+    resume.add_argument("id", type=int)
+    resume.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    resume.set_defaults(func=cmd_runs_resume)
     cancel = runs_sub.add_parser("cancel", help="drop a queued run, or stop a running one at its next step")
     cancel.add_argument("id", type=int)
     cancel.set_defaults(func=cmd_runs_cancel)
@@ -452,11 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "worker"):
+    if args.command in ("train", "worker") or getattr(args, "runs_command", None) == "resume":
         from kdcore.engine.device import cpu_threads_from_env
 
         cpu_threads_from_env()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:
+        from kdcore.store import StoreError  # imported here: `kdcore models` never opens a store
+
+        if not isinstance(err, StoreError):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # one line: which file, what is wrong, what to do
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,21 @@ from kdcore.models import create_model, profile_model
 from kdcore.stats import paired_gain
 
 TEST_LOGITS_FILE = "test_logits.pt"
+FINISHED_FILE = "finished_phases.json"  # what each finished phase reported, for a resumed run
+STATE_SUFFIX = "_state.pt"  # a phase's whole training state at its last finished epoch
+
+
+def _read_finished(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / FINISHED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_finished(run_dir: Path, finished: dict) -> None:
+    tmp = run_dir / (FINISHED_FILE + ".tmp")
+    tmp.write_text(json.dumps(finished, default=float))
+    tmp.replace(run_dir / FINISHED_FILE)
 
 
 def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
@@ -154,38 +169,65 @@ def execute_run(
     batches = lambda n: -(-n // config.train.batch_size)  # noqa: E731
     phases = ["teacher", "student"] + (["baseline"] if config.baseline else [])
     callback(Event("plan", info={"phases": phases, "steps": {
-        "teacher": config.teacher.epochs * batches(len(data.train)) if teacher_checkpoint is None else 0,
+        "teacher": 0 if teacher_checkpoint is not None or "teacher" in _read_finished(run_dir)
+        else config.teacher.epochs * batches(len(data.train)),
         "student": config.train.epochs * batches(len(s_data.train)),
         "baseline": config.train.epochs * batches(len(s_data.train)) if reuse_baseline is None else 0}}))
 
+    # A run resumed after an interruption takes its finished phases as they are and goes on with
+    # the unfinished one from its last epoch's saved state.
+    finished = _read_finished(run_dir)
+
+    def done_earlier(phase: str, arch: str, options: dict) -> Optional[nn.Module]:
+        if phase not in finished or not (run_dir / f"{phase}.pt").is_file():
+            return None
+        model = load_model_from_checkpoint(run_dir / f"{phase}.pt", arch=arch, options=options or None, **shape)
+        summary.update({k: v for k, v in finished[phase].items() if k.startswith(phase)})
+        callback(Event("phase", phase=phase, info={"loaded": "this run's earlier attempt"}))
+        return model.to(device).eval()
+
+    def phase_finished(phase: str, result) -> None:
+        finished[phase] = {k: v for k, v in summary.items() if k.startswith(f"{phase}_")}
+        _write_finished(run_dir, finished)
+        (run_dir / f"{phase}{STATE_SUFFIX}").unlink(missing_ok=True)
+
     # Teacher
     t_cfg = config.teacher
-    if teacher_checkpoint is None:
+    teacher = done_earlier("teacher", t_cfg.arch, t_cfg.options) if teacher_checkpoint is None else None
+    if teacher is not None:
+        finish_phase("teacher", teacher)
+    elif teacher_checkpoint is None:
         if t_cfg.source != "train":
             raise ValueError(f"teacher.source is {t_cfg.source!r} but no teacher checkpoint was given")
         teacher = _build(t_cfg.arch, t_cfg.options, data, config.teacher_seed)
         result = fit(teacher, data, phase="teacher", epochs=t_cfg.epochs, train_cfg=config.train, device=device,
                      augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                     on_checkpoint=saver("teacher", t_cfg.arch, t_cfg.options), seed=config.teacher_seed)
+                     on_checkpoint=saver("teacher", t_cfg.arch, t_cfg.options), seed=config.teacher_seed,
+                     state_path=run_dir / f"teacher{STATE_SUFFIX}")
         if result.cancelled:
             return cancelled()
+        teacher.to(device).eval()
+        finish_phase("teacher", teacher, result)
+        phase_finished("teacher", result)
     else:
         teacher = load_model_from_checkpoint(teacher_checkpoint.checkpoint, arch=t_cfg.arch,
                                              options=t_cfg.options or None, **shape)
         save_checkpoint(run_dir / "teacher.pt", teacher, arch=t_cfg.arch, options=t_cfg.options, **shape)
-        result = None
         carry_over("teacher", teacher_checkpoint)
         loaded = (f"run {teacher_checkpoint.run_id}" if teacher_checkpoint.run_id is not None
                   else str(teacher_checkpoint.checkpoint))
         callback(Event("phase", phase="teacher", info={"loaded": loaded}))
-    teacher.to(device).eval()
-    finish_phase("teacher", teacher, result)
+        teacher.to(device).eval()
+        finish_phase("teacher", teacher)
 
     # Student (distilled), then the same student from scratch, on the same images in the same order
     s_cfg = config.student
     summary["student_train_size"] = len(s_data.train)
     for phase in phases[1:]:
-        if phase == "baseline" and reuse_baseline is not None:
+        student = done_earlier(phase, s_cfg.arch, s_cfg.options)
+        if student is not None:
+            finish_phase(phase, student)
+        elif phase == "baseline" and reuse_baseline is not None:
             student = load_model_from_checkpoint(reuse_baseline.checkpoint, arch=s_cfg.arch,
                                                  options=s_cfg.options or None, **shape)
             save_checkpoint(run_dir / "baseline.pt", student, arch=s_cfg.arch, options=s_cfg.options, **shape)
@@ -193,16 +235,18 @@ def execute_run(
             callback(Event("phase", phase="baseline", info={"loaded": f"run {reuse_baseline.run_id}"}))
             student.to(device).eval()
             finish_phase(phase, student)
-            continue
-        student = _build(s_cfg.arch, s_cfg.options, data, config.train.seed + 1)
-        freeze_early_layers(student, s_cfg.freeze_fraction)
-        result = fit(student, s_data, phase=phase, epochs=config.train.epochs, train_cfg=config.train, device=device,
-                     teacher=teacher if phase == "student" else None, distill_cfg=config.distill,
-                     augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                     on_checkpoint=saver(phase, s_cfg.arch, s_cfg.options), seed=config.train.seed)
-        if result.cancelled:
-            return cancelled()
-        finish_phase(phase, student, result)
+        else:
+            student = _build(s_cfg.arch, s_cfg.options, data, config.train.seed + 1)
+            freeze_early_layers(student, s_cfg.freeze_fraction)
+            result = fit(student, s_data, phase=phase, epochs=config.train.epochs, train_cfg=config.train,
+                         device=device, teacher=teacher if phase == "student" else None, distill_cfg=config.distill,
+                         augment=config.dataset.augment, callback=callback, should_stop=should_stop,
+                         on_checkpoint=saver(phase, s_cfg.arch, s_cfg.options), seed=config.train.seed,
+                         state_path=run_dir / f"{phase}{STATE_SUFFIX}")
+            if result.cancelled:
+                return cancelled()
+            finish_phase(phase, student, result)
+            phase_finished(phase, result)
         if phase == "student":
             preds = test_logits["student"].argmax(1)
             summary["test_agreement"] = (preds == test_logits["teacher"].argmax(1)).float().mean().item()

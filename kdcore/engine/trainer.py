@@ -5,13 +5,17 @@ points, so a step never waits on the host.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -92,6 +96,31 @@ def freeze_early_layers(model: nn.Module, fraction: float) -> int:
     return count
 
 
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    with global_rng_lock:
+        torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a kill mid-write leaves the previous epoch's state whole
+
+
 def fit(
     model: nn.Module,
     data: DataSplits,
@@ -108,6 +137,7 @@ def fit(
     on_checkpoint: Callable[[str, nn.Module], None] = lambda tag, m: None,
     cache_teacher_logits: bool = True,
     seed: Optional[int] = None,
+    state_path: Optional[Path] = None,
 ) -> FitResult:
     """Trains `model` in place; at the end it holds the weights with the best validation accuracy.
 
@@ -117,6 +147,8 @@ def fit(
     `on_checkpoint("best" | "last", model)` lets the caller persist weights.
     `seed` (default train_cfg.seed) fixes the data order, augmentation and dropout, so a
     phase trained again with the same seed and settings gives the same weights.
+    `state_path`: the whole training state is saved there at each epoch's end, and a fit that
+    finds one there goes on from it, ending with the weights an uninterrupted fit would have.
     """
     start = time.perf_counter()
     seed = train_cfg.seed if seed is None else seed
@@ -152,10 +184,23 @@ def fit(
     epochs_without_gain = 0
     global_step = 0
     cancelled = False
-    epoch = 0
-    callback(Event("phase", phase=phase, info={"epochs": epochs, "steps_per_epoch": steps_per_epoch, "distill": distill}))
+    done_epochs = 0
+    if state_path is not None and Path(state_path).is_file():
+        with torch.serialization.safe_globals([collections.Counter]):  # a step schedule's milestones
+            saved = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved["scheduler"] is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        best_acc, best_epoch, best_state = saved["best_acc"], saved["best_epoch"], saved["best_state"]
+        epochs_without_gain, global_step, done_epochs = saved["epochs_without_gain"], saved["global_step"], saved["epoch"]
+        _set_rng_state(saved["rng"])
+    train_loader.epoch = done_epochs  # the data order and augmentation of epoch k depend on (seed, k) only
+    epoch = done_epochs
+    callback(Event("phase", phase=phase, epoch=done_epochs, step=global_step, info={
+        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "distill": distill, "resumed_from_epoch": done_epochs}))
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(done_epochs + 1, epochs + 1):
         model.train()
         sums: dict[str, Tensor] = {}
         correct = torch.zeros((), device=device)
@@ -239,6 +284,12 @@ def fit(
         on_checkpoint("last", model)
         if cancelled:
             break
+        if state_path is not None:
+            _save_state(state_path, dict(
+                epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
+                best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
+                global_step=global_step, rng=_rng_state()))
         if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
             break
 

@@ -69,6 +69,7 @@ class JobManager:
                                               name=f"kdcore-worker-{w.device}") for w in self.workers]
             for t in self._threads:
                 t.start()
+            atexit.register(self.shutdown)  # a run still training at exit ends interrupted, not 'running'
         elif workers == "process":
             env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
                        KDCORE_ARTEFACT_ROOT=str(self.store.artefact_root.resolve()))
@@ -93,7 +94,7 @@ class JobManager:
                 child.send_signal(signal.SIGTERM)  # its run ends as interrupted, metrics stored
         for child in self._children:
             try:
-                child.wait(30)
+                child.wait(8)  # inside docker stop's 10 s grace; a run stops at its next step
             except subprocess.TimeoutExpired:
                 child.kill()
 

@@ -32,7 +32,7 @@ class Recorder:
                 live.phases = list(event.info.get("phases", live.phases))
                 live.planned_steps = dict(event.info.get("steps", {}))
             elif event.kind == "phase":
-                live.phase, live.epoch, live.step = event.phase, 0, 0
+                live.phase, live.epoch, live.step = event.phase, event.epoch, event.step  # > 0 when resumed
                 live.epochs = event.info.get("epochs", 0)
                 live.steps_per_epoch = event.info.get("steps_per_epoch", 0)
                 live.phase_started = time.time()
@@ -45,6 +45,10 @@ class Recorder:
                     del live.history[: len(live.history) - HISTORY_LIMIT]
             elif event.kind == "summary":
                 live.summary = dict(event.info)
+        if event.kind == "phase" and "resumed_from_epoch" in event.info:
+            # a phase trained here replaces whatever an earlier attempt stored past its last saved epoch
+            self.flush()
+            self.store.delete_metrics_after(self.live.run_id, event.phase, event.info["resumed_from_epoch"])
         self.buffer.extend(rows)
         if event.kind == "epoch" or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()

@@ -36,8 +36,9 @@ def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Reused]:
         if not path.is_file():
             raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
         source = store.get_run(teacher.run_id)
-        if source.status != "completed":
-            raise CheckpointError(f"run {teacher.run_id} is {source.status}; only a completed run's teacher can be reused")
+        if source.status != "completed" and "teacher_test_acc" not in source.summary:
+            raise CheckpointError(f"run {teacher.run_id} is {source.status} and its teacher did not finish training; "
+                                  "only a finished teacher can be reused")
         if source.teacher_arch != teacher.arch:
             raise CheckpointError(f"run {teacher.run_id}'s teacher is {source.teacher_arch!r}, not {teacher.arch!r}")
         return Reused(path, teacher.run_id, source.summary)
@@ -97,6 +98,9 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
         recorder.on_phase = beat.poke
         stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set()  # noqa: E731
         try:
+            if "config_json" in run.damaged:  # never train the defaults in place of an unreadable config
+                raise ConfigError(f"run {run_id}'s stored config is damaged and cannot be read; "
+                                  "start a new run from a config file")
             config = build_config(run.config)  # the stored config is the one that runs
             device = choose_device(device, resolve_device(config.train.device))
             store.set_device(run_id, describe_device(device))
@@ -110,23 +114,55 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                     error = "the worker was stopped (SIGTERM, Ctrl-C or a shutdown) before the run finished"
             else:
                 status = "completed"
-            for kind in ARTEFACT_KINDS:
-                path = run_dir / f"{kind}.pt"
-                if path.is_file():
-                    store.add_artefact(run_id, f"{kind}_weights", path)
-            if (run_dir / TEST_LOGITS_FILE).is_file():
-                store.add_artefact(run_id, "test_logits", run_dir / TEST_LOGITS_FILE)
         except Exception as err:  # a failed run is stored with its reason; the worker goes on
             error, status = describe_error(err), "failed"
         finally:
             try:
                 recorder.flush()
+                _record_files(store, run_id)  # also a stopped or failed run's: its finished phases are usable
             except Exception as err:  # losing some curve points must not leave the run 'running'
                 error = (error or "") + f"\nsome metrics could not be stored: {err}"
     if beat.lost.is_set():
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
     store.finish_run(run_id, status, summary, error, worker=worker)
     return status
+
+
+def _record_files(store: Store, run_id: int) -> None:
+    run_dir = store.run_dir(run_id)
+    known = set(store.artefacts(run_id))
+    for kind in ARTEFACT_KINDS:
+        path = run_dir / f"{kind}.pt"
+        if path.is_file() and f"{kind}_weights" not in known:
+            store.add_artefact(run_id, f"{kind}_weights", path)
+    if (run_dir / TEST_LOGITS_FILE).is_file() and "test_logits" not in known:
+        store.add_artefact(run_id, "test_logits", run_dir / TEST_LOGITS_FILE)
+
+
+DIVERGED = "the loss became"  # in a diverged run's error: resuming it would diverge again
+
+
+def resumable(run) -> Optional[str]:
+    """Why a stored run cannot be resumed, or None when it can."""
+    if run.status not in ("interrupted", "cancelled", "failed"):
+        return f"run {run.id} is {run.status}; only an interrupted, cancelled or failed run can be resumed"
+    if run.status == "failed" and DIVERGED in (run.error or ""):
+        return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
+                "would diverge again: start a new run from it with a lower train.lr or temperature")
+    return None
+
+
+def resume_here(store: Store, run_id: int, *, interrupt: Optional[threading.Event] = None,
+                listener: Optional[Callable[[Event], None]] = None) -> str:
+    """Claims a stopped run for this process and goes on from its last saved epoch; returns its final status."""
+    run = store.get_run(run_id)
+    problem = resumable(run)
+    if problem:
+        raise ValueError(problem)
+    worker = this_worker("resume")
+    if not store.requeue(run_id) or store.claim(worker, run_id=run_id) is None:
+        raise ValueError(f"run {run_id} was taken by another process meanwhile")
+    return execute_job(store, run_id, worker=worker, interrupt=interrupt, listener=listener)
 
 
 class Worker:
@@ -149,8 +185,11 @@ class Worker:
 
     def run(self, stop: threading.Event, interrupt: Optional[threading.Event] = None, *,
             max_runs: Optional[int] = None, exit_when_idle: bool = False,
-            wake: Optional[threading.Event] = None) -> list[tuple[int, str]]:
+            wake: Optional[threading.Event] = None, resume_interrupted: bool = False) -> list[tuple[int, str]]:
         """Runs queued runs until `stop` (or `interrupt`, which also ends the current run) is set.
+
+        With `resume_interrupted`, interrupted runs (a killed worker, a restarted machine) go back
+        in the queue and are resumed from their last saved epoch.
 
         Returns:
             (run number, final status) of each run it executed.
@@ -159,6 +198,9 @@ class Worker:
         done: list[tuple[int, str]] = []
         while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
             try:
+                if resume_interrupted:
+                    for run in self.store.list_runs(status=["interrupted"]):
+                        self.store.requeue(run.id, statuses=("interrupted",))
                 run_id = self.store.claim(self.id)
             except Exception as err:  # the store is briefly unreachable: keep polling
                 print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)

@@ -9,23 +9,27 @@ cancel is a flag in the row, so any process on any host can watch or stop any ru
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import uuid as uuidlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Optional
+from urllib.parse import quote
 
 import pandas as pd
 from sqlalchemy import event, func, insert, inspect, or_, text, update
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlmodel import Session, create_engine, delete, select
 
-from kdcore.store.tables import ACTIVE, FINISHED, STATUSES, Artefact, Metric, Run, utcnow  # noqa: F401
+from kdcore.store.tables import (ACTIVE, DAMAGED_LABEL, FINISHED, JSON_COLUMNS, STATUSES, Artefact,  # noqa: F401
+                                 Metric, Run, unreadable, utcnow)
 
 DEFAULT_URL = "sqlite:///runs/kdcore.db"
 SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
@@ -53,8 +57,25 @@ def lease_grace_s() -> float:
         return DEFAULT_GRACE_S
 
 
+class StoreError(RuntimeError):
+    """The store cannot do what was asked: not a kdcore store, damaged, newer than this kdcore, or read-only.
+
+    Its message is one line for people: which file, what is wrong, what to do. `kdcore` prints it and
+    exits with status 2; the dashboard shows it in place of its pages.
+    """
+
+
+class StoreReadOnly(StoreError):
+    """A write asked of a store that this process can only read."""
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+ELSEWHERE = "point --db (or KDCORE_DB_URL) at another file or move this one away"
+CHECK_MAX_BYTES = 256 << 20  # SQLite's quick_check reads about 300 MB/s: stores up to this size are checked on open
+
 _engines: dict[str, Any] = {}
 _engines_lock = threading.Lock()
+_read_only_why: dict[str, str] = {}  # URL -> why this process opened that store read-only
 
 
 def _sqlite_path(url: str) -> Optional[Path]:
@@ -63,21 +84,133 @@ def _sqlite_path(url: str) -> Optional[Path]:
     return None
 
 
+def _not_a_store(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path} is not a kdcore store ({why}): {ELSEWHERE}")
+
+
+def _damaged(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path} is damaged ({why}): restore it from a backup, or {ELSEWHERE}")
+
+
+def _read_only_error(where, why: str) -> StoreReadOnly:
+    return StoreReadOnly(f"{where} is read-only: {why}; its runs can be listed and shown, not started, changed or "
+                         "deleted (get write access to the file and its folder, or point --db at another store)")
+
+
+def _as_store_error(where, err: BaseException, read_only_why: Optional[str] = None) -> Optional[StoreError]:
+    """SQLite's errors that mean the file itself is the problem, as a StoreError; None for any other error."""
+    if not isinstance(err, sqlite3.Error):
+        return None
+    name, message = getattr(err, "sqlite_errorname", "") or "", str(err)
+    if name.startswith("SQLITE_NOTADB") or message == "file is not a database":
+        return _not_a_store(where, message)
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in message:
+        return _damaged(where, message)
+    if name.startswith("SQLITE_READONLY") or "readonly database" in message:
+        return _read_only_error(where, read_only_why or f"SQLite refused to write it ({message})")
+    return None
+
+
+def _file_problem(path: Path) -> Optional[StoreError]:
+    """What rules a file out as a store, read from its first 100 bytes and its size without opening it in SQLite."""
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if not head:
+        return None  # an empty file is an empty database: the store is created in it
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        return _not_a_store(path, "file is not a database")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1) or head[21:24] != b"\x40\x20\x20":
+        return _damaged(path, "its SQLite header is damaged")
+    pages, size = int.from_bytes(head[28:32], "big"), path.stat().st_size
+    pending = any(Path(f"{path}{s}").is_file() and Path(f"{path}{s}").stat().st_size for s in ("-wal", "-journal"))
+    # the header's page count is valid when its two counters agree (SQLite's rule) and no journal is pending
+    if pages and head[24:28] == head[92:96] and not pending and size < pages * page_size:
+        return _damaged(path, f"the file is cut short: {size:,} of its {pages * page_size:,} bytes")
+    return None
+
+
+def _why_not_writable(path: Path) -> Optional[str]:
+    folder = os.path.abspath(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        return "this process may not write the file"
+    if not os.access(folder, os.W_OK):
+        return f"this process may not write its folder {folder}, where SQLite keeps its journal"
+    return None
+
+
+def _open_sqlite_file(path: Path) -> Optional[str]:
+    """Checks a store file before SQLite touches it; returns why it can only be read (None: it can be written)."""
+    try:
+        if path.is_dir():
+            raise _not_a_store(path, "it is a folder")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            why = _why_not_writable(path)
+            if why:
+                raise StoreError(f"{path} does not exist and cannot be created: {why}; point --db at a folder "
+                                 "you can write")
+            return None
+        problem = _file_problem(path)
+    except OSError as err:
+        raise StoreError(f"{path} cannot be opened ({err.strerror}: {err.filename}): get read access to it or "
+                         "point --db at another file") from err
+    if problem is not None:
+        raise problem
+    return _why_not_writable(path)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: SQLite's mode=ro, else an immutable snapshot.
+
+    mode=ro reads a WAL store through its -shm file and creates it when missing; in a folder it cannot
+    write, with no -shm there (no writer has the store open), only immutable=1 reads it. That snapshot
+    does not see later writes, so every new connection tries mode=ro first (the engine pools none).
+    """
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as err:
+        conn.close()
+        if "unable to open" not in str(err):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+
+
+def _sqlite_engine(url: str, path: Path, read_only_why: Optional[str]):
+    if read_only_why is None:
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    else:
+        engine = create_engine("sqlite://", creator=lambda: _connect_read_only(path), poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(conn, _record):
+        cur = conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")  # first: every later statement may wait on a lock
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _explain(context):  # a damaged page or a refused write, met at any query, is one StoreError
+        known = _as_store_error(path, context.original_exception, read_only_why)
+        if known is not None:
+            raise known from context.original_exception
+
+    return engine
+
+
 def _engine_for(url: str):
     with _engines_lock:
         if url not in _engines:
             path = _sqlite_path(url)
+            read_only_why = None
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-                @event.listens_for(engine, "connect")
-                def _sqlite_pragmas(conn, _record):
-                    cur = conn.cursor()
-                    cur.execute("PRAGMA busy_timeout=30000")  # first: every later statement may wait on a lock
-                    cur.execute("PRAGMA synchronous=NORMAL")
-                    cur.execute("PRAGMA foreign_keys=ON")
-                    cur.close()
+                read_only_why = _open_sqlite_file(path)
+                engine = _sqlite_engine(url, path, read_only_why)
             elif url.startswith("sqlite"):  # in memory: one connection, or each thread sees its own empty database
                 engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
             elif url.startswith("postgresql"):
@@ -85,9 +218,73 @@ def _engine_for(url: str):
                 engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
             else:
                 engine = create_engine(url, pool_pre_ping=True)
-            _migrate(engine, path)
+            try:
+                if path is not None and read_only_why is None:
+                    _quick_check(engine, path)  # a store that can be written is never written while damaged
+                if read_only_why is None:
+                    _migrate(engine, path)
+                else:  # never migrated: it cannot be written
+                    with engine.connect() as conn:
+                        _check_schema(conn, path, read_only_why)
+            except BaseException as err:
+                engine.dispose()  # closes the file, so SQLite removes the -wal and -shm it made beside it
+                known = _as_store_error(path, getattr(err, "orig", err), read_only_why) if path else None
+                if known is not None:
+                    raise known from err
+                raise
             _engines[url] = engine
+            if read_only_why is not None:
+                _read_only_why[url] = read_only_why
         return _engines[url]
+
+
+def _quick_check(engine, path: Path) -> None:
+    """SQLite's check of every page of a store up to CHECK_MAX_BYTES; larger ones are checked as they are read."""
+    if not path.is_file() or path.stat().st_size > CHECK_MAX_BYTES:
+        return
+    with engine.connect() as conn:
+        found = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")]
+    if found != ["ok"]:
+        first = " ".join(str(found[0]).replace("*** in database main ***", "").split())
+        raise _damaged(path, f"SQLite's check found {first[:120]}")
+
+
+@functools.lru_cache(maxsize=1)
+def _revisions() -> tuple[str, frozenset]:
+    """This kdcore's schema version and every version it knows."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return script.get_current_head(), frozenset(s.revision for s in script.walk_revisions())
+
+
+def _schema(conn) -> tuple[set, Optional[str]]:
+    """The store's tables and its schema version (None: no version yet, or release 0.1.0's store)."""
+    tables = set(inspect(conn).get_table_names())
+    version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() \
+        if "alembic_version" in tables else None
+    return tables, version
+
+
+def _check_schema(conn, sqlite_path: Optional[Path], read_only_why: Optional[str] = None) -> None:
+    """Raises StoreError where the store cannot be used as it is: another program's database, a newer kdcore's
+    store, or a read-only store that needs an upgrade. Writers call it under the migration lock, where no other
+    process is half way through creating the tables."""
+    where = sqlite_path or conn.engine.url.render_as_string(hide_password=True)
+    tables, version = _schema(conn)
+    head, known = _revisions()
+    if sqlite_path is not None and tables and "runs" not in tables:  # another program's database: never add ours
+        raise _not_a_store(sqlite_path, f"it holds other tables: {', '.join(sorted(tables)[:5])}")
+    if version is not None and version not in known:
+        raise StoreError(f"{where} was written by a newer kdcore (schema {version}; this one knows up to {head}): "
+                         "upgrade kdcore to open it")
+    current = "runs" in tables and version == head
+    if read_only_why is not None and not current:
+        if "runs" not in tables:
+            raise _read_only_error(where, f"{read_only_why}, and it holds no store yet")
+        raise StoreReadOnly(f"{where} needs an upgrade (schema {version or 'of release 0.1.0'} to {head}) and is "
+                            f"read-only here ({read_only_why}): someone who can write it must open it once with this "
+                            "kdcore, e.g. `kdcore runs list`")
 
 
 @contextlib.contextmanager
@@ -119,9 +316,15 @@ def _migrate(engine, sqlite_path: Optional[Path]) -> None:
     from alembic.config import Config
 
     with engine.connect() as conn:
+        tables, version = _schema(conn)
+        if "runs" in tables and version == _revisions()[0] and (
+                sqlite_path is None or conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"):
+            return  # up to date: nothing to write, so no lock file and no transaction
+        conn.rollback()
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a batch rebuild drops and renames tables
         with _migration_lock(conn, sqlite_path):
+            _check_schema(conn, sqlite_path)
             tables = set(inspect(conn).get_table_names())
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -195,6 +398,13 @@ class Store:
         self.artefact_root = Path(artefact_root) if artefact_root is not None else default_artefact_root(self.url)
         self._folders: dict[int, str] = {}
         self._last_expiry = 0.0
+        # opened with SQLite's mode=ro where this process may not write the file or its folder
+        self.read_only = self.url in _read_only_why
+
+    def check_writable(self) -> None:
+        """Raises StoreReadOnly, saying why, when this store was opened read-only (before work that would write)."""
+        if self.read_only:
+            raise _read_only_error(_sqlite_path(self.url), _read_only_why[self.url])
 
     # ---- runs -----------------------------------------------------------------------------
     def create_run(self, config, status: str = "queued", worker: Optional[str] = None) -> int:
@@ -338,19 +548,24 @@ class Store:
                 Run.temperature, Run.alpha, Run.student_best_val_acc, Run.teacher_test_acc, Run.student_test_acc,
                 Run.baseline_test_acc, Run.kd_gain, Run.teacher_params, Run.student_params, Run.teacher_flops,
                 Run.student_flops, Run.tags, Run.group, Run.notes, Run.error, Run.device, Run.created_at,
-                Run.started_at, Run.finished_at, Run.config_json, Run.summary_json]
+                Run.started_at, Run.finished_at, Run.config_json, Run.summary_json, Run.live_json]
         # selected through the table's columns, so a missing column is an error, never a string constant
         with self.engine.connect() as conn:
             frame = pd.read_sql_query(select(*cols).order_by(Run.id.desc()), conn)
         for col in ("created_at", "started_at", "finished_at"):
             frame[col] = pd.to_datetime(frame[col], utc=True)
         frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
-        frame["tags"] = frame["tags"].map(lambda t: t if isinstance(t := _loads_any(t), list) else [])
+        # a row whose JSON cannot be read stays listed, with the names of its damaged columns
+        frame["damaged"] = [[c for c, t in zip(JSON_COLUMNS, texts) if unreadable(c, t)]
+                            for texts in zip(*(frame[c] for c in JSON_COLUMNS))]
+        frame.pop("live_json")
+        frame["tags"] = frame["tags"].map(lambda t: [] if unreadable("tags", t) else _loads_any(t) or [])
         summaries = frame.pop("summary_json").map(_loads)
         configs = frame.pop("config_json").map(_loads)
         for column, read in FRAME_FROM_SUMMARY.items():
             frame[column] = pd.to_numeric(summaries.map(read), errors="coerce")
-        frame["seed"] = pd.to_numeric(configs.map(lambda c: c.get("train", {}).get("seed")), errors="coerce").astype("Int64")
+        seeds = configs.map(lambda c: c["train"].get("seed") if isinstance(c.get("train"), dict) else None)
+        frame["seed"] = pd.to_numeric(seeds, errors="coerce").astype("Int64")
         return frame
 
     # ---- the queue ------------------------------------------------------------------------
@@ -431,8 +646,8 @@ class Store:
         Any process may call it, on any host; readers call it at most every few seconds.
         """
         now_s = time.monotonic()
-        if not force and now_s - self._last_expiry < EXPIRE_EVERY_S:
-            return []
+        if self.read_only or (not force and now_s - self._last_expiry < EXPIRE_EVERY_S):
+            return []  # a read-only store's runs are shown as stored: marking them is a write
         self._last_expiry = now_s
         cutoff = utcnow() - timedelta(seconds=grace_s if grace_s is not None else lease_grace_s())
         stale = (Run.status == "running") & or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
@@ -467,6 +682,23 @@ class Store:
         with Session(self.engine) as s:
             s.execute(insert(Metric), [dict(run_id=run_id, **row) for row in rows])  # one executemany, no ORM objects
             s.commit()
+
+    def delete_metrics_after(self, run_id: int, phase: str, epoch: int) -> int:
+        """Drops a phase's rows past `epoch` (a resumed run replays them); returns how many."""
+        with Session(self.engine) as s:
+            gone = s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.phase == phase,
+                                                  Metric.epoch > epoch)).rowcount
+            s.commit()
+        return gone
+
+    def requeue(self, run_id: int, statuses: Iterable[str] = ("interrupted", "cancelled", "failed")) -> bool:
+        """Puts a stopped run back in the queue to be resumed by a worker; False if it is not stopped."""
+        with Session(self.engine) as s:
+            done = s.execute(update(Run).where(Run.id == run_id, Run.status.in_(list(statuses))).values(
+                status="queued", finished_at=None, worker=None, heartbeat_at=None, cancel_requested=False,
+                phase=None, live_json="{}")).rowcount
+            s.commit()
+        return bool(done)
 
     def metrics_frame(self, run_ids: Iterable[int], kind: Optional[str] = None,
                       names: Optional[Iterable[str]] = None) -> pd.DataFrame:
