@@ -235,18 +235,19 @@ def test_an_interrupted_run_is_resumed_from_the_browser(dashboard_without_worker
     kdcore = [sys.executable, "-m", "kdcore", "--db", db]
     env = dict(os.environ, KDCORE_CPU_THREADS="1")
     # a run stopped for real: SIGTERM to `kdcore train` once its teacher has finished two epochs
+    earlier = {r.id for r in store.list_runs()}  # the module's dashboard may hold other tests' runs
     train = subprocess.Popen(kdcore + ["train", "examples/digits.yaml"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def teacher_epochs() -> list[int]:
-        runs = store.list_runs()
+        runs = [r for r in store.list_runs() if r.id not in earlier]
         if not runs:
             return []
         rows = store.metrics_frame([runs[0].id], kind="epoch", names=["val_acc"])
         return sorted(rows.loc[rows["phase"] == "teacher", "epoch"])
 
     _wait_while_progressing(store, lambda: len(teacher_epochs()) >= 2, "the teacher's first epochs")
-    run_id = store.list_runs()[0].id
+    run_id = max(r.id for r in store.list_runs() if r.id not in earlier)
     train.send_signal(signal.SIGTERM)
     _wait_while_progressing(store, lambda: train.poll() is not None, "kdcore train stopping")
     assert store.get_run(run_id).status == "interrupted"
