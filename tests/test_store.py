@@ -175,3 +175,20 @@ def test_an_in_memory_store_is_shared_between_threads():
     thread.start()
     thread.join()
     assert seen == ["queued"]
+
+
+def test_the_teacher_of_a_0_1_0_run_is_reused_by_a_new_run(tmp_path):
+    from kdcore.jobs import run_here
+
+    shutil.copytree(FIXTURE, tmp_path / "old")
+    store = Store(f"sqlite:///{tmp_path}/old/kdcore.db")
+    old = store.get_run(1)
+    config = build_config({"dataset": {"name": "digits", "val_fraction": 0.15},
+                           "teacher": {"arch": old.teacher_arch, "source": "run", "run_id": 1},
+                           "student": {"arch": "mlp_tiny"}, "train": {"epochs": 1, "batch_size": 256}})
+    run_id, status = run_here(store, config)
+    assert status == "completed", store.get_run(run_id).error
+    new = store.get_run(run_id)
+    assert new.teacher_test_acc == pytest.approx(old.teacher_test_acc)
+    assert new.summary["teacher_from_run"] == 1
+    assert set(store.metrics_frame([run_id])["phase"]) == {"student", "baseline"}  # loaded, not trained
