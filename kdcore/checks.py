@@ -310,6 +310,7 @@ def _fit_problem(name: str, payload: dict, config: RunConfig, data: DataShape) -
 
 def _shape_problem(name: str, payload: dict, config: RunConfig, data: DataShape, options: dict) -> Optional[str]:
     """Whether the file's tensors fit the teacher the run will build, compared on the meta device."""
+    from kdcore.engine.checkpoint import state_dict_misfit
     from kdcore.models import create_model
 
     try:
@@ -318,20 +319,9 @@ def _shape_problem(name: str, payload: dict, config: RunConfig, data: DataShape,
                                **options).state_dict()
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         return f"the teacher cannot be built from it: {err}"
-    state = payload["state_dict"]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    details = []
-    if mismatched:
-        details.append("shape mismatch for " + "; ".join(mismatched[:3]))
-    if missing:
-        details.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        details.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
-    if details:
-        return f"{name} does not fit a {config.teacher.arch!r} teacher with options {options}: " + "; ".join(details)
+    misfit = state_dict_misfit(own, payload["state_dict"])
+    if misfit:
+        return f"{name} does not fit a {config.teacher.arch!r} teacher with options {options}: {misfit}"
     return None
 
 

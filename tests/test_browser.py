@@ -11,19 +11,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kdcore.store import ACTIVE, Store
+from tests.helpers import STALL_S, wait_while_progressing
 from ui.serve import CHROMIUM_ARGS, serve_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = pytest.mark.browser
-# A busy machine is slow, not broken: waits give up only when the runs stop making progress this long.
-STALL_S = 600
 
 
 def _chromium() -> str:
@@ -91,27 +89,6 @@ def _goto(page, link, heading):
     _idle(page)
 
 
-def _progress(store: Store) -> tuple:
-    """Changes whenever any run moves: a status, or a stored metric row."""
-    runs = store.list_runs()
-    return tuple((r.id, r.status) for r in runs), len(store.metrics_frame([r.id for r in runs]))
-
-
-def _wait_while_progressing(store: Store, done, what: str, page=None) -> None:
-    """Waits until done() is true; fails only if the store shows no progress for STALL_S seconds."""
-    last, since = None, time.monotonic()
-    while not done():
-        now_progress = _progress(store)
-        if now_progress != last:
-            last, since = now_progress, time.monotonic()
-        elif time.monotonic() - since > STALL_S:
-            raise AssertionError(f"{what}: no run made progress for {STALL_S} s")
-        if page is not None:
-            page.wait_for_timeout(1000)
-        else:
-            time.sleep(1.0)
-
-
 def test_demo_live_groups_runs_and_distributions_in_a_real_browser(dashboard, page):
     url, db = dashboard
     store = Store(db)
@@ -126,17 +103,17 @@ def test_demo_live_groups_runs_and_distributions_in_a_real_browser(dashboard, pa
     page.get_by_role("button", name="Run the demo").click()
     page.get_by_role("heading", name="Live").first.wait_for()
     demo_runs = lambda: [r for r in store.list_runs() if r.id not in group_runs]  # noqa: E731
-    _wait_while_progressing(store, lambda: len(demo_runs()) == 2, "queueing two demo runs")
+    wait_while_progressing(store, lambda: len(demo_runs()) == 2, "queueing two demo runs")
 
     # The live chart changes while the run is going: compare it with itself as steps are stored.
     page.wait_for_selector(".js-plotly-plot", timeout=STALL_S * 1000)
     first = _plot_data(page)
-    _wait_while_progressing(store, lambda: _plot_data(page) != first or all(r.status not in ACTIVE for r in demo_runs()),
-                            "waiting for the live chart to move", page)
+    wait_while_progressing(store, lambda: _plot_data(page) != first or all(r.status not in ACTIVE for r in demo_runs()),
+                           "waiting for the live chart to move", pause=lambda: page.wait_for_timeout(1000))
     assert _plot_data(page) != first, "the live chart did not change while the run was going"
 
     # Both runs finish; the summary card shows the KD gain with its interval in words.
-    _wait_while_progressing(store, lambda: all(r.status not in ACTIVE for r in demo_runs()), "the two demo runs")
+    wait_while_progressing(store, lambda: all(r.status not in ACTIVE for r in demo_runs()), "the two demo runs")
     assert [r.status for r in demo_runs()] == ["completed", "completed"]
     page.get_by_text("KD gain").first.wait_for()
     page.get_by_text("95% interval").first.wait_for()
@@ -206,7 +183,7 @@ def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the
     worker = subprocess.Popen(kdcore + ["worker", "--max-runs", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, env=dict(os.environ, KDCORE_CPU_THREADS="1"))
     try:
-        _wait_while_progressing(store, lambda: store.get_run(run_id).status == "running"
+        wait_while_progressing(store, lambda: store.get_run(run_id).status == "running"
                                 and len(store.metrics_frame([run_id])) > 0, "the worker starting the run")
         page.goto(url)
         page.get_by_role("heading", name="Knowledge distillation").wait_for(timeout=STALL_S * 1000)
@@ -216,13 +193,14 @@ def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the
         page.get_by_text("whole run").first.wait_for()
         page.wait_for_selector(".js-plotly-plot")
         first = _plot_data(page)
-        _wait_while_progressing(store, lambda: _plot_data(page) != first, "the live chart moving", page)
+        wait_while_progressing(store, lambda: _plot_data(page) != first, "the live chart moving",
+                               pause=lambda: page.wait_for_timeout(1000))
 
         page.get_by_role("button", name="Cancel").first.click()
-        _wait_while_progressing(store, lambda: store.get_run(run_id).status != "running", "the cancel taking effect")
+        wait_while_progressing(store, lambda: store.get_run(run_id).status != "running", "the cancel taking effect")
         assert store.get_run(run_id).status == "cancelled"
         page.get_by_text("This run was cancelled").first.wait_for()  # Live stays on the cancelled run
-        _wait_while_progressing(store, lambda: worker.poll() is not None, "the worker exiting after its one run")
+        wait_while_progressing(store, lambda: worker.poll() is not None, "the worker exiting after its one run")
         assert worker.returncode == 0
     finally:
         if worker.poll() is None:
@@ -246,10 +224,10 @@ def test_an_interrupted_run_is_resumed_from_the_browser(dashboard_without_worker
         rows = store.metrics_frame([runs[0].id], kind="epoch", names=["val_acc"])
         return sorted(rows.loc[rows["phase"] == "teacher", "epoch"])
 
-    _wait_while_progressing(store, lambda: len(teacher_epochs()) >= 2, "the teacher's first epochs")
+    wait_while_progressing(store, lambda: len(teacher_epochs()) >= 2, "the teacher's first epochs")
     run_id = max(r.id for r in store.list_runs() if r.id not in earlier)
     train.send_signal(signal.SIGTERM)
-    _wait_while_progressing(store, lambda: train.poll() is not None, "kdcore train stopping")
+    wait_while_progressing(store, lambda: train.poll() is not None, "kdcore train stopping")
     assert store.get_run(run_id).status == "interrupted"
 
     page.goto(url)
@@ -257,10 +235,10 @@ def test_an_interrupted_run_is_resumed_from_the_browser(dashboard_without_worker
     _goto(page, "Live", "Live")
     page.get_by_text(f"#{run_id} ").first.wait_for()
     page.get_by_role("button", name="Resume").click()
-    _wait_while_progressing(store, lambda: store.get_run(run_id).status == "queued", "the run going back in the queue")
+    wait_while_progressing(store, lambda: store.get_run(run_id).status == "queued", "the run going back in the queue")
     worker = subprocess.Popen(kdcore + ["worker", "--exit-when-idle"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    _wait_while_progressing(store, lambda: worker.poll() is not None, "the worker resuming the run")
+    wait_while_progressing(store, lambda: worker.poll() is not None, "the worker resuming the run")
     run = store.get_run(run_id)
     assert run.status == "completed" and run.attempt == 2
     assert teacher_epochs() == list(range(1, 31))  # each teacher epoch stored once, the stopped one replaced

@@ -24,6 +24,7 @@ from kdcore.experiments import expand  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import ACTIVE, Store  # noqa: E402
+from tests.helpers import errors, no_exceptions  # noqa: E402
 
 PAGES = ["pages/home.py", "pages/new_experiment.py", "pages/live.py", "pages/runs.py", "pages/distributions.py"]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
@@ -89,16 +90,8 @@ def _open(page: str) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     if page != "pages/home.py":
         at.switch_page(page).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     return at
-
-
-def _no_exceptions(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def _errors(at: AppTest) -> str:
-    return "\n".join(e.value for e in at.error)
 
 
 def _new_experiment_with(**values) -> AppTest:
@@ -106,15 +99,15 @@ def _new_experiment_with(**values) -> AppTest:
     for key, value in values.items():
         at.session_state[key] = value
     at.run()
-    _no_exceptions(at)
+    no_exceptions(at)
     return at
 
 
 def _launch(at: AppTest) -> AppTest:
     button = at.button(key="ui.launch")
-    assert not button.disabled, _errors(at)
+    assert not button.disabled, errors(at)
     button.click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     return at
 
 
@@ -123,13 +116,13 @@ def _launch(at: AppTest) -> AppTest:
 def test_page_renders_on_an_empty_store(empty_db, page):
     at = _open(page)
     assert at.title, "every page has a title"
-    assert not _errors(at)
+    assert not errors(at)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_on_a_seeded_store(seeded_db, page):
     at = _open(page)
-    assert not _errors(at) or page == "pages/live.py"  # Live may show the failed run's message
+    assert not errors(at) or page == "pages/live.py"  # Live may show the failed run's message
 
 
 def test_home_lists_the_latest_runs_and_the_sidebar_names_the_device(seeded_db):
@@ -142,21 +135,21 @@ def test_home_lists_the_latest_runs_and_the_sidebar_names_the_device(seeded_db):
 # ---- New experiment: validation beside the fields -------------------------------------------------
 def test_a_config_error_appears_and_blocks_launch(empty_db):
     at = _new_experiment_with(**{"f.train.lr": 0.0})
-    assert "train.lr" in _errors(at) and "greater than 0" in _errors(at)
+    assert "train.lr" in errors(at) and "greater than 0" in errors(at)
     assert at.button(key="ui.launch").disabled
     assert Store().count_runs() == 0
 
 
 def test_bad_model_options_are_reported(empty_db):
     at = _new_experiment_with(**{"f.student.options": "depth: [oops"})
-    assert "student.options" in _errors(at)
+    assert "student.options" in errors(at)
 
 
 def test_an_upload_that_is_not_a_checkpoint_is_refused(empty_db):
     at = _new_experiment_with(**{"f.teacher.source": "checkpoint"})
     at.file_uploader(key="ui.checkpoint").upload("teacher.pt", b"not a checkpoint at all").run()
-    _no_exceptions(at)
-    assert "teacher.checkpoint" in _errors(at) and "teacher.pt" in _errors(at)  # named, with kdcore's reason
+    no_exceptions(at)
+    assert "teacher.checkpoint" in errors(at) and "teacher.pt" in errors(at)  # named, with kdcore's reason
     assert at.button(key="ui.launch").disabled
 
 
@@ -167,12 +160,12 @@ def test_a_checkpoint_for_another_architecture_or_class_count_is_refused(empty_d
                     image_size=8)
     at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
     at.file_uploader(key="ui.checkpoint").upload("other.pt", path.read_bytes()).run()
-    assert message in _errors(at)
+    assert message in errors(at)
 
 
 def test_a_missing_dataset_is_reported(empty_db, tmp_path):
     at = _new_experiment_with(**{"f.dataset.name": "cifar10", "f.dataset.root": str(tmp_path / "nothing")})
-    assert "missing" in _errors(at)
+    assert "missing" in errors(at)
     assert at.button(key="ui.launch").disabled
 
 
@@ -186,8 +179,8 @@ def test_an_uploaded_zip_of_class_folders_becomes_the_image_folder(empty_db):
                 archive.writestr(f"pets/{cls}/{i}.png", image.getvalue())
     at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("pets.zip", buffer.getvalue(), "application/zip").run()
-    _no_exceptions(at)
-    assert any("found 2 classes" in s.value for s in at.success), _errors(at)
+    no_exceptions(at)
+    assert any("found 2 classes" in s.value for s in at.success), errors(at)
     assert list((Path(Store().artefact_root) / "uploads").glob("*-pets/pets/cats/0.png"))
 
 
@@ -197,7 +190,7 @@ def test_a_zip_reaching_outside_its_folder_is_refused(empty_db):
         archive.writestr("../escape.png", b"x")
     at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("evil.zip", buffer.getvalue(), "application/zip").run()
-    assert "outside its folder" in _errors(at)
+    assert "outside its folder" in errors(at)
 
 
 def test_the_loss_formula_shows_the_chosen_numbers(empty_db):
@@ -210,7 +203,7 @@ def test_start_from_a_stored_run_fills_the_form(seeded_db):
     at = _open("pages/new_experiment.py")
     at.selectbox(key="ui.source_run").set_value(seeded_db["real"])
     at.button(key="ui.fill").click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert at.session_state["f.teacher.arch"] == "tiny_cnn"
     assert at.session_state["f.train.batch_size"] == 256
 
@@ -232,7 +225,7 @@ def test_launch_queues_the_run_and_opens_live(empty_db, manager):
 def test_home_demo_button_queues_the_demo(empty_db, manager):
     at = _open("pages/home.py")
     at.button[0].click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert at.title[0].value == "Live"
     (run,) = Store().list_runs()
     assert run.name == "digits demo" and run.temperature == 4 and run.alpha == 0.9
@@ -268,23 +261,23 @@ def test_seeds_queue_one_run_per_seed_in_one_group_sharing_one_teacher(empty_db,
 def test_a_bad_seed_list_is_reported(empty_db):
     at = _new_experiment_with()
     at.text_input(key="ui.seeds").set_value("0-x").run()
-    assert "'0-x' is not a seed" in _errors(at)
+    assert "'0-x' is not a seed" in errors(at)
     assert at.button(key="ui.launch").disabled
 
 
 def test_a_bad_sweep_value_is_reported(empty_db):
     at = _new_experiment_with(**{"ui.sweep": True})
     at.text_input(key="ui.sweep_t").set_value("2, hot").run()
-    assert "'hot' is not a number" in _errors(at)
+    assert "'hot' is not a number" in errors(at)
 
 
 # ---- Live ----------------------------------------------------------------------------------------------
 def test_live_shows_a_failed_runs_reason_without_its_traceback(seeded_db):
     at = _open("pages/live.py")
     at.selectbox(key="live_pick").set_value(seeded_db["failed"]).run()
-    _no_exceptions(at)
-    assert "the file is not a checkpoint" in _errors(at)
-    assert "Traceback" not in _errors(at)
+    no_exceptions(at)
+    assert "the file is not a checkpoint" in errors(at)
+    assert "Traceback" not in errors(at)
 
 
 def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
@@ -301,7 +294,7 @@ def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
 def test_runs_group_view_shows_mean_spread_interval_and_a_dot_per_seed(seeded_db):
     at = _open("pages/runs.py")
     at.selectbox(key="runs_group").set_value(seeded_db["group"]).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     text = " ".join(x.value for x in [*at.info, *at.success, *at.caption])
     assert "over 2 seeds" in text and "95% interval" in text and "1 teacher(s) trained" in text
     dots = [c for c in at.get("plotly_chart") if "n = 2 seeds" in c.proto.spec]
@@ -313,7 +306,7 @@ def test_runs_group_view_shows_mean_spread_interval_and_a_dot_per_seed(seeded_db
 def _select_rows(at: AppTest, rows: list[int]) -> AppTest:
     at.session_state[at.dataframe[0].key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
     at.run()
-    _no_exceptions(at)
+    no_exceptions(at)
     return at
 
 
@@ -334,7 +327,7 @@ def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
     assert any("#" in s.value for s in at.subheader)
     for view in ("Config", "Curves", "Test set", "Downloads"):
         at.radio(key="runs_detail_view").set_value(view).run()
-        _no_exceptions(at)
+        no_exceptions(at)
     labels = [b.label for b in at.get("download_button")]
     assert "Student weights (.pt)" in labels and "Student as TorchScript" in labels
 
@@ -344,7 +337,7 @@ def test_a_stored_run_opens_as_a_new_experiment(seeded_db):
     at.text_input(key="runs_search").set_value("real tiny").run()
     _select_rows(at, [0])
     at.button(key=f"restart_{seeded_db['real']}").click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert at.title[0].value == "New experiment"
     assert at.selectbox(key="f.teacher.arch").value == "tiny_cnn"
 
@@ -358,7 +351,7 @@ def test_rename_tags_and_notes_are_saved(empty_db):
     at.text_input(key=f"edit_tags_{run_id}").set_value("good, digits")
     at.text_area(key=f"edit_notes_{run_id}").set_value("keep this one")
     next(b for b in at.button if b.label == "Save").click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     run = store.get_run(run_id)
     assert (run.name, run.tag_list, run.notes) == ("after", ["digits", "good"], "keep this one")
 
@@ -372,7 +365,7 @@ def test_delete_asks_first_then_removes_the_run_and_its_files(empty_db):
     assert "cannot be undone" in " ".join(w.value for w in at.warning)
     assert store.count_runs() == 1  # nothing is lost before the confirmation
     at.button(key=f"delete_yes_{run_id}").click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert store.count_runs() == 0 and not store.run_dir(run_id).exists()
 
 
@@ -380,11 +373,11 @@ def test_delete_asks_first_then_removes_the_run_and_its_files(empty_db):
 def test_distributions_recompute_from_the_logits_when_t_moves(seeded_db):
     at = _open("pages/distributions.py")
     at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert len(at.get("plotly_chart")) == 5  # bars, curves vs T, similarity, two confusion matrices
     slider = at.slider(key=f"dist_T_{seeded_db['real']}")
     slider.set_value(12.0).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert "T = 12" in at.get("plotly_chart")[0].proto.spec
 
 
@@ -394,9 +387,9 @@ def test_distributions_can_pick_an_image_the_student_gets_wrong(seeded_db):
     at = _open("pages/distributions.py")
     at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
     at.toggle(key="dist_wrong").set_value(True).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert wrong, "a one-epoch student gets some digits wrong"
     pick = wrong[min(1, len(wrong) - 1)]  # on the gallery's first page
     at.button(key=f"dist_pick_{pick}").click().run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert any(f"**#{pick}**" in m.value for m in at.markdown)

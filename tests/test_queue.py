@@ -1,7 +1,7 @@
 """The store is the queue: real worker processes, killed for real, on SQLite and on PostgreSQL.
 
-Waits follow the runs' state in the store and give up only when nothing has moved for
-STALL_S seconds, so a busy machine makes these tests slow, not red.
+Waits follow the runs' state in the store and give up only when nothing has moved for a
+long time (tests/helpers.py), so a busy machine makes these tests slow, not red.
 """
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kdcore.config import build_config
 from kdcore.store import Store
+from tests.helpers import wait_while_progressing
 
 ROOT = Path(__file__).resolve().parents[1]
-STALL_S = 300
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
         "train": {"epochs": 1, "batch_size": 256}}
 LONG = {**TINY, "teacher": {"arch": "tiny_cnn", "epochs": 2000}}  # runs until stopped
@@ -38,23 +37,6 @@ def _kdcore(store: Store, *args, **env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _progress(store: Store) -> tuple:
-    runs = store.list_runs()
-    return tuple((r.id, r.status, r.live_json) for r in runs), len(store.metrics_frame([r.id for r in runs]))
-
-
-def _wait(store: Store, done, what: str) -> None:
-    """Until done(); fails only after STALL_S seconds in which no run moved."""
-    last, since = None, time.monotonic()
-    while not done():
-        now = _progress(store)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since > STALL_S:
-            raise AssertionError(f"{what}: nothing moved for {STALL_S} s")
-        time.sleep(0.2)
-
-
 def _running_with_metrics(store: Store, run_id: int) -> bool:
     return store.get_run(run_id).status == "running" and len(store.metrics_frame([run_id])) > 0
 
@@ -63,7 +45,7 @@ def test_two_worker_processes_drain_twelve_runs_each_once(any_store):
     ids = [any_store.create_run(build_config({**TINY, "name": f"tiny {i}", "train": {**TINY["train"], "seed": i}}))
            for i in range(12)]
     workers = [_kdcore(any_store, "worker", "--exit-when-idle") for _ in range(2)]
-    _wait(any_store, lambda: all(w.poll() is not None for w in workers), "two workers draining the queue")
+    wait_while_progressing(any_store, lambda: all(w.poll() is not None for w in workers), "two workers draining the queue")
     for w in workers:
         assert w.returncode == 0, w.stderr.read()[-2000:]
     runs = [any_store.get_run(i) for i in ids]
@@ -77,7 +59,7 @@ def test_two_worker_processes_drain_twelve_runs_each_once(any_store):
 def test_a_killed_worker_is_interrupted_after_the_grace_period_seen_from_another_host(any_store):
     run_id = any_store.create_run(build_config(LONG))
     worker = _kdcore(any_store, "worker", "--max-runs", "1")
-    _wait(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
+    wait_while_progressing(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
     grace = 4
 
     def observed() -> dict:
@@ -89,7 +71,7 @@ def test_a_killed_worker_is_interrupted_after_the_grace_period_seen_from_another
     assert observed()["status"] == "running"  # its heartbeats keep it alive
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    _wait(any_store, lambda: observed()["status"] != "running", "noticing the dead worker")
+    wait_while_progressing(any_store, lambda: observed()["status"] != "running", "noticing the dead worker")
     seen = observed()
     assert seen["status"] == "interrupted" and "heartbeats" in seen["error"]
     run = any_store.get_run(run_id)
@@ -100,9 +82,9 @@ def test_sigterm_interrupts_the_run_at_once_with_its_metrics_flushed(any_store):
     run_id = any_store.create_run(build_config(LONG))
     queued = any_store.create_run(build_config(TINY))
     worker = _kdcore(any_store, "worker")
-    _wait(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
+    wait_while_progressing(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
     worker.send_signal(signal.SIGTERM)
-    _wait(any_store, lambda: worker.poll() is not None, "the worker exiting")
+    wait_while_progressing(any_store, lambda: worker.poll() is not None, "the worker exiting")
     run = any_store.get_run(run_id)
     assert run.status == "interrupted" and "SIGTERM" in run.error
     assert len(any_store.metrics_frame([run_id], kind="step")) > 0
@@ -112,13 +94,13 @@ def test_sigterm_interrupts_the_run_at_once_with_its_metrics_flushed(any_store):
 def test_a_cancel_from_another_process_stops_the_run_at_its_next_step(any_store):
     run_id = any_store.create_run(build_config(LONG))
     worker = _kdcore(any_store, "worker", "--max-runs", "1")
-    _wait(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
+    wait_while_progressing(any_store, lambda: _running_with_metrics(any_store, run_id), "the run starting")
     cancel = subprocess.run([sys.executable, "-m", "kdcore", "--db", any_store.url, "runs", "cancel", str(run_id)],
                             cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert cancel.returncode == 0 and "next step" in cancel.stdout
-    _wait(any_store, lambda: any_store.get_run(run_id).status != "running", "the run stopping")
+    wait_while_progressing(any_store, lambda: any_store.get_run(run_id).status != "running", "the run stopping")
     assert any_store.get_run(run_id).status == "cancelled"
-    _wait(any_store, lambda: worker.poll() is not None, "the worker exiting after its one run")
+    wait_while_progressing(any_store, lambda: worker.poll() is not None, "the worker exiting after its one run")
     assert worker.returncode == 0
 
 

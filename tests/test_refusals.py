@@ -26,6 +26,7 @@ from kdcore.config import build_config, load_config  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import Store  # noqa: E402
+from tests.helpers import errors, no_exceptions  # noqa: E402
 from ui import text  # noqa: E402
 from ui.uploads import UploadError, extract_zip  # noqa: E402
 
@@ -80,16 +81,8 @@ def _page(**values) -> AppTest:
     for key, value in values.items():
         at.session_state[key] = value
     at.run()
-    _no_exceptions(at)
+    no_exceptions(at)
     return at
-
-
-def _no_exceptions(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def _errors(at: AppTest) -> str:
-    return "\n".join(e.value for e in at.error)
 
 
 def _refused_in_form(at: AppTest) -> None:
@@ -140,8 +133,8 @@ def test_a_teacher_upload_for_28px_images_is_refused_in_the_form(tmp_path):
     path = _teacher_file(tmp_path / "mnist_teacher.pt", size=28)
     at = _page(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
     at.file_uploader(key="ui.checkpoint").upload("mnist_teacher.pt", path.read_bytes()).run()
-    _no_exceptions(at)
-    assert "teacher.checkpoint" in _errors(at) and "image size 28 vs 8" in _errors(at), _errors(at)
+    no_exceptions(at)
+    assert "teacher.checkpoint" in errors(at) and "image size 28 vs 8" in errors(at), errors(at)
     _refused_in_form(at)
 
 
@@ -151,11 +144,11 @@ def test_an_uploaded_checkpoints_options_fill_the_form_and_its_sizes(tmp_path):
     params = sum(p.numel() for p in create_model("mlp", 10, 1, 8, hidden=[32, 16]).parameters())
     at = _page(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "mlp", "f.teacher.options": "hidden: [512]"})
     at.file_uploader(key="ui.checkpoint").upload("mlp_teacher.pt", path.read_bytes()).run()
-    _no_exceptions(at)
+    no_exceptions(at)
     assert at.text_input(key="f.teacher.options").value == "{hidden: [32, 16]}"
     teacher_params = next(m for m in at.metric if m.label == "Parameters")  # the teacher's column comes first
     assert teacher_params.value == text.compact(params) and params == 2778
-    assert not _errors(at) and not at.button(key="ui.launch").disabled
+    assert not errors(at) and not at.button(key="ui.launch").disabled
 
 
 # ---- c. a device that does not exist here ----------------------------------------------------------------
@@ -181,8 +174,8 @@ def test_a_worker_on_a_gpu_that_does_not_exist_is_refused(tmp_path, capsys, db):
 
 def test_a_device_this_machine_lacks_is_refused_in_the_form():
     at = _page(**{"f.train.device": "mps"})
-    assert "train.device" in _errors(at) and "'mps' does not exist on this machine" in _errors(at), _errors(at)
-    assert "available here: auto, cpu" in _errors(at)
+    assert "train.device" in errors(at) and "'mps' does not exist on this machine" in errors(at), errors(at)
+    assert "available here: auto, cpu" in errors(at)
     _refused_in_form(at)
 
 
@@ -190,9 +183,9 @@ def test_a_device_this_machine_lacks_is_refused_in_the_form():
 def test_a_30000x30000_mlp_typed_in_the_form_is_refused_with_its_estimate_and_never_built():
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     at = _page(**{"f.student.arch": "mlp", "f.student.options": "hidden: [30000, 30000]"})
-    errors = _errors(at)
-    assert "student.options" in errors and "mlp would have about 902.3 million parameters" in errors, errors
-    assert "over the limit of 100 million (KDCORE_MAX_PARAMS)" in errors
+    shown = errors(at)
+    assert "student.options" in shown and "mlp would have about 902.3 million parameters" in shown, shown
+    assert "over the limit of 100 million (KDCORE_MAX_PARAMS)" in shown
     student_params = [m for m in at.metric if m.label == "Parameters"][1]
     assert student_params.value == text.compact(902_280_010)  # 64*30000 + 30000² + 30000*10 + biases: the estimate
     _refused_in_form(at)
@@ -245,7 +238,7 @@ def test_image_folders_outside_the_data_roots_are_refused_by_the_cli(tmp_path, c
 
 def test_an_image_folder_outside_the_data_roots_is_refused_in_the_form():
     at = _page(**{"f.dataset.name": "imagefolder", "ui.images_from": "folder", "f.dataset.root": "/"})
-    assert "/ is outside the data roots" in _errors(at), _errors(at)
+    assert "/ is outside the data roots" in errors(at), errors(at)
     assert not any("found" in s.value for s in at.success)  # "/" was never walked
     _refused_in_form(at)
 
@@ -281,8 +274,8 @@ def test_a_zip_bomb_uploaded_in_the_form_is_refused(monkeypatch):
     at = _page(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("bomb.zip", _zip({"pets/cats/0.png": bytes(2**20)}),
                                           "application/zip").run()
-    _no_exceptions(at)
-    assert "expands to 1.0 MB" in _errors(at) and "nothing was extracted" in _errors(at), _errors(at)
+    no_exceptions(at)
+    assert "expands to 1.0 MB" in errors(at) and "nothing was extracted" in errors(at), errors(at)
     _refused_in_form(at)
     assert not (Store().artefact_root / "uploads").exists()
 
@@ -326,13 +319,13 @@ def test_a_typo_in_t_values_keeps_the_alpha_values_and_the_group():
     at.text_input(key="ui.sweep_alpha").set_value("0.3")
     at.text_input(key="ui.sweep_group").set_value("grid")
     at.text_input(key="ui.sweep_t").set_value("2, hot").run()
-    _no_exceptions(at)
-    assert "T values: 'hot' is not a number" in _errors(at)
+    no_exceptions(at)
+    assert "T values: 'hot' is not a number" in errors(at)
     assert at.text_input(key="ui.sweep_alpha").value == "0.3"  # still there, still what was typed
     assert at.text_input(key="ui.sweep_group").value == "grid"
     assert at.button(key="ui.launch").disabled
     at.text_input(key="ui.sweep_t").set_value("2, 4").run()
-    _no_exceptions(at)
-    assert not _errors(at) and at.text_input(key="ui.sweep_alpha").value == "0.3"
+    no_exceptions(at)
+    assert not errors(at) and at.text_input(key="ui.sweep_alpha").value == "0.3"
     assert at.button(key="ui.launch").label == "Queue 2 runs" and not at.button(key="ui.launch").disabled
     assert Store().count_runs() == 0

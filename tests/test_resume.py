@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ import torch
 from kdcore.config import build_config
 from kdcore.jobs import resumable
 from kdcore.store import Store
+from tests.helpers import STALL_S, wait_while_progressing
 
 ROOT = Path(__file__).resolve().parents[1]
-STALL_S = 300
 # dropout, a cosine schedule and Adam: everything a resume must restore to land on the same weights
 CONFIG = {"name": "resumable", "dataset": {"name": "digits", "val_fraction": 0.15},
           "teacher": {"arch": "tiny_cnn", "epochs": 3},
@@ -29,17 +28,6 @@ ENV = dict(os.environ, KDCORE_CPU_THREADS="1", PYTHONUNBUFFERED="1")  # one thre
 def _kdcore(db: str, *args, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "kdcore", "--db", db, *args], cwd=ROOT, env=env or ENV,
                           capture_output=True, text=True, **kw)
-
-
-def _wait(store: Store, done, what: str) -> None:
-    last, since = None, time.monotonic()
-    while not done():
-        now = (tuple((r.id, r.status) for r in store.list_runs()), len(store.metrics_frame([1])))
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since > STALL_S:
-            raise AssertionError(f"{what}: nothing moved for {STALL_S} s")
-        time.sleep(0.1)
 
 
 def _weights(path: Path) -> dict:
@@ -58,7 +46,7 @@ def test_a_worker_killed_in_the_student_phase_resumes_to_the_uninterrupted_weigh
     worker = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "worker", "--max-runs", "1"],
                               cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     student_epochs = lambda: store.metrics_frame([run_id], kind="epoch").query("phase == 'student'")["epoch"]  # noqa
-    _wait(store, lambda: (student_epochs().max() if len(student_epochs()) else 0) >= 3, "the student phase")
+    wait_while_progressing(store, lambda: (student_epochs().max() if len(student_epochs()) else 0) >= 3, "the student phase")
     worker.send_signal(signal.SIGKILL)  # no handler runs: the state on disk is whatever the last epoch saved
     worker.wait()
     assert store.get_run(run_id).status == "running"
@@ -66,7 +54,7 @@ def test_a_worker_killed_in_the_student_phase_resumes_to_the_uninterrupted_weigh
 
     # a second later its lease has expired for a reader with a 1 s grace period; resume it here
     env = dict(ENV, KDCORE_LEASE_GRACE_S="1")
-    _wait(store, lambda: json.loads(_kdcore(store.url, "runs", "show", str(run_id), "--json", env=env).stdout)
+    wait_while_progressing(store, lambda: json.loads(_kdcore(store.url, "runs", "show", str(run_id), "--json", env=env).stdout)
           ["status"] == "interrupted", "the dead worker's lease expiring")
     assert resumable(store.get_run(run_id)) is None
     resumed = _kdcore(store.url, "runs", "resume", str(run_id), env=env)
@@ -93,7 +81,7 @@ def test_a_stopped_run_keeps_its_finished_phases_and_files(tmp_path):
     run_id = store.create_run(build_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 2000}}))
     worker = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "worker", "--max-runs", "1"],
                               cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(store, lambda: store.get_run(run_id).phase == "student", "the teacher finishing")
+    wait_while_progressing(store, lambda: store.get_run(run_id).phase == "student", "the teacher finishing")
     worker.send_signal(signal.SIGTERM)
     worker.wait(STALL_S)
     run = store.get_run(run_id)

@@ -69,22 +69,26 @@ def load_model_from_checkpoint(path: str | Path, *, arch: str, num_classes: int,
         raise CheckpointError(f"{name} was trained for {payload['num_classes']} classes, but this dataset has {num_classes}")
     model = create_model(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                          **(options if options is not None else payload.get("options", {})))
-    own = model.state_dict()
     state = payload["state_dict"]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        details = []
-        if mismatched:
-            details.append("shape mismatch for " + "; ".join(mismatched[:3]))
-        if missing:
-            details.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+    misfit = state_dict_misfit(model.state_dict(), state)
+    if misfit:
         raise CheckpointError(
-            f"{name} does not fit a {arch!r} model for {num_classes} classes and {in_channels} channels: " + "; ".join(details)
-        )
+            f"{name} does not fit a {arch!r} model for {num_classes} classes and {in_channels} channels: {misfit}")
     model.load_state_dict(state)
     return model
+
+
+def state_dict_misfit(own: dict, state: dict) -> str:
+    """How a file's weights differ from a model's, in words ('' when they fit): shapes, missing, unexpected."""
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    details = []
+    if mismatched:
+        details.append("shape mismatch for " + "; ".join(mismatched[:3]))
+    if missing:
+        details.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(details)

@@ -1,0 +1,36 @@
+"""What several test files share: waiting on runs by their progress, and reading AppTest pages."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+STALL_S = 600  # a busy machine is slow, not broken: waits give up only after this long without progress
+
+
+def progress(store) -> tuple:
+    """Changes whenever any run moves: a status, its stored progress, or a metric row."""
+    runs = store.list_runs()
+    return tuple((r.id, r.status, r.live_json) for r in runs), len(store.metrics_frame([r.id for r in runs]))
+
+
+def wait_while_progressing(store, done: Callable[[], bool], what: str, *, stall_s: float = STALL_S,
+                           pause: Callable[[], None] = lambda: time.sleep(0.2)) -> None:
+    """Waits until done(); fails only after `stall_s` seconds in which no run in the store moved."""
+    last, since = None, time.monotonic()
+    while not done():
+        now = progress(store)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise AssertionError(f"{what}: no run made progress for {stall_s:.0f} s")
+        pause()
+
+
+def no_exceptions(at) -> None:
+    """An AppTest page rendered without an exception."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def errors(at) -> str:
+    """The error boxes an AppTest page shows, one per line."""
+    return "\n".join(e.value for e in at.error)
