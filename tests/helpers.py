@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STALL_S = 600  # a busy machine is slow, not broken: waits give up only after this long without progress
 
@@ -34,3 +37,24 @@ def no_exceptions(at) -> None:
 def errors(at) -> str:
     """The error boxes an AppTest page shows, one per line."""
     return "\n".join(e.value for e in at.error)
+
+
+def open_page(page: str):
+    """The dashboard in AppTest, as a browser opens it (through app.py), on `page`."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    if page != "pages/home.py":
+        at.switch_page(page).run()
+    no_exceptions(at)
+    return at
+
+
+def new_experiment_with(**values):
+    """The New experiment page with these session-state values (widget keys) set."""
+    at = open_page("pages/new_experiment.py")
+    for key, value in values.items():
+        at.session_state[key] = value
+    at.run()
+    no_exceptions(at)
+    return at

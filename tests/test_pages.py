@@ -24,7 +24,7 @@ from kdcore.experiments import expand  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import ACTIVE, Store  # noqa: E402
-from tests.helpers import errors, no_exceptions  # noqa: E402
+from tests.helpers import errors, new_experiment_with, no_exceptions, open_page  # noqa: E402
 
 PAGES = ["pages/home.py", "pages/new_experiment.py", "pages/live.py", "pages/runs.py", "pages/distributions.py"]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
@@ -86,23 +86,6 @@ def manager():
         mgr.wait(run_id.id)
 
 
-def _open(page: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    if page != "pages/home.py":
-        at.switch_page(page).run()
-    no_exceptions(at)
-    return at
-
-
-def _new_experiment_with(**values) -> AppTest:
-    at = _open("pages/new_experiment.py")
-    for key, value in values.items():
-        at.session_state[key] = value
-    at.run()
-    no_exceptions(at)
-    return at
-
-
 def _launch(at: AppTest) -> AppTest:
     button = at.button(key="ui.launch")
     assert not button.disabled, errors(at)
@@ -114,19 +97,19 @@ def _launch(at: AppTest) -> AppTest:
 # ---- every page renders ----------------------------------------------------------------------------
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_on_an_empty_store(empty_db, page):
-    at = _open(page)
+    at = open_page(page)
     assert at.title, "every page has a title"
     assert not errors(at)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_on_a_seeded_store(seeded_db, page):
-    at = _open(page)
+    at = open_page(page)
     assert not errors(at) or page == "pages/live.py"  # Live may show the failed run's message
 
 
 def test_home_lists_the_latest_runs_and_the_sidebar_names_the_device(seeded_db):
-    at = _open("pages/home.py")
+    at = open_page("pages/home.py")
     assert len(at.dataframe[0].value) == 10
     sidebar = " ".join(c.value for c in at.sidebar.caption)
     assert f"torch {torch.__version__}" in sidebar and "Queue: idle" in sidebar
@@ -134,19 +117,19 @@ def test_home_lists_the_latest_runs_and_the_sidebar_names_the_device(seeded_db):
 
 # ---- New experiment: validation beside the fields -------------------------------------------------
 def test_a_config_error_appears_and_blocks_launch(empty_db):
-    at = _new_experiment_with(**{"f.train.lr": 0.0})
+    at = new_experiment_with(**{"f.train.lr": 0.0})
     assert "train.lr" in errors(at) and "greater than 0" in errors(at)
     assert at.button(key="ui.launch").disabled
     assert Store().count_runs() == 0
 
 
 def test_bad_model_options_are_reported(empty_db):
-    at = _new_experiment_with(**{"f.student.options": "depth: [oops"})
+    at = new_experiment_with(**{"f.student.options": "depth: [oops"})
     assert "student.options" in errors(at)
 
 
 def test_an_upload_that_is_not_a_checkpoint_is_refused(empty_db):
-    at = _new_experiment_with(**{"f.teacher.source": "checkpoint"})
+    at = new_experiment_with(**{"f.teacher.source": "checkpoint"})
     at.file_uploader(key="ui.checkpoint").upload("teacher.pt", b"not a checkpoint at all").run()
     no_exceptions(at)
     assert "teacher.checkpoint" in errors(at) and "teacher.pt" in errors(at)  # named, with kdcore's reason
@@ -158,13 +141,13 @@ def test_a_checkpoint_for_another_architecture_or_class_count_is_refused(empty_d
     path = tmp_path / "other.pt"
     save_checkpoint(path, create_model(arch, classes, 1, 8), arch=arch, num_classes=classes, in_channels=1,
                     image_size=8)
-    at = _new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
+    at = new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
     at.file_uploader(key="ui.checkpoint").upload("other.pt", path.read_bytes()).run()
     assert message in errors(at)
 
 
 def test_a_missing_dataset_is_reported(empty_db, tmp_path):
-    at = _new_experiment_with(**{"f.dataset.name": "cifar10", "f.dataset.root": str(tmp_path / "nothing")})
+    at = new_experiment_with(**{"f.dataset.name": "cifar10", "f.dataset.root": str(tmp_path / "nothing")})
     assert "missing" in errors(at)
     assert at.button(key="ui.launch").disabled
 
@@ -177,7 +160,7 @@ def test_an_uploaded_zip_of_class_folders_becomes_the_image_folder(empty_db):
                 image = io.BytesIO()
                 Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(image, format="PNG")
                 archive.writestr(f"pets/{cls}/{i}.png", image.getvalue())
-    at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
+    at = new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("pets.zip", buffer.getvalue(), "application/zip").run()
     no_exceptions(at)
     assert any("found 2 classes" in s.value for s in at.success), errors(at)
@@ -188,19 +171,19 @@ def test_a_zip_reaching_outside_its_folder_is_refused(empty_db):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("../escape.png", b"x")
-    at = _new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
+    at = new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("evil.zip", buffer.getvalue(), "application/zip").run()
     assert "outside its folder" in errors(at)
 
 
 def test_the_loss_formula_shows_the_chosen_numbers(empty_db):
-    at = _new_experiment_with(**{"f.distill.temperature": 8.0, "f.distill.alpha": 0.25})
+    at = new_experiment_with(**{"f.distill.temperature": 8.0, "f.distill.alpha": 0.25})
     formula = at.latex[0].value
     assert "0.75" in formula and "0.25" in formula and "64" in formula and "z_t/8" in formula
 
 
 def test_start_from_a_stored_run_fills_the_form(seeded_db):
-    at = _open("pages/new_experiment.py")
+    at = open_page("pages/new_experiment.py")
     at.selectbox(key="ui.source_run").set_value(seeded_db["real"])
     at.button(key="ui.fill").click().run()
     no_exceptions(at)
@@ -210,7 +193,7 @@ def test_start_from_a_stored_run_fills_the_form(seeded_db):
 
 # ---- launching ------------------------------------------------------------------------------------------
 def test_launch_queues_the_run_and_opens_live(empty_db, manager):
-    at = _new_experiment_with(**{"f.teacher.epochs": 1, "f.train.epochs": 1, "f.name": "launched"})
+    at = new_experiment_with(**{"f.teacher.epochs": 1, "f.train.epochs": 1, "f.name": "launched"})
     _launch(at)
     assert at.title[0].value == "Live"
     runs = Store().list_runs()
@@ -218,12 +201,12 @@ def test_launch_queues_the_run_and_opens_live(empty_db, manager):
     assert runs[0].status in (*ACTIVE, "completed")
     assert manager.snapshot(runs[0].id) is not None
 
-    second_tab = _open("pages/live.py")  # a new session sees the same job: state lives in the manager
+    second_tab = open_page("pages/live.py")  # a new session sees the same job: state lives in the manager
     assert any(f"#{runs[0].id}" in s.value for s in second_tab.subheader)
 
 
 def test_home_demo_button_queues_the_demo(empty_db, manager):
-    at = _open("pages/home.py")
+    at = open_page("pages/home.py")
     at.button[0].click().run()
     no_exceptions(at)
     assert at.title[0].value == "Live"
@@ -233,7 +216,7 @@ def test_home_demo_button_queues_the_demo(empty_db, manager):
 
 
 def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
-    at = _new_experiment_with(**{"ui.sweep": True})
+    at = new_experiment_with(**{"ui.sweep": True})
     at.text_input(key="ui.sweep_t").set_value("2, 4")
     at.text_input(key="ui.sweep_alpha").set_value("0.5")
     at.text_input(key="ui.sweep_group").set_value("grid")
@@ -246,7 +229,7 @@ def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
 
 
 def test_seeds_queue_one_run_per_seed_in_one_group_sharing_one_teacher(empty_db, manager):
-    at = _new_experiment_with()
+    at = new_experiment_with()
     at.text_input(key="ui.seeds").set_value("3-5").run()
     for run_id in manager.active():
         manager.cancel(run_id)
@@ -259,21 +242,21 @@ def test_seeds_queue_one_run_per_seed_in_one_group_sharing_one_teacher(empty_db,
 
 
 def test_a_bad_seed_list_is_reported(empty_db):
-    at = _new_experiment_with()
+    at = new_experiment_with()
     at.text_input(key="ui.seeds").set_value("0-x").run()
     assert "'0-x' is not a seed" in errors(at)
     assert at.button(key="ui.launch").disabled
 
 
 def test_a_bad_sweep_value_is_reported(empty_db):
-    at = _new_experiment_with(**{"ui.sweep": True})
+    at = new_experiment_with(**{"ui.sweep": True})
     at.text_input(key="ui.sweep_t").set_value("2, hot").run()
     assert "'hot' is not a number" in errors(at)
 
 
 # ---- Live ----------------------------------------------------------------------------------------------
 def test_live_shows_a_failed_runs_reason_without_its_traceback(seeded_db):
-    at = _open("pages/live.py")
+    at = open_page("pages/live.py")
     at.selectbox(key="live_pick").set_value(seeded_db["failed"]).run()
     no_exceptions(at)
     assert "the file is not a checkpoint" in errors(at)
@@ -281,7 +264,7 @@ def test_live_shows_a_failed_runs_reason_without_its_traceback(seeded_db):
 
 
 def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
-    at = _open("pages/live.py")
+    at = open_page("pages/live.py")
     at.selectbox(key="live_pick").set_value(seeded_db["real"]).run()
     labels = [m.label for m in at.metric]
     assert "KD gain" in labels and "Student is smaller" in labels
@@ -292,7 +275,7 @@ def test_live_shows_the_summary_card_of_a_finished_run(seeded_db):
 
 
 def test_runs_group_view_shows_mean_spread_interval_and_a_dot_per_seed(seeded_db):
-    at = _open("pages/runs.py")
+    at = open_page("pages/runs.py")
     at.selectbox(key="runs_group").set_value(seeded_db["group"]).run()
     no_exceptions(at)
     text = " ".join(x.value for x in [*at.info, *at.success, *at.caption])
@@ -311,7 +294,7 @@ def _select_rows(at: AppTest, rows: list[int]) -> AppTest:
 
 
 def test_runs_filters_narrow_the_table(seeded_db):
-    at = _open("pages/runs.py")
+    at = open_page("pages/runs.py")
     total = len(at.dataframe[0].value)
     at.multiselect(key="runs_filter_dataset").set_value(["digits"]).run()
     table = at.dataframe[0].value
@@ -321,7 +304,7 @@ def test_runs_filters_narrow_the_table(seeded_db):
 
 
 def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
-    at = _open("pages/runs.py")
+    at = open_page("pages/runs.py")
     _select_rows(at, [0, 1, 2])  # newest first: the real run, the failed one, a seeded one
     assert len(at.get("plotly_chart")) >= 4  # curves, bars, frontier, sweep heatmap
     assert any("#" in s.value for s in at.subheader)
@@ -333,7 +316,7 @@ def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
 
 
 def test_a_stored_run_opens_as_a_new_experiment(seeded_db):
-    at = _open("pages/runs.py")
+    at = open_page("pages/runs.py")
     at.text_input(key="runs_search").set_value("real tiny").run()
     _select_rows(at, [0])
     at.button(key=f"restart_{seeded_db['real']}").click().run()
@@ -346,7 +329,7 @@ def test_rename_tags_and_notes_are_saved(empty_db):
     store = Store()
     run_id = store.create_run(build_config({**TINY, "name": "before"}))
     store.finish_run(run_id, "completed", {})
-    at = _select_rows(_open("pages/runs.py"), [0])
+    at = _select_rows(open_page("pages/runs.py"), [0])
     at.text_input(key=f"edit_name_{run_id}").set_value("after")
     at.text_input(key=f"edit_tags_{run_id}").set_value("good, digits")
     at.text_area(key=f"edit_notes_{run_id}").set_value("keep this one")
@@ -360,7 +343,7 @@ def test_delete_asks_first_then_removes_the_run_and_its_files(empty_db):
     store = Store()
     run_id = _real_run(store)
     assert store.run_dir(run_id).is_dir()
-    at = _select_rows(_open("pages/runs.py"), [0])
+    at = _select_rows(open_page("pages/runs.py"), [0])
     at.button(key=f"delete_{run_id}").click().run()
     assert "cannot be undone" in " ".join(w.value for w in at.warning)
     assert store.count_runs() == 1  # nothing is lost before the confirmation
@@ -371,7 +354,7 @@ def test_delete_asks_first_then_removes_the_run_and_its_files(empty_db):
 
 # ---- Distributions ----------------------------------------------------------------------------------------
 def test_distributions_recompute_from_the_logits_when_t_moves(seeded_db):
-    at = _open("pages/distributions.py")
+    at = open_page("pages/distributions.py")
     at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
     no_exceptions(at)
     assert len(at.get("plotly_chart")) == 5  # bars, curves vs T, similarity, two confusion matrices
@@ -384,7 +367,7 @@ def test_distributions_recompute_from_the_logits_when_t_moves(seeded_db):
 def test_distributions_can_pick_an_image_the_student_gets_wrong(seeded_db):
     logits = torch.load(Store(seeded_db["url"]).run_dir(seeded_db["real"]) / "test_logits.pt", weights_only=True)
     wrong = (logits["student"].argmax(1) != logits["labels"]).nonzero().flatten().tolist()
-    at = _open("pages/distributions.py")
+    at = open_page("pages/distributions.py")
     at.selectbox(key="dist_run").set_value(seeded_db["real"]).run()
     at.toggle(key="dist_wrong").set_value(True).run()
     no_exceptions(at)

@@ -26,7 +26,7 @@ from kdcore.config import build_config, load_config  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.helpers import errors, no_exceptions  # noqa: E402
+from tests.helpers import errors, new_experiment_with, no_exceptions  # noqa: E402
 from ui import text  # noqa: E402
 from ui.uploads import UploadError, extract_zip  # noqa: E402
 
@@ -75,16 +75,6 @@ def _image_folder(folder: Path, counts: dict[str, int]) -> Path:
 
 
 # ---- the New experiment page, as test_pages drives it ---------------------------------------------------
-def _page(**values) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/new_experiment.py").run()
-    for key, value in values.items():
-        at.session_state[key] = value
-    at.run()
-    no_exceptions(at)
-    return at
-
-
 def _refused_in_form(at: AppTest) -> None:
     assert at.button(key="ui.launch").disabled
     assert Store().count_runs() == 0
@@ -131,7 +121,7 @@ def test_a_stored_runs_teacher_for_28px_images_is_refused_for_digits(tmp_path, c
 
 def test_a_teacher_upload_for_28px_images_is_refused_in_the_form(tmp_path):
     path = _teacher_file(tmp_path / "mnist_teacher.pt", size=28)
-    at = _page(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
+    at = new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn"})
     at.file_uploader(key="ui.checkpoint").upload("mnist_teacher.pt", path.read_bytes()).run()
     no_exceptions(at)
     assert "teacher.checkpoint" in errors(at) and "image size 28 vs 8" in errors(at), errors(at)
@@ -142,7 +132,7 @@ def test_a_teacher_upload_for_28px_images_is_refused_in_the_form(tmp_path):
 def test_an_uploaded_checkpoints_options_fill_the_form_and_its_sizes(tmp_path):
     path = _teacher_file(tmp_path / "mlp_teacher.pt", arch="mlp", hidden=[32, 16])
     params = sum(p.numel() for p in create_model("mlp", 10, 1, 8, hidden=[32, 16]).parameters())
-    at = _page(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "mlp", "f.teacher.options": "hidden: [512]"})
+    at = new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "mlp", "f.teacher.options": "hidden: [512]"})
     at.file_uploader(key="ui.checkpoint").upload("mlp_teacher.pt", path.read_bytes()).run()
     no_exceptions(at)
     assert at.text_input(key="f.teacher.options").value == "{hidden: [32, 16]}"
@@ -173,7 +163,7 @@ def test_a_worker_on_a_gpu_that_does_not_exist_is_refused(tmp_path, capsys, db):
 
 
 def test_a_device_this_machine_lacks_is_refused_in_the_form():
-    at = _page(**{"f.train.device": "mps"})
+    at = new_experiment_with(**{"f.train.device": "mps"})
     assert "train.device" in errors(at) and "'mps' does not exist on this machine" in errors(at), errors(at)
     assert "available here: auto, cpu" in errors(at)
     _refused_in_form(at)
@@ -182,7 +172,7 @@ def test_a_device_this_machine_lacks_is_refused_in_the_form():
 # ---- d. a model too large for this machine ------------------------------------------------------------------
 def test_a_30000x30000_mlp_typed_in_the_form_is_refused_with_its_estimate_and_never_built():
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    at = _page(**{"f.student.arch": "mlp", "f.student.options": "hidden: [30000, 30000]"})
+    at = new_experiment_with(**{"f.student.arch": "mlp", "f.student.options": "hidden: [30000, 30000]"})
     shown = errors(at)
     assert "student.options" in shown and "mlp would have about 902.3 million parameters" in shown, shown
     assert "over the limit of 100 million (KDCORE_MAX_PARAMS)" in shown
@@ -237,7 +227,7 @@ def test_image_folders_outside_the_data_roots_are_refused_by_the_cli(tmp_path, c
 
 
 def test_an_image_folder_outside_the_data_roots_is_refused_in_the_form():
-    at = _page(**{"f.dataset.name": "imagefolder", "ui.images_from": "folder", "f.dataset.root": "/"})
+    at = new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "folder", "f.dataset.root": "/"})
     assert "/ is outside the data roots" in errors(at), errors(at)
     assert not any("found" in s.value for s in at.success)  # "/" was never walked
     _refused_in_form(at)
@@ -271,7 +261,7 @@ def test_a_zip_of_too_many_files_is_refused_before_extracting(tmp_path, monkeypa
 
 def test_a_zip_bomb_uploaded_in_the_form_is_refused(monkeypatch):
     monkeypatch.setenv("KDCORE_MAX_UNZIPPED_MB", "0.5")
-    at = _page(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
+    at = new_experiment_with(**{"f.dataset.name": "imagefolder", "ui.images_from": "zip"})
     at.file_uploader(key="ui.zip").upload("bomb.zip", _zip({"pets/cats/0.png": bytes(2**20)}),
                                           "application/zip").run()
     no_exceptions(at)
@@ -315,7 +305,7 @@ def test_a_class_too_small_for_the_validation_split_is_named():
 
 # ---- h. the sweep form keeps every value when one is wrong ---------------------------------------------------------
 def test_a_typo_in_t_values_keeps_the_alpha_values_and_the_group():
-    at = _page(**{"ui.sweep": True})
+    at = new_experiment_with(**{"ui.sweep": True})
     at.text_input(key="ui.sweep_alpha").set_value("0.3")
     at.text_input(key="ui.sweep_group").set_value("grid")
     at.text_input(key="ui.sweep_t").set_value("2, hot").run()
