@@ -7,7 +7,7 @@
 
 Both sides distil the same teacher into the same student architecture on the same
 MNIST training images (kdcore's 54,000-image training split, or its first --limit
-images), with the same batch size, optimizer (Adam), loss (kdcore.losses.distillation_loss,
+images), with the same batch size, optimizer (Adam), loss (CE plus kdcore.losses.soft_target_loss,
 soft targets, T=4, alpha=0.9) and device, in one process:
 
 * kdcore: `kdcore.engine.trainer.fit(..., phase="student")`. Its time includes the
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.machine import cpu_model  # noqa: E402
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -49,7 +50,7 @@ from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import no_callback
 from kdcore.engine.trainer import fit
-from kdcore.losses import distillation_loss
+from kdcore.losses import soft_target_loss
 from kdcore.models import MODELS, create_model
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -149,8 +150,7 @@ def plain_run(dataset, cfg: RunConfig, teacher: nn.Module, student: nn.Module, d
             with torch.no_grad():
                 t_logits = teacher(x)
             s_logits = student(x)
-            loss, _ = distillation_loss(s_logits, t_logits, y, method=d.method,
-                                        temperature=d.temperature, alpha=d.alpha)
+            loss = (1 - d.alpha) * F.cross_entropy(s_logits, y) + d.alpha * soft_target_loss(s_logits, t_logits, d.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -62,6 +62,8 @@ class TeacherConfig(_Strict):
     epochs: int = Field(5, ge=1, le=10_000)  # source=train: teacher training epochs
     seed: Optional[int] = None  # source=train: seed of the teacher's training; default train.seed. A seed group sets it so all its runs share one teacher
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
+    finetune_epochs: int = Field(0, ge=0, le=10_000)  # source=run or checkpoint: epochs of fine-tuning on this dataset before distilling (transfer); a new head when the class count differs
+    finetune_last_stage_only: bool = False  # fine-tuning trains only the last stage and the head
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
 
@@ -78,23 +80,48 @@ class StudentConfig(_Strict):
     arch: str = "small_cnn"  # a registered model name
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments
     freeze_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of early parameter tensors kept frozen
+    checkpoint: Optional[str] = None  # start the student (and its baseline) from these weights; a new head when the class count differs
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
 
 
 class DistillConfig(_Strict):
-    method: str = "soft"  # a registered method: soft (Hinton et al. 2015) or hard (teacher pseudo-labels)
+    method: str = "soft"  # a registered method; `kdcore methods` lists them with their options
     temperature: float = Field(4.0, gt=0.0, le=100.0)  # softmax temperature T
-    alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the distillation term; 1 - alpha on true labels
+    alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the method's terms; 1 - alpha on true labels
+    options: dict[str, Any] = Field(default_factory=dict)  # the method's own options, e.g. {beta: 8.0} for dkd
+    teacher_weights: Optional[list[float]] = None  # several teachers: fixed weights of their softened probabilities; default equal
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from kdcore.losses import METHODS
+        from kdcore.distill import METHODS
 
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS.names())}")
         return method
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _weights_positive(cls, weights: Optional[list[float]]) -> Optional[list[float]]:
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError("teacher weights must be >= 0 with a positive sum")
+        return weights
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_options(cls, data: Any) -> Any:
+        """Checks options against the method's declaration and stores them with its defaults filled in."""
+        from kdcore.distill import METHODS
+
+        if not isinstance(data, dict) or data.get("method", "soft") not in METHODS:
+            return data
+        declared = METHODS.get(data.get("method", "soft")).Options
+        try:
+            options = declared.model_validate(data.get("options") or {})
+        except ValidationError as err:
+            raise ValueError(_format_errors(err, prefix="options")) from None
+        return {**data, "options": options.model_dump(mode="json")}
 
 
 class TrainConfig(_Strict):
@@ -120,10 +147,26 @@ class RunConfig(_Strict):
     group: Optional[str] = None  # sweep group this run belongs to
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=list)  # several teachers, each as `teacher` takes; `teacher` is then the first
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     baseline: bool = True  # also train the student from scratch, to report the KD gain
+
+    @model_validator(mode="after")
+    def _one_way_to_name_teachers(self) -> "RunConfig":
+        if self.teachers:
+            if "teacher" in self.model_fields_set and self.teacher != self.teachers[0]:
+                raise ValueError("give either teacher or teachers, not both")
+            object.__setattr__(self, "teacher", self.teachers[0])  # plain assignment would validate again
+        weights = self.distill.teacher_weights
+        if weights is not None and len(weights) != len(self.all_teachers):
+            raise ValueError(f"distill.teacher_weights has {len(weights)} entries for {len(self.all_teachers)} teacher(s)")
+        return self
+
+    @property
+    def all_teachers(self) -> list[TeacherConfig]:
+        return list(self.teachers) or [self.teacher]
 
     def display_name(self) -> str:
         if self.name:
@@ -140,14 +183,18 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names each offending key."""
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(config)"
+        key = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]]) or "(config)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
+        msg = msg.removeprefix("Value error, ")
+        if msg.startswith("options.") and key.endswith("distill"):  # a method's options' own errors, already keyed
+            lines.extend(f"{key}.{part}" for part in msg.split("; "))
+            continue
+        lines.append(f"{key}: {msg}")
     return "; ".join(lines)
 
 

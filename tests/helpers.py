@@ -58,3 +58,27 @@ def new_experiment_with(**values):
     at.run()
     no_exceptions(at)
     return at
+
+
+def method_losses(method: str, student_logits, teacher_logits, labels=None, *, temperature: float = 4.0,
+                  alpha: float = 0.9, options: dict | None = None, epoch: int = 1, epochs: int = 1,
+                  teacher_weights=None, teacher_logits_each=None) -> dict:
+    """A logit method's weighted terms on fixed tensors, built through the same config path as a run."""
+    import torch
+    from torch import nn
+
+    from kdcore.config import DistillConfig
+    from kdcore.distill import METHODS, build_distiller
+    from kdcore.distill.base import Step
+
+    # model_construct: the formulas are also checked outside the ranges a run may use (T = 200)
+    settings = DistillConfig.model_construct(method=method, temperature=temperature, alpha=alpha,
+                                             options=METHODS.get(method).Options.model_validate(options or {}).model_dump(),
+                                             teacher_weights=teacher_weights)
+    each = teacher_logits_each or [teacher_logits]
+    distiller = build_distiller(settings, nn.Identity(), [nn.Identity()] * len(each), torch.zeros(1))
+    if teacher_logits is None:
+        teacher_logits = distiller.combine(each)
+    step = Step(x=torch.zeros(len(student_logits)), y=labels, idx=torch.arange(len(student_logits)), epoch=epoch,
+                epochs=epochs, student_logits=student_logits, teacher_logits=teacher_logits, teacher_logits_each=each)
+    return distiller.losses(step)

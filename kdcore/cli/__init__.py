@@ -423,6 +423,24 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from kdcore.distill import describe_methods
+
+    methods = describe_methods()
+    if args.json:
+        print(json.dumps(methods, indent=2))
+        return 0
+    for method in methods:
+        print(f"{method['name']:<8} {method['title']}")
+        for option in method["options"]:
+            bounds = [f"{k.removeprefix('exclusive').lower()} {option[k]:g}" for k in
+                      ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in option]
+            choices = f" one of {', '.join(map(str, option['enum']))}" if "enum" in option else ""
+            print(f"{'':<10}{option['name']} = {option['default']!r}{choices}{' (' + ', '.join(bounds) + ')' if bounds else ''}"
+                  f"  {option['help']}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from kdcore.data import DATASETS, dataset_info, dataset_status
 
@@ -500,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     gshow.set_defaults(func=cmd_groups_show)
 
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
+    methods = sub.add_parser("methods", help="list the distillation methods and their options (distill.options)")
+    methods.add_argument("--json", action="store_true", help="a list of objects with name, options and formula")
+    methods.set_defaults(func=cmd_methods)
     ds = sub.add_parser("datasets", help="list datasets and whether they are ready")
     ds.add_argument("--root", default=None, help="data folder (default $KDCORE_DATA_ROOT or ./data)")
     ds.set_defaults(func=cmd_datasets)

@@ -96,6 +96,10 @@ class BatchLoader:
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
+    def sample(self, count: int) -> Tensor:
+        """The split's first `count` images on the device, as batches deliver them (to size a model's parts)."""
+        return self.split.images(range(min(count, self.num_samples))).to(self.device)
+
     def _order(self, epoch: int) -> Tensor:
         if self.shuffle:
             return torch.randperm(self.num_samples, generator=_epoch_generator(self.seed, epoch, 0))

@@ -13,17 +13,18 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
 from kdcore.engine.events import Callback, Event
 from kdcore.engine.rng import global_rng_lock
-from kdcore.losses import distillation_loss
+from kdcore.distill import Distiller, build_distiller
 
 REPORTS_PER_EPOCH = 10  # step events per epoch, for the live curves
 
@@ -130,6 +131,7 @@ def fit(
     train_cfg: TrainConfig,
     device: torch.device,
     teacher: Optional[nn.Module] = None,
+    teachers: Sequence[nn.Module] = (),
     distill_cfg: Optional[DistillConfig] = None,
     augment=None,
     callback: Callback,
@@ -141,9 +143,11 @@ def fit(
 ) -> FitResult:
     """Trains `model` in place; at the end it holds the weights with the best validation accuracy.
 
-    With a teacher, the loss is `distillation_loss`; without, plain cross-entropy.
-    The teacher stays in eval mode under inference mode and is never optimized.
-    With augmentation off, the teacher's training-set logits are computed once.
+    With teachers, the loss is the sum of the distillation method's terms (kdcore.distill);
+    without, plain cross-entropy. Teachers stay in eval mode and are never optimized; the
+    method's own learnable parts are optimized, saved and restored with the model.
+    With augmentation off and a method that reads logits only, the teachers' training-set
+    logits are computed once.
     `on_checkpoint("best" | "last", model)` lets the caller persist weights.
     `seed` (default train_cfg.seed) fixes the data order, augmentation and dropout, so a
     phase trained again with the same seed and settings gives the same weights.
@@ -155,8 +159,8 @@ def fit(
     with global_rng_lock:
         torch.manual_seed(seed)  # dropout draws; data order and augmentation have their own generators
     model.to(device).train()
-    distill = teacher is not None and distill_cfg is not None and distill_cfg.alpha > 0
-    alpha = distill_cfg.alpha if distill else 0.0
+    teachers = list(teachers) or ([teacher] if teacher is not None else [])
+    distill = bool(teachers) and distill_cfg is not None and distill_cfg.alpha > 0
     augmenting = augment is not None and augment.enabled
 
     train_loader: BatchLoader = make_loader(
@@ -167,16 +171,26 @@ def fit(
     report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
 
     teacher_train_logits = teacher_val_preds = None
-    if teacher is not None:
-        teacher.to(device).eval()
-        for p in teacher.parameters():
+    distiller: Optional[Distiller] = None
+    for t in teachers:
+        t.to(device).eval()
+        for p in t.parameters():
             p.requires_grad_(False)
-        if distill and not augmenting and cache_teacher_logits:
-            teacher_train_logits = predict_logits(teacher, data.train, device, train_cfg.eval_batch_size, train_cfg.amp)
-        if len(data.val):
-            teacher_val_preds = predict_logits(teacher, data.val, device, train_cfg.eval_batch_size, train_cfg.amp).argmax(1)
+    if distill:
+        sample = train_loader.sample(2)
+        with global_rng_lock, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # a method's learnable parts start the same on every try
+            distiller = build_distiller(distill_cfg, model, teachers, sample).to(device)
+        if not augmenting and cache_teacher_logits and distiller.cacheable:
+            teacher_train_logits = distiller.combine(
+                [predict_logits(t, data.train, device, train_cfg.eval_batch_size, train_cfg.amp) for t in teachers])
+    if teachers and len(data.val):
+        val_each = [predict_logits(t, data.val, device, train_cfg.eval_batch_size, train_cfg.amp) for t in teachers]
+        teacher_val_preds = (distiller.combine(val_each) if distiller is not None else val_each[0]).argmax(1)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if distiller is not None:
+        trainable += [p for p in distiller.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, epochs, steps_per_epoch)
 
@@ -189,6 +203,8 @@ def fit(
         with torch.serialization.safe_globals([collections.Counter]):  # a step schedule's milestones
             saved = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
+        if distiller is not None and saved.get("distiller") is not None:
+            distiller.load_state_dict(saved["distiller"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
@@ -210,23 +226,15 @@ def fit(
             if should_stop():
                 cancelled = True
                 break
-            if distill:
-                if teacher_train_logits is not None:
-                    t_logits = teacher_train_logits[idx]
-                else:
-                    with torch.inference_mode(), autocast_for(device, train_cfg.amp):
-                        t_logits = teacher(x).float()
-                    t_logits = t_logits.clone()  # leave inference mode: autograd may see it
-            else:
-                t_logits = None
             with autocast_for(device, train_cfg.amp):
-                logits = model(x)
-                loss, parts = distillation_loss(
-                    logits.float(), t_logits, y if alpha < 1 else None,
-                    method=distill_cfg.method if distill else "soft",
-                    temperature=distill_cfg.temperature if distill else 1.0,
-                    alpha=alpha,
-                )
+                if distiller is not None:
+                    logits, parts = distiller.forward_train(
+                        x, y, idx, epoch=epoch, epochs=epochs,
+                        teacher_logits=teacher_train_logits[idx] if teacher_train_logits is not None else None)
+                else:
+                    logits = model(x).float()
+                    parts = {"ce": F.cross_entropy(logits, y)}
+                loss = sum(parts.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -237,6 +245,7 @@ def fit(
             batch = len(y)
             seen += batch
             window_images += batch
+            parts = {name: value.detach() for name, value in parts.items()}
             parts["loss"] = loss.detach()
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value.float() * batch
@@ -286,7 +295,8 @@ def fit(
             break
         if state_path is not None:
             _save_state(state_path, dict(
-                epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                epoch=epoch, model=model.state_dict(),
+                distiller=distiller.state_dict() if distiller is not None else None, optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
                 best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
                 global_step=global_step, rng=_rng_state()))
