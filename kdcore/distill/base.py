@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdcore.distill.hooks import FeatureTap
+from kdcore.losses import ensemble_softened
 from kdcore.models.stages import resolve_layer
 
 
@@ -117,9 +118,8 @@ class Distiller(nn.Module):
         """
         if len(logits_each) == 1:
             return logits_each[0]
-        t = self.temperature
-        probs = sum(w * torch.softmax(z.float() / t, dim=1) for w, z in zip(self.teacher_weights, logits_each))
-        return t * probs.clamp_min(1e-30).log()
+        probs = ensemble_softened(list(logits_each), self.teacher_weights, self.temperature)
+        return self.temperature * probs.clamp_min(1e-30).log()
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

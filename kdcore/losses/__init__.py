@@ -23,6 +23,13 @@ def softened(logits: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
+def ensemble_softened(logits_each: list[Tensor], weights: list[float] | None, temperature: float) -> Tensor:
+    """Several teachers' softened distributions averaged with `weights` (default equal; normalized here)."""
+    weights = weights or [1.0] * len(logits_each)
+    total = sum(weights)
+    return sum((w / total) * softened(z, temperature) for w, z in zip(weights, logits_each))
+
+
 def entropy(probs: Tensor) -> Tensor:
     """Shannon entropy in nats along the last axis."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
