@@ -26,16 +26,17 @@ def _has_params(module: nn.Module) -> bool:
 def _sequential_stages(prefix: str, layers: nn.Sequential, sample: torch.Tensor) -> list[str]:
     """The last layer of each run of equal resolution; a run of parameter-free layers (a lone pool) ends the one before."""
     x, ends, last_size = sample, [], None
+    closed = False  # a parameter-free layer changed the resolution: the stage ended with it
     for name, layer in layers.named_children():
         x = layer(x)
         size = tuple(x.shape[2:]) if x.dim() == 4 else None
         path = f"{prefix}.{name}" if prefix else name
-        if ends and size == last_size:
-            ends[-1] = path
-        elif ends and not _has_params(layer):
-            ends[-1] = path
-        else:
+        if not ends or (_has_params(layer) and (closed or size != last_size)):
             ends.append(path)
+            closed = False
+        else:
+            ends[-1] = path
+            closed = closed or size != last_size
         last_size = size
     return ends
 
