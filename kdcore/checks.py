@@ -245,7 +245,7 @@ def _data_shape(config: RunConfig, extra_roots: Iterable[Path | str]) -> tuple[O
     return shape, _split_problems(scan, cfg)
 
 
-# ---- the teacher's weights -----------------------------------------------------------------------
+# ---- the teachers' and the student's starting weights ------------------------------------------------
 def _uploads_root(store) -> Path:
     from kdcore.store import Store, default_artefact_root, default_url
 
@@ -267,62 +267,121 @@ def _stored_teacher(run_id: int, store) -> tuple[Optional[Path], Optional[str]]:
         store.get_run(run_id)
     except RunNotFound:
         return None, f"no run {run_id} in the store"
-    path = store.run_dir(run_id) / "teacher.pt"
+    path = store.run_dir(run_id) / "teacher.pt"  # a run's first teacher
     if not path.is_file():
         return None, f"run {run_id} has no stored teacher weights ({path} is missing)"
     return path, None
 
 
-def _teacher_payload(config: RunConfig, store) -> tuple[str, str, Optional[dict], Optional[str]]:
-    """(key, name in messages, checkpoint contents or None, problem or None) for a teacher not trained here."""
+@dataclass
+class _Start:
+    """A model that starts from stored weights, as the checks see it."""
+
+    role: str  # "teacher" or "student", for the messages
+    prefix: str  # its config section: teacher, teachers.1, student
+    arch: str
+    options: dict
+    new_head: bool  # a file for another class count is accepted: the model gets a new classifier
+    key: str = ""  # the config key that names the weights
+    name: str = ""  # the weights in messages
+    payload: Optional[dict] = None
+
+
+def _teacher_start(t, prefix: str, store) -> tuple[_Start, Optional[str]]:
+    """A teacher not trained here, with its file's contents, or the problem reading them."""
     from kdcore.engine.checkpoint import CheckpointError, read_checkpoint
 
-    t = config.teacher
+    start = _Start("teacher", prefix, t.arch, dict(t.options), new_head=t.finetune_epochs > 0)
     if t.source == "run":
-        key, name = "teacher.run_id", f"run {t.run_id}'s teacher"
+        start.key, start.name = f"{prefix}.run_id", f"run {t.run_id}'s teacher"
         path, problem = _stored_teacher(t.run_id, store)
         if problem:
-            return key, name, None, problem
+            return start, problem
     else:
-        key, path = "teacher.checkpoint", Path(t.checkpoint).expanduser()
-        name = path.name
+        start.key, path = f"{prefix}.checkpoint", Path(t.checkpoint).expanduser()
+        start.name = path.name
     try:
-        return key, name, read_checkpoint(path), None
+        start.payload = read_checkpoint(path)
     except CheckpointError as err:
-        return key, name, None, str(err)
+        return start, str(err)
+    start.options = start.options or dict(start.payload.get("options") or {})  # as the run builds it
+    return start, None
 
 
-def _fit_problem(name: str, payload: dict, config: RunConfig, data: DataShape) -> Optional[str]:
-    t = config.teacher
-    if payload.get("arch") not in (None, t.arch):
-        return f"{name} holds a {payload['arch']!r} model, but teacher.arch is {t.arch!r}"
+def _student_start(config: RunConfig) -> tuple[Optional[_Start], Optional[str]]:
+    from kdcore.engine.checkpoint import CheckpointError, read_checkpoint
+
+    s = config.student
+    if not s.checkpoint:
+        return None, None
+    path = Path(s.checkpoint).expanduser()
+    # the student is built from its own options; a file for other classes gives it a new classifier
+    start = _Start("student", "student", s.arch, dict(s.options), new_head=True, key="student.checkpoint",
+                   name=path.name)
+    try:
+        start.payload = read_checkpoint(path)
+    except CheckpointError as err:
+        return start, str(err)
+    return start, None
+
+
+def _fit_problem(start: _Start, data: DataShape) -> Optional[str]:
+    payload, name = start.payload, start.name
+    if payload.get("arch") not in (None, start.arch):
+        return f"{name} holds a {payload['arch']!r} model, but {start.prefix}.arch is {start.arch!r}"
     labels = {"in_channels": "channels", "image_size": "image size", "num_classes": "classes"}
-    differ = [f"{label} {payload[field]} vs {getattr(data, field)}" for field, label in labels.items()
+    differ = {field: f"{label} {payload[field]} vs {getattr(data, field)}" for field, label in labels.items()
               if payload.get(field) is not None and getattr(data, field) is not None
-              and int(payload[field]) != int(getattr(data, field))]
+              and int(payload[field]) != int(getattr(data, field))}
+    if start.new_head:
+        differ.pop("num_classes", None)  # its classifier is replaced
     if differ:
         had = DataShape("", payload.get("num_classes"), int(payload.get("in_channels") or data.in_channels),
                         int(payload.get("image_size") or data.image_size))
+        hint = (f"; set {start.prefix}.finetune_epochs to fine-tune it with a new classification head"
+                if list(differ) == ["num_classes"] and start.role == "teacher" else "")
         return (f"{name} was trained on {had.describe()}, but {data.name} has {data.describe()} "
-                f"({'; '.join(differ)})")
+                f"({'; '.join(differ.values())}){hint}")
     return None
 
 
-def _shape_problem(name: str, payload: dict, config: RunConfig, data: DataShape, options: dict) -> Optional[str]:
-    """Whether the file's tensors fit the teacher the run will build, compared on the meta device."""
-    from kdcore.engine.checkpoint import state_dict_misfit
+def _shape_problem(start: _Start, data: DataShape) -> Optional[str]:
+    """Whether the file's tensors fit the model the run will build, compared on the meta device."""
+    from kdcore.engine.checkpoint import CheckpointError, weights_fit
     from kdcore.models import create_model
 
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            own = create_model(config.teacher.arch, data.num_classes, data.in_channels, data.image_size,
-                               **options).state_dict()
+            model = create_model(start.arch, data.num_classes, data.in_channels, data.image_size, **start.options)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        return f"the teacher cannot be built from it: {err}"
-    misfit = state_dict_misfit(own, payload["state_dict"])
+        return f"the {start.role} cannot be built from it: {err}"
+    try:
+        misfit, _ = weights_fit(model, start.payload["state_dict"], data.num_classes, new_head=start.new_head)
+    except CheckpointError as err:
+        return str(err)
     if misfit:
-        return f"{name} does not fit a {config.teacher.arch!r} teacher with options {options}: {misfit}"
+        return f"{start.name} does not fit a {start.arch!r} {start.role} with options {start.options}: {misfit}"
     return None
+
+
+def _last_stage_problem(arch: str, options: dict, data: DataShape) -> Optional[str]:
+    """Whether the last stage of `arch` is known, so that fine-tuning can train it alone."""
+    from kdcore.models import create_model
+    from kdcore.models.stages import feature_stages
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = create_model(arch, data.num_classes or 10, data.in_channels, data.image_size, **options)
+            feature_stages(model, torch.zeros(2, data.in_channels, data.image_size, data.image_size))
+    except ValueError as err:
+        return f"{err}: {arch}'s last stage is not known, so it cannot be fine-tuned alone"
+    except (TypeError, KeyError, RuntimeError):
+        return None  # a bad option, reported with the model's size
+    return None
+
+
+def _teacher_prefix(config: RunConfig, index: int) -> str:
+    return f"teachers.{index}" if config.teachers else "teacher"
 
 
 # ---- everything -----------------------------------------------------------------------------------
@@ -330,16 +389,20 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
                    extra_roots: Iterable[Path | str] = ()) -> list[Problem]:
     """What would make this run fail or misbehave before it does any work; [] when none.
 
+    Every teacher is checked (its weights' source and fit, fine-tuning settings, size), then the
+    student (its starting checkpoint and size), then the memory the run needs here.
+
     Args:
         config: a validated run config.
-        store: the Store (or its URL; default $KDCORE_DB_URL) that holds teacher.run_id's run, and whose
-            uploads folder counts as a data root. Never created by this check.
+        store: the Store (or its URL; default $KDCORE_DB_URL) that holds the runs teachers come from
+            (teacher.run_id), and whose uploads folder counts as a data root. Never created by this check.
         here: the run trains on this machine, so its device and memory are checked against this one
             (False for `kdcore submit`, whose runs any worker may take).
         extra_roots: folders besides $KDCORE_DATA_ROOT an image folder may lie in.
 
     Returns:
-        (config key, message) pairs; each message names what is wrong.
+        (config key, message) pairs; each message names what is wrong. A teacher's keys are
+        teacher.* for a run of one, teachers.N.* when the config lists `teachers`.
     """
     problems: list[Problem] = []
     if here:
@@ -350,48 +413,86 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
     problems += data_problems
     if data is None:
         return problems
-    t = config.teacher
-    t_options = dict(t.options)
-    payload = None
-    if t.source != "train":
-        file_key, name, payload, problem = _teacher_payload(config, store)
-        problem = problem or _fit_problem(name, payload, config, data)
-        if problem:
-            return problems + [(file_key, problem)]
-        t_options = t_options or dict(payload.get("options") or {})  # as the run builds it
-    sized = {}
-    for role, arch, options in (("teacher", t.arch, t_options), ("student", config.student.arch,
-                                                                  dict(config.student.options))):
-        key = f"{role}.options" if options else f"{role}.arch"
-        try:
-            profile = estimate_profile(arch, data.num_classes or 10, data.in_channels, data.image_size, options)
-        except (TypeError, ValueError, KeyError, RuntimeError) as err:
-            problems.append((f"{role}.options", f"{arch} cannot be built for {data.describe()}: {err}"))
+    sized: list[tuple[str, str, "ModelProfile"]] = []  # (role, key, profile) of each model that can be built
+    refused = len(problems)
+    for index, t in enumerate(config.all_teachers):
+        prefix = _teacher_prefix(config, index)
+        if t.source == "train" and (t.finetune_epochs > 0 or t.finetune_last_stage_only):
+            key = f"{prefix}.finetune_epochs" if t.finetune_epochs > 0 else f"{prefix}.finetune_last_stage_only"
+            problems.append((key, f"only a teacher loaded from a run or a checkpoint ({prefix}.source run or "
+                                  f"checkpoint) is fine-tuned; one trained here trains for {prefix}.epochs"))
             continue
-        refusal = too_large(profile)
-        if refusal:
-            problems.append((key, f"{arch} would have {refusal}"))
-        sized[role] = (key, profile)
-    if payload is not None and data.num_classes and "teacher" in sized and not any(k.startswith("teacher") for k, _ in problems):
-        problem = _shape_problem(name, payload, config, data, t_options)
-        if problem:
-            problems.append((file_key, problem))
-    if here and len(sized) == 2 and not problems:
+        if t.finetune_last_stage_only and t.finetune_epochs == 0:
+            problems.append((f"{prefix}.finetune_last_stage_only",
+                             f"set {prefix}.finetune_epochs too: without it the teacher is not fine-tuned"))
+            continue
+        start = None
+        if t.source != "train":
+            start, problem = _teacher_start(t, prefix, store)
+            problem = problem or _fit_problem(start, data)
+            if problem:
+                problems.append((start.key, problem))
+                continue
+        options = start.options if start else dict(t.options)
+        profile = _sized(problems, prefix, t.arch, options, data)
+        if profile is None:
+            continue
+        if start is not None and data.num_classes:
+            problem = _shape_problem(start, data)
+            if problem:
+                problems.append((start.key, problem))
+                continue
+        if t.finetune_last_stage_only:
+            problem = _last_stage_problem(t.arch, options, data)
+            if problem:
+                problems.append((f"{prefix}.finetune_last_stage_only", problem))
+                continue
+        trains_here = t.source == "train" or t.finetune_epochs > 0
+        sized.append(("teacher" if trains_here else "loaded", f"{prefix}.options" if options else f"{prefix}.arch",
+                      profile))
+    s_start, problem = _student_start(config)
+    problem = problem or (_fit_problem(s_start, data) if s_start else None)
+    s_options = dict(config.student.options)
+    profile = None if problem else _sized(problems, "student", config.student.arch, s_options, data)
+    if profile is not None and s_start is not None and data.num_classes:
+        problem = _shape_problem(s_start, data)
+    if problem:
+        problems.append(("student.checkpoint", problem))
+    elif profile is not None:
+        sized.append(("student", "student.options" if s_options else "student.arch", profile))
+    if here and len(problems) == refused and len(sized) == len(config.all_teachers) + 1:
         problems += _memory_problems(config, sized)
     return problems
 
 
-def _memory_problems(config: RunConfig, sized: dict) -> list[Problem]:
+def _sized(problems: list[Problem], prefix: str, arch: str, options: dict, data: DataShape) -> Optional["ModelProfile"]:
+    """The model's estimated size, or None after adding why it cannot be built or is too large."""
+    try:
+        profile = estimate_profile(arch, data.num_classes or 10, data.in_channels, data.image_size, options)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        problems.append((f"{prefix}.options", f"{arch} cannot be built for {data.describe()}: {err}"))
+        return None
+    refusal = too_large(profile)
+    if refusal:
+        problems.append((f"{prefix}.options" if options else f"{prefix}.arch", f"{arch} would have {refusal}"))
+        return None
+    return profile
+
+
+def _memory_problems(config: RunConfig, sized: list[tuple[str, str, "ModelProfile"]]) -> list[Problem]:
     limit, what = memory_limit()
     if limit is None:
         return []
     opt, momentum = config.train.optimizer, config.train.momentum
-    t_key, teacher = sized["teacher"]
-    s_key, student = sized["student"]
-    t_weights = int(teacher.size_mb * 2**20)
-    # the teacher trains alone, then stays in memory (weights only) while the student and its baseline train
-    peaks = {t_key: _train_bytes(teacher, opt, momentum) if config.teacher.source == "train" else t_weights,
-             s_key: t_weights + _train_bytes(student, opt, momentum)}
+    # the teachers train (or fine-tune) one after another, each finished one staying in memory (weights only);
+    # then all of them stay while the student and its baseline train
+    peaks: dict[str, int] = {}
+    held = 0
+    for role, key, profile in sized:
+        trains = role in ("teacher", "student")
+        need = held + (_train_bytes(profile, opt, momentum) if trains else int(profile.size_mb * 2**20))
+        peaks[key] = max(peaks.get(key, 0), need)
+        held += int(profile.size_mb * 2**20)
     key, need = max(peaks.items(), key=lambda kv: kv[1])
     if need <= limit:
         return []

@@ -63,9 +63,9 @@ def expand(config: RunConfig, *, seeds: Optional[Sequence[int]] = None,
            group: Optional[str] = None, teacher_per_seed: bool = False) -> list[RunConfig]:
     """One config per (seed, T, alpha), all in one group.
 
-    By default every run's teacher trains with the first seed, so the group trains one
-    teacher; `teacher_per_seed` trains one per seed, putting teacher variance into the
-    interval across seeds.
+    By default every run's teachers train (or fine-tune) with the first seed, so the group
+    trains each teacher once; `teacher_per_seed` trains them per seed, putting teacher
+    variance into the interval across seeds.
     """
     seeds = list(seeds) if seeds else [config.train.seed]
     temperatures = list(temperatures) if temperatures else [config.distill.temperature]
@@ -86,8 +86,10 @@ def expand(config: RunConfig, *, seeds: Optional[Sequence[int]] = None,
                 cfg = config.model_copy(deep=True)
                 cfg.group = group
                 cfg.train.seed = seed
-                if cfg.teacher.source == "train" and not teacher_per_seed:
-                    cfg.teacher.seed = config.teacher_seed if config.teacher.seed is not None else seeds[0]
+                if not teacher_per_seed:
+                    for teacher in cfg.all_teachers:  # `teacher` is `teachers[0]` itself: the two stay equal
+                        if (teacher.source == "train" or teacher.finetune_epochs > 0) and teacher.seed is None:
+                            teacher.seed = seeds[0]
                 cfg.distill.temperature = t
                 cfg.distill.alpha = a
                 name = base_name + (f" T={t:g} α={a:g}" if sweep else "")

@@ -273,9 +273,24 @@ def _print_summary(run) -> None:
         print(f"error: {run.error.split(chr(10) + chr(10))[0]}")
     if not s:
         return
-    shared = f"  (trained by run {s['teacher_from_run']})" if "teacher_from_run" in s else ""
-    print(f"  teacher  {run.teacher_arch:<20} test acc {_pct(s.get('teacher_test_acc'))}  params {s.get('teacher_params', 0):,}{shared}")
-    print(f"  student  {run.student_arch:<20} test acc {_pct(s.get('student_test_acc'))}  params {s.get('student_params', 0):,}")
+    teachers = s.get("teachers") or [{"phase": "teacher", "arch": run.teacher_arch}]  # a run stored before the list
+    for t in teachers:
+        phase = t["phase"]
+        origin = f"  (trained by run {s[f'{phase}_from_run']})" if f"{phase}_from_run" in s else ""
+        print(f"  {phase:<8} {t['arch']:<20} test acc {_pct(s.get(f'{phase}_test_acc'))}  "
+              f"params {s.get(f'{phase}_params', 0):,}{origin}")
+        if f"{phase}_pretrained_test_acc" in s:
+            head = ", new classification head" if s.get(f"{phase}_new_head") else ""
+            print(f"  {'':<8} fine-tuned {s.get(f'{phase}_finetune_epochs')} epoch(s) from "
+                  f"{s.get(f'{phase}_finetuned_from', 'its source')}{head}: "
+                  f"{_pct(s[f'{phase}_pretrained_test_acc'])} before, {_pct(s.get(f'{phase}_test_acc'))} after")
+    if "ensemble_test_acc" in s:
+        weights = "/".join(f"{w:.2f}" for w in s.get("teacher_weights") or [])
+        print(f"  ensemble {f'{len(teachers)} teachers together':<20} test acc {_pct(s['ensemble_test_acc'])}  "
+              f"(weights {weights} on their softened probabilities at T={run.temperature:g}, as the student sees them)")
+    started = f"  (started from {s['student_init']})" if "student_init" in s else ""
+    print(f"  student  {run.student_arch:<20} test acc {_pct(s.get('student_test_acc'))}  "
+          f"params {s.get('student_params', 0):,}{started}")
     if "baseline_test_acc" in s:
         shared = f"  (trained by run {s['baseline_from_run']})" if "baseline_from_run" in s else ""
         print(f"  baseline {'(student from scratch)':<20} test acc {_pct(s.get('baseline_test_acc'))}{shared}")
@@ -284,7 +299,9 @@ def _print_summary(run) -> None:
             net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
             print(f"  KD gain  {describe_paired(s.get('kd_gain'), s.get('kd_gain_ci95'), s.get('kd_gain_p_value'), s.get('test_images'), net)}")
     if "compression" in s:
-        print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs; took {s.get('seconds', 0):.1f} s")
+        than = " than its teachers together" if len(teachers) > 1 else ""
+        print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs{than}; "
+              f"took {s.get('seconds', 0):.1f} s")
 
 
 def _print_group(report: dict, runs) -> None:
@@ -433,8 +450,8 @@ def cmd_methods(args) -> int:
     for method in methods:
         print(f"{method['name']:<8} {method['title']}")
         for option in method["options"]:
-            bounds = [f"{k.removeprefix('exclusive').lower()} {option[k]:g}" for k in
-                      ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in option]
+            signs = {"minimum": "≥", "maximum": "≤", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+            bounds = [f"{sign} {option[k]:g}" for k, sign in signs.items() if k in option]
             choices = f" one of {', '.join(map(str, option['enum']))}" if "enum" in option else ""
             print(f"{'':<10}{option['name']} = {option['default']!r}{choices}{' (' + ', '.join(bounds) + ')' if bounds else ''}"
                   f"  {option['help']}")

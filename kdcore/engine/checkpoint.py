@@ -1,4 +1,4 @@
-"""Saving and safely loading model weights.
+"""Saving and safely loading model weights, whole or with a new classifier for another class count.
 
 Files are dicts of plain values and tensors, read back with
 torch.load(weights_only=True), so a pickle that would run code is refused.
@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from kdcore.engine.rng import global_rng_lock
 from kdcore.models import create_model
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason in words."""
+
+
+class Pretrained(NamedTuple):
+    """A model built for this dataset with a checkpoint's weights loaded."""
+
+    model: nn.Module
+    new_head: bool  # its classifier was left freshly initialised: the file's was for another class count
+    options: dict[str, Any]  # the model arguments it was built with (the file's when none were given)
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, num_classes: int, in_channels: int,
@@ -58,24 +67,107 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     raise CheckpointError(f"{path.name} holds no state_dict (a mapping of parameter names to tensors)")
 
 
-def load_model_from_checkpoint(path: str | Path, *, arch: str, num_classes: int, in_channels: int,
-                               image_size: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """Builds `arch` and loads the checkpoint into it, explaining any mismatch."""
+def read_compatible(path: str | Path, *, arch: str, num_classes: int, in_channels: int, image_size: int,
+                    new_head: bool = False, role: str = "teacher") -> dict[str, Any]:
+    """A checkpoint's contents once its recorded architecture and image shape fit; refuses the rest in words.
+
+    Args:
+        new_head: a file for another class count is accepted; its classifier will be replaced.
+        role: "teacher" or "student", for the messages.
+    """
     payload = read_checkpoint(path)
     name = Path(path).name
     if payload.get("arch") not in (None, arch):
-        raise CheckpointError(f"{name} holds a {payload['arch']!r} model, but the teacher architecture is {arch!r}")
-    if payload.get("num_classes") not in (None, num_classes):
-        raise CheckpointError(f"{name} was trained for {payload['num_classes']} classes, but this dataset has {num_classes}")
-    model = create_model(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         **(options if options is not None else payload.get("options", {})))
-    state = payload["state_dict"]
-    misfit = state_dict_misfit(model.state_dict(), state)
+        raise CheckpointError(f"{name} holds a {payload['arch']!r} model, but the {role} architecture is {arch!r}")
+    had = {"in_channels": int(payload.get("in_channels") or in_channels),
+           "image_size": int(payload.get("image_size") or image_size)}
+    differ = [f"{label} {had[key]} vs {wanted}" for key, label, wanted in
+              (("in_channels", "channels", in_channels), ("image_size", "image size", image_size))
+              if had[key] != int(wanted)]
+    if differ:  # a CNN with adaptive pooling would load such weights without a shape error, and misread the images
+        raise CheckpointError(f"{name} was trained on {had['in_channels']}×{had['image_size']}×{had['image_size']} "
+                              f"images, but this dataset has {in_channels}×{image_size}×{image_size} images "
+                              f"({'; '.join(differ)})")
+    if not new_head and payload.get("num_classes") not in (None, num_classes):
+        raise CheckpointError(f"{name} was trained for {payload['num_classes']} classes, but this dataset has "
+                              f"{num_classes}; fine-tuning it (finetune_epochs > 0) gives it a new classification head")
+    return payload
+
+
+def classifier_head(model: nn.Module, num_classes: int) -> str:
+    """Module path of the final classifier: the last Linear or Conv2d, in definition order, with num_classes outputs."""
+    head = None
+    for path, module in model.named_modules():
+        if (isinstance(module, nn.Linear) and module.out_features == num_classes
+                or isinstance(module, nn.Conv2d) and module.out_channels == num_classes):
+            head = path
+    if head is None:
+        raise CheckpointError(f"{type(model).__name__} has no layer with {num_classes} outputs to serve as its "
+                              "classifier")
+    return head
+
+
+def weights_fit(model: nn.Module, state: dict, num_classes: int, *, new_head: bool = False) -> tuple[str, bool]:
+    """Whether `state` loads into `model`: (the misfit in words or '', whether the classifier is left new).
+
+    With `new_head`, a file whose final classifier is for another class count (or absent) fits when
+    every other weight does; the model's own, freshly initialised classifier then stays.
+    Works on the meta device too, so the pre-launch check shares it.
+    """
+    own = model.state_dict()
+    misfit = state_dict_misfit(own, state)
+    if not misfit or not new_head:
+        return misfit, False
+    head = classifier_head(model, num_classes)
+    in_head = lambda key: key.startswith(head + ".")  # noqa: E731
+    body_misfit = state_dict_misfit({k: v for k, v in own.items() if not in_head(k)},
+                                    {k: v for k, v in state.items() if not in_head(k)})
+    return (body_misfit, False) if body_misfit else ("", True)
+
+
+def _load_state(model: nn.Module, state: dict, name: str, arch: str, num_classes: int, in_channels: int,
+                new_head: bool) -> bool:
+    misfit, replaced = weights_fit(model, state, num_classes, new_head=new_head)
     if misfit:
         raise CheckpointError(
             f"{name} does not fit a {arch!r} model for {num_classes} classes and {in_channels} channels: {misfit}")
-    model.load_state_dict(state)
-    return model
+    if replaced:
+        head = classifier_head(model, num_classes)
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
+    else:
+        model.load_state_dict(state)
+    return replaced
+
+
+def load_pretrained(path: str | Path, *, arch: str, num_classes: int, in_channels: int, image_size: int,
+                    options: dict[str, Any] | None = None, new_head: bool = False, role: str = "teacher",
+                    seed: int | None = None) -> Pretrained:
+    """Builds `arch` for this dataset and loads the checkpoint into it, explaining any mismatch.
+
+    Args:
+        options: model arguments; default the ones the file records.
+        new_head: a file for another class count gets a new classifier (transfer learning).
+        seed: seeds the build, so a new classifier starts the same on every try.
+
+    Returns:
+        The model, whether its classifier is new, and the options it was built with.
+    """
+    payload = read_compatible(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                              image_size=image_size, new_head=new_head, role=role)
+    options = dict(options if options is not None else payload.get("options") or {})
+    with global_rng_lock, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+    replaced = _load_state(model, payload["state_dict"], Path(path).name, arch, num_classes, in_channels, new_head)
+    return Pretrained(model, replaced, options)
+
+
+def load_model_from_checkpoint(path: str | Path, *, arch: str, num_classes: int, in_channels: int,
+                               image_size: int, options: dict[str, Any] | None = None) -> nn.Module:
+    """Builds `arch` and loads the checkpoint into it whole, explaining any mismatch."""
+    return load_pretrained(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                           image_size=image_size, options=options).model
 
 
 def state_dict_misfit(own: dict, state: dict) -> str:

@@ -1,30 +1,56 @@
-"""A whole distillation run: teacher, then student, then the scratch baseline."""
+"""A whole distillation run: its teachers, then the student, then the scratch baseline.
+
+Each teacher is trained here, loaded from a stored run or a checkpoint, or loaded and
+fine-tuned on this run's dataset (transfer learning); several teachers are distilled
+together as one ensemble. Phases are named teacher, teacher2, teacher3, …, student,
+baseline; each keeps its own weights file, resume state and finished-phase record.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from kdcore.config import RunConfig
+from kdcore.config import RunConfig, TeacherConfig
 from kdcore.data import DatasetError, DataSplits, load_dataset
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
-from kdcore.engine.checkpoint import load_model_from_checkpoint, save_checkpoint
+from kdcore.engine.checkpoint import classifier_head, load_model_from_checkpoint, load_pretrained, save_checkpoint
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
+from kdcore.losses import ensemble_softened
 from kdcore.models import create_model, profile_model
+from kdcore.models.stages import feature_stages
 from kdcore.stats import paired_gain
 
 TEST_LOGITS_FILE = "test_logits.pt"
 FINISHED_FILE = "finished_phases.json"  # what each finished phase reported, for a resumed run
 STATE_SUFFIX = "_state.pt"  # a phase's whole training state at its last finished epoch
+TEACHER_PHASE = re.compile(r"teacher\d*")  # teacher, teacher2, teacher3, …
+
+
+def teacher_phase(index: int) -> str:
+    """The phase (and weights file stem) of the index-th teacher, 0-based: teacher, teacher2, teacher3, …"""
+    return "teacher" if index == 0 else f"teacher{index + 1}"
+
+
+def teacher_seed(config: RunConfig, index: int = 0) -> int:
+    """Seed of the index-th teacher's training or fine-tuning: its own seed, else train.seed."""
+    seed = config.all_teachers[index].seed
+    return config.train.seed if seed is None else seed
+
+
+def fine_tuned(teacher: TeacherConfig) -> bool:
+    return teacher.source != "train" and teacher.finetune_epochs > 0
 
 
 def _read_finished(run_dir: Path) -> dict:
@@ -49,25 +75,32 @@ def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
 
 @dataclass
 class Reused:
-    """A phase's finished weights taken from elsewhere instead of training them here.
+    """A phase's weights taken from elsewhere: a sibling's finished phase, or a teacher's source.
 
     Attributes:
         checkpoint: the weights file.
         run_id: the stored run that trained them, if any (a seed group's or sweep's sibling).
         summary: that run's summary, whose validation figures for the phase are carried over.
+        phase: the phase's name in that summary, when it differs from ours (run 3's "teacher" as our "teacher2").
     """
 
     checkpoint: Path
     run_id: Optional[int] = None
     summary: dict = field(default_factory=dict)
+    phase: Optional[str] = None
 
 
-def teacher_key(config: RunConfig) -> str:
-    """Equal for two configs exactly when their teachers would train to the same weights."""
+def teacher_key(config: RunConfig, index: int = 0) -> str:
+    """Equal for two configs exactly when their index-th teachers would end with the same weights."""
+    t = config.all_teachers[index]
     train = config.train.model_dump(mode="json", exclude={"epochs", "seed"})
     dataset = config.dataset.model_dump(mode="json", exclude={"student_fraction"})
-    teacher = config.teacher.model_dump(mode="json", include={"arch", "options", "epochs"})
-    return _digest(dict(dataset=dataset, teacher=teacher, seed=config.teacher_seed, train=train))
+    if t.source == "train":  # the fields of the key before several teachers and fine-tuning: old runs still match
+        teacher = t.model_dump(mode="json", include={"arch", "options", "epochs"})
+    else:
+        teacher = t.model_dump(mode="json", include={"arch", "options", "source", "run_id", "checkpoint",
+                                                     "finetune_epochs", "finetune_last_stage_only"})
+    return _digest(dict(dataset=dataset, teacher=teacher, seed=teacher_seed(config, index), train=train))
 
 
 def baseline_key(config: RunConfig) -> str:
@@ -91,6 +124,54 @@ def student_data(data: DataSplits, fraction: float) -> DataSplits:
     return replace(data, train=data.train.subset(chosen))
 
 
+def ensemble_logits(logits_each: Sequence[torch.Tensor], weights: Optional[Sequence[float]],
+                    temperature: float) -> torch.Tensor:
+    """Several teachers as the student sees them: T * log of their weighted mean softened probabilities."""
+    probs = ensemble_softened(list(logits_each), list(weights) if weights else None, temperature)
+    return temperature * probs.clamp_min(1e-30).log()
+
+
+def last_stage_modules(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """Module paths that make up the model's last stage (feature_stages' last entry).
+
+    A named stage (ResNet's layer3) is one module; a stage ending inside a Sequential (a CNN's
+    features.7, an MLP's 4) is the run of that Sequential's layers after the previous stage's end.
+    """
+    stages = feature_stages(model, sample)
+    parent_path, _, last = stages[-1].rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if not isinstance(parent, nn.Sequential):
+        return [stages[-1]]
+    names = [name for name, _ in parent.named_children()]
+    start = 0
+    if len(stages) > 1:
+        before_parent, _, before = stages[-2].rpartition(".")
+        if before_parent == parent_path:
+            start = names.index(before) + 1
+    return [f"{parent_path}.{name}" if parent_path else name for name in names[start:names.index(last) + 1]]
+
+
+def freeze_all_but_last_stage(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list[RemovableHandle]:
+    """Leaves only the last stage and the classifier trainable, for fine-tuning.
+
+    Frozen layers also stay in eval mode (a hook on each), so neither BatchNorm's running
+    statistics nor dropout change them: every weight outside the trained part stays as loaded.
+
+    Returns:
+        The hooks' handles; remove them when fine-tuning ends.
+    """
+    trained = last_stage_modules(model, sample) + [classifier_head(model, num_classes)]
+    inside = lambda path: any(path == p or path.startswith(p + ".") for p in trained)  # noqa: E731
+    for path, param in model.named_parameters():
+        param.requires_grad_(inside(path.rpartition(".")[0]))
+
+    def stay_in_eval(module: nn.Module, _inputs) -> None:
+        module.training = False
+
+    return [module.register_forward_pre_hook(stay_in_eval) for path, module in model.named_modules()
+            if not inside(path) and not list(module.children())]
+
+
 def execute_run(
     config: RunConfig,
     run_dir: Path,
@@ -98,26 +179,50 @@ def execute_run(
     callback: Callback = no_callback,
     should_stop: Callable[[], bool] = lambda: False,
     device: Optional[torch.device] = None,
-    teacher_checkpoint: Optional[Path | Reused] = None,
+    teacher_sources: Sequence[Optional[Path | Reused]] = (),
+    reuse_teachers: Sequence[Optional[Reused]] = (),
     reuse_baseline: Optional[Reused] = None,
+    teacher_checkpoint: Optional[Path | Reused] = None,
 ) -> dict:
     """Runs every phase of `config`, saving weights and test logits under `run_dir`.
 
     Args:
-        teacher_checkpoint: weights for a teacher not trained here (source "run" or
-            "checkpoint", or a sibling run's identical teacher); the job layer resolves
-            a stored run to its file.
+        teacher_sources: per teacher, in order, the weights a teacher with source "run" or
+            "checkpoint" starts from (loaded as they are, or fine-tuned); the job layer resolves a
+            stored run to its file. A missing entry for source "checkpoint" is its teacher.checkpoint.
+        reuse_teachers: per teacher, a sibling run's finished teacher with the same teacher_key, used
+            instead of training (or fine-tuning) an identical one again.
         reuse_baseline: a sibling run's baseline with the same baseline_key, used
             instead of training an identical one again.
+        teacher_checkpoint: the first teacher's source (source "run" or "checkpoint") or sibling
+            (source "train"), as before several teachers.
 
     Returns:
         The summary: test accuracies, KD gain with its paired interval and p-value,
-        sizes, and whether the run was cancelled.
+        sizes, and whether the run was cancelled. Per teacher phase P (teacher, teacher2, …):
+        P_test_acc, P_params, P_size_mb, P_flops, P_key; P_best_val_acc and P_epochs when
+        trained or fine-tuned here (or carried from the run that did, P_from_run); when
+        fine-tuned, P_pretrained_test_acc (before), P_finetune_epochs, P_new_head and
+        P_finetuned_from. `teachers` lists them in order; with several, ensemble_test_acc and
+        the normalized teacher_weights. compression and flops_ratio divide the teachers' sum
+        by the student's. A student started from a checkpoint adds student_init and
+        student_init_new_head.
     """
     started = time.perf_counter()
     device = device or resolve_device(config.train.device)
-    if isinstance(teacher_checkpoint, (str, Path)):
-        teacher_checkpoint = Reused(Path(teacher_checkpoint))
+    t_cfgs = config.all_teachers
+    t_phases = [teacher_phase(i) for i in range(len(t_cfgs))]
+    as_reused = lambda r: Reused(Path(r)) if isinstance(r, (str, Path)) else r  # noqa: E731
+    sources = [as_reused(r) for r in teacher_sources] + [None] * (len(t_cfgs) - len(teacher_sources))
+    reused = list(reuse_teachers) + [None] * (len(t_cfgs) - len(reuse_teachers))
+    if teacher_checkpoint is not None:
+        if t_cfgs[0].source == "train":
+            reused[0] = as_reused(teacher_checkpoint)
+        else:
+            sources[0] = as_reused(teacher_checkpoint)
+    for i, t_cfg in enumerate(t_cfgs):
+        if sources[i] is None and t_cfg.source == "checkpoint":
+            sources[i] = Reused(Path(t_cfg.checkpoint).expanduser())
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset)
     for split in ("train", "test"):
@@ -126,8 +231,9 @@ def execute_run(
                                "or lower dataset.val_fraction")
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     summary: dict = {"device": describe_device(device), "num_classes": data.num_classes,
-                     "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
-                     "teacher_key": teacher_key(config), "baseline_key": baseline_key(config)}
+                     "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}
+    summary.update({f"{phase}_key": teacher_key(config, i) for i, phase in enumerate(t_phases)})
+    summary["baseline_key"] = baseline_key(config)
     test_logits: dict[str, torch.Tensor] = {"labels": data.test.y.clone()}
 
     def saver(phase: str, arch: str, options: dict):
@@ -135,6 +241,15 @@ def execute_run(
             name = f"{phase}.pt" if tag == "best" else f"{phase}_last.pt"
             save_checkpoint(run_dir / name, model, arch=arch, options=options, **shape)
         return save
+
+    def save_test_logits() -> None:
+        tmp = run_dir / (TEST_LOGITS_FILE + ".tmp")
+        torch.save(test_logits, tmp)
+        tmp.replace(run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
+
+    def test_accuracy(model: nn.Module) -> float:
+        return accuracy(predict_logits(model, data.test, device, config.train.eval_batch_size, config.train.amp),
+                        data.test.y)
 
     def finish_phase(phase: str, model: nn.Module, result=None) -> None:
         logits = predict_logits(model, data.test, device, config.train.eval_batch_size, config.train.amp)
@@ -148,82 +263,155 @@ def execute_run(
         summary[f"{phase}_params"] = profile.params
         summary[f"{phase}_size_mb"] = round(profile.size_mb, 4)
         summary[f"{phase}_flops"] = profile.flops
-        tmp = run_dir / (TEST_LOGITS_FILE + ".tmp")
-        torch.save(test_logits, tmp)
-        tmp.replace(run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
+        save_test_logits()
 
     def cancelled() -> dict:
         summary["cancelled"] = True
         summary["seconds"] = round(time.perf_counter() - started, 2)
         return summary
 
-    def carry_over(phase: str, reused: Reused) -> None:
-        for key in (f"{phase}_best_val_acc", f"{phase}_epochs"):
-            if key in reused.summary:
-                summary[key] = reused.summary[key]
-        if reused.run_id is not None:
-            summary[f"{phase}_from_run"] = reused.run_id
+    def carry_over(phase: str, source: Reused) -> None:
+        theirs = source.phase or phase
+        for key in ("best_val_acc", "epochs"):
+            if f"{theirs}_{key}" in source.summary:
+                summary[f"{phase}_{key}"] = source.summary[f"{theirs}_{key}"]
+        if source.run_id is not None:
+            summary[f"{phase}_from_run"] = source.run_id
+
+    def described(source: Reused) -> str:
+        return f"run {source.run_id}" if source.run_id is not None else str(source.checkpoint)
 
     # The steps each phase will take at most, so a UI can estimate the whole run's time left
     s_data = student_data(data, config.dataset.student_fraction)
     batches = lambda n: -(-n // config.train.batch_size)  # noqa: E731
-    phases = ["teacher", "student"] + (["baseline"] if config.baseline else [])
+    phases = t_phases + ["student"] + (["baseline"] if config.baseline else [])
+    finished = _read_finished(run_dir)
+
+    def teacher_steps(index: int) -> int:
+        t_cfg = t_cfgs[index]
+        epochs = t_cfg.epochs if t_cfg.source == "train" else t_cfg.finetune_epochs
+        trained_here = reused[index] is None and t_phases[index] not in finished
+        return epochs * batches(len(data.train)) if trained_here else 0
+
     callback(Event("plan", info={"phases": phases, "steps": {
-        "teacher": 0 if teacher_checkpoint is not None or "teacher" in _read_finished(run_dir)
-        else config.teacher.epochs * batches(len(data.train)),
+        **{phase: teacher_steps(i) for i, phase in enumerate(t_phases)},
         "student": config.train.epochs * batches(len(s_data.train)),
         "baseline": config.train.epochs * batches(len(s_data.train)) if reuse_baseline is None else 0}}))
 
     # A run resumed after an interruption takes its finished phases as they are and goes on with
     # the unfinished one from its last epoch's saved state.
-    finished = _read_finished(run_dir)
-
     def done_earlier(phase: str, arch: str, options: dict) -> Optional[nn.Module]:
         if phase not in finished or not (run_dir / f"{phase}.pt").is_file():
             return None
         model = load_model_from_checkpoint(run_dir / f"{phase}.pt", arch=arch, options=options or None, **shape)
-        summary.update({k: v for k, v in finished[phase].items() if k.startswith(phase)})
+        summary.update({k: v for k, v in finished[phase].items() if k.startswith(f"{phase}_")})
         callback(Event("phase", phase=phase, info={"loaded": "this run's earlier attempt"}))
         return model.to(device).eval()
 
-    def phase_finished(phase: str, result) -> None:
+    def phase_finished(phase: str) -> None:
         finished[phase] = {k: v for k, v in summary.items() if k.startswith(f"{phase}_")}
         _write_finished(run_dir, finished)
         (run_dir / f"{phase}{STATE_SUFFIX}").unlink(missing_ok=True)
 
-    # Teacher
-    t_cfg = config.teacher
-    teacher = done_earlier("teacher", t_cfg.arch, t_cfg.options) if teacher_checkpoint is None else None
-    if teacher is not None:
-        finish_phase("teacher", teacher)
-    elif teacher_checkpoint is None:
-        if t_cfg.source != "train":
-            raise ValueError(f"teacher.source is {t_cfg.source!r} but no teacher checkpoint was given")
-        teacher = _build(t_cfg.arch, t_cfg.options, data, config.teacher_seed)
-        result = fit(teacher, data, phase="teacher", epochs=t_cfg.epochs, train_cfg=config.train, device=device,
+    def train_phase(phase: str, model: nn.Module, phase_data: DataSplits, epochs: int, arch: str, options: dict,
+                    seed: int, **distill) -> bool:
+        """Trains `model` as `phase` and records it; False when cancelled."""
+        result = fit(model, phase_data, phase=phase, epochs=epochs, train_cfg=config.train, device=device,
                      augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                     on_checkpoint=saver("teacher", t_cfg.arch, t_cfg.options), seed=config.teacher_seed,
-                     state_path=run_dir / f"teacher{STATE_SUFFIX}")
+                     on_checkpoint=saver(phase, arch, options), seed=seed,
+                     state_path=run_dir / f"{phase}{STATE_SUFFIX}", **distill)
         if result.cancelled:
+            return False
+        model.to(device).eval()
+        finish_phase(phase, model, result)
+        phase_finished(phase)
+        return True
+
+    # Teachers, one after another; each stays in memory for the student
+    def prepare_teacher(index: int) -> Optional[nn.Module]:
+        """The index-th teacher, trained, loaded or fine-tuned, and recorded; None when cancelled."""
+        t_cfg, phase, seed = t_cfgs[index], t_phases[index], teacher_seed(config, index)
+        earlier = done_earlier(phase, t_cfg.arch, t_cfg.options)
+        if earlier is not None:
+            finish_phase(phase, earlier)
+            return earlier
+        sibling = reused[index]
+        if sibling is not None:
+            model, _, options = load_pretrained(sibling.checkpoint, arch=t_cfg.arch, options=t_cfg.options or None,
+                                                **shape)
+            save_checkpoint(run_dir / f"{phase}.pt", model, arch=t_cfg.arch, options=options, **shape)
+            carry_over(phase, sibling)
+            callback(Event("phase", phase=phase, info={"loaded": described(sibling)}))
+            model.to(device).eval()
+            finish_phase(phase, model)
+            return model
+        if t_cfg.source == "train":
+            model = _build(t_cfg.arch, t_cfg.options, data, seed)
+            return model if train_phase(phase, model, data, t_cfg.epochs, t_cfg.arch, t_cfg.options, seed) else None
+
+        source = sources[index]
+        if source is None:
+            raise ValueError(f"{phase}: source is {t_cfg.source!r} but no weights were given for it")
+        # a new classifier, when the file's is for other classes, starts from the teacher's seed on every try
+        model, new_head, options = load_pretrained(source.checkpoint, arch=t_cfg.arch, options=t_cfg.options or None,
+                                                   new_head=fine_tuned(t_cfg), seed=seed, **shape)
+        if not fine_tuned(t_cfg):
+            save_checkpoint(run_dir / f"{phase}.pt", model, arch=t_cfg.arch, options=options, **shape)
+            carry_over(phase, source)
+            callback(Event("phase", phase=phase, info={"loaded": described(source)}))
+            model.to(device).eval()
+            finish_phase(phase, model)
+            return model
+        # Transfer: fine-tuned on this dataset's whole training split, as any phase (resumable, best epoch kept)
+        summary[f"{phase}_pretrained_test_acc"] = test_accuracy(model.to(device))  # chance level with a new head
+        summary[f"{phase}_finetune_epochs"] = t_cfg.finetune_epochs
+        summary[f"{phase}_new_head"] = new_head
+        summary[f"{phase}_finetuned_from"] = described(source)
+        hooks = (freeze_all_but_last_stage(model, data.train.images(range(2)).to(device), data.num_classes)
+                 if t_cfg.finetune_last_stage_only else [])
+        try:
+            done = train_phase(phase, model, data, t_cfg.finetune_epochs, t_cfg.arch, options, seed)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return model if done else None
+
+    teachers: list[nn.Module] = []
+    for index in range(len(t_cfgs)):
+        teacher = prepare_teacher(index)
+        if teacher is None:
             return cancelled()
-        teacher.to(device).eval()
-        finish_phase("teacher", teacher, result)
-        phase_finished("teacher", result)
-    else:
-        teacher = load_model_from_checkpoint(teacher_checkpoint.checkpoint, arch=t_cfg.arch,
-                                             options=t_cfg.options or None, **shape)
-        save_checkpoint(run_dir / "teacher.pt", teacher, arch=t_cfg.arch, options=t_cfg.options, **shape)
-        carry_over("teacher", teacher_checkpoint)
-        loaded = (f"run {teacher_checkpoint.run_id}" if teacher_checkpoint.run_id is not None
-                  else str(teacher_checkpoint.checkpoint))
-        callback(Event("phase", phase="teacher", info={"loaded": loaded}))
-        teacher.to(device).eval()
-        finish_phase("teacher", teacher)
+        teachers.append(teacher)
+    summary["teachers"] = [
+        {"phase": phase, "arch": t_cfg.arch, "source": t_cfg.source, "test_acc": summary[f"{phase}_test_acc"],
+         "params": summary[f"{phase}_params"], "pretrained_test_acc": summary.get(f"{phase}_pretrained_test_acc"),
+         "finetune_epochs": t_cfg.finetune_epochs if fine_tuned(t_cfg) else 0}
+        for phase, t_cfg in zip(t_phases, t_cfgs)]
+    distilled_from = "teacher"  # what the student's agreement is measured against
+    if len(teachers) > 1:
+        weights = config.distill.teacher_weights or [1.0] * len(teachers)
+        summary["teacher_weights"] = [w / sum(weights) for w in weights]
+        test_logits["ensemble"] = ensemble_logits([test_logits[p] for p in t_phases], weights,
+                                                  config.distill.temperature)
+        summary["ensemble_test_acc"] = accuracy(test_logits["ensemble"], data.test.y)
+        save_test_logits()
+        distilled_from = "ensemble"
 
     # Student (distilled), then the same student from scratch, on the same images in the same order
     s_cfg = config.student
     summary["student_train_size"] = len(s_data.train)
-    for phase in phases[1:]:
+
+    def new_student() -> nn.Module:
+        seed = config.train.seed + 1  # the student and its baseline start from the same weights
+        if not s_cfg.checkpoint:
+            return _build(s_cfg.arch, s_cfg.options, data, seed)
+        start = load_pretrained(Path(s_cfg.checkpoint).expanduser(), arch=s_cfg.arch, options=dict(s_cfg.options),
+                                new_head=True, role="student", seed=seed, **shape)
+        summary["student_init"] = Path(s_cfg.checkpoint).name
+        summary["student_init_new_head"] = start.new_head
+        return start.model
+
+    for phase in phases[len(t_phases):]:
         student = done_earlier(phase, s_cfg.arch, s_cfg.options)
         if student is not None:
             finish_phase(phase, student)
@@ -236,28 +424,24 @@ def execute_run(
             student.to(device).eval()
             finish_phase(phase, student)
         else:
-            student = _build(s_cfg.arch, s_cfg.options, data, config.train.seed + 1)
+            student = new_student()
             freeze_early_layers(student, s_cfg.freeze_fraction)
-            result = fit(student, s_data, phase=phase, epochs=config.train.epochs, train_cfg=config.train,
-                         device=device, teacher=teacher if phase == "student" else None, distill_cfg=config.distill,
-                         augment=config.dataset.augment, callback=callback, should_stop=should_stop,
-                         on_checkpoint=saver(phase, s_cfg.arch, s_cfg.options), seed=config.train.seed,
-                         state_path=run_dir / f"{phase}{STATE_SUFFIX}")
-            if result.cancelled:
+            distill = dict(teachers=teachers, distill_cfg=config.distill) if phase == "student" else {}
+            if not train_phase(phase, student, s_data, config.train.epochs, s_cfg.arch, s_cfg.options,
+                               config.train.seed, **distill):
                 return cancelled()
-            finish_phase(phase, student, result)
-            phase_finished(phase, result)
         if phase == "student":
             preds = test_logits["student"].argmax(1)
-            summary["test_agreement"] = (preds == test_logits["teacher"].argmax(1)).float().mean().item()
+            summary["test_agreement"] = (preds == test_logits[distilled_from].argmax(1)).float().mean().item()
 
     if "baseline_test_acc" in summary:
         labels = test_logits["labels"]
         paired = paired_gain((test_logits["student"].argmax(1) == labels).numpy(),
                              (test_logits["baseline"].argmax(1) == labels).numpy())
         summary.update(paired.as_summary())
-    summary["compression"] = summary["teacher_params"] / max(1, summary["student_params"])
-    summary["flops_ratio"] = summary["teacher_flops"] / max(1, summary["student_flops"])
+    # the ensemble is what is compressed into the student
+    summary["compression"] = sum(summary[f"{p}_params"] for p in t_phases) / max(1, summary["student_params"])
+    summary["flops_ratio"] = sum(summary[f"{p}_flops"] for p in t_phases) / max(1, summary["student_flops"])
     summary["cancelled"] = False
     summary["seconds"] = round(time.perf_counter() - started, 2)
     callback(Event("summary", info=summary))

@@ -5,6 +5,7 @@ any machine, and `kdcore train` for the run it submits itself.
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -18,7 +19,8 @@ from kdcore.config import ConfigError, RunConfig, build_config
 from kdcore.engine.checkpoint import CheckpointError
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
-from kdcore.engine.run import TEST_LOGITS_FILE, Reused, baseline_key, execute_run, teacher_key
+from kdcore.engine.run import (TEACHER_PHASE, TEST_LOGITS_FILE, Reused, baseline_key, execute_run, fine_tuned,
+                               teacher_key, teacher_phase)
 from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
@@ -27,34 +29,57 @@ from kdcore.store import Store, this_worker
 ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
 
 
-def _teacher_checkpoint(store: Store, config: RunConfig) -> Optional[Reused]:
-    teacher = config.teacher
+def _teacher_source(store: Store, config: RunConfig, index: int) -> Optional[Reused]:
+    """Where a teacher not trained here starts from: its checkpoint file, or a stored run's first teacher."""
+    teacher = config.all_teachers[index]
     if teacher.source == "checkpoint":
-        return Reused(Path(teacher.checkpoint))
-    if teacher.source == "run":
-        path = store.run_dir(teacher.run_id) / "teacher.pt"
-        if not path.is_file():
-            raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
-        source = store.get_run(teacher.run_id)
-        if source.status != "completed" and "teacher_test_acc" not in source.summary:
-            raise CheckpointError(f"run {teacher.run_id} is {source.status} and its teacher did not finish training; "
-                                  "only a finished teacher can be reused")
-        if source.teacher_arch != teacher.arch:
-            raise CheckpointError(f"run {teacher.run_id}'s teacher is {source.teacher_arch!r}, not {teacher.arch!r}")
-        return Reused(path, teacher.run_id, source.summary)
-    return _sibling_phase(store, config, "teacher", teacher_key(config))
+        return Reused(Path(teacher.checkpoint).expanduser())
+    if teacher.source != "run":
+        return None
+    path = store.run_dir(teacher.run_id) / "teacher.pt"
+    if not path.is_file():
+        raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
+    source = store.get_run(teacher.run_id)
+    if source.status != "completed" and "teacher_test_acc" not in source.summary:
+        raise CheckpointError(f"run {teacher.run_id} is {source.status} and its teacher did not finish training; "
+                              "only a finished teacher can be reused")
+    # the arch column lists every teacher of a run of several ("small_cnn + mlp"); its config names the first
+    source_arch = (source.config.get("teacher") or {}).get("arch", source.teacher_arch)
+    if source_arch != teacher.arch:
+        raise CheckpointError(f"run {teacher.run_id}'s teacher is {source_arch!r}, not {teacher.arch!r}")
+    return Reused(path, teacher.run_id, source.summary, phase="teacher")
+
+
+def _teacher_weights(store: Store, config: RunConfig) -> tuple[list[Optional[Reused]], list[Optional[Reused]]]:
+    """Per teacher, in order: (the weights it starts from, a sibling's identical finished teacher)."""
+    sources = [_teacher_source(store, config, i) for i in range(len(config.all_teachers))]
+    siblings = [_sibling_phase(store, config, teacher_phase(i), teacher_key(config, i))
+                if t.source == "train" or fine_tuned(t) else None
+                for i, t in enumerate(config.all_teachers)]
+    return sources, siblings
 
 
 def _sibling_phase(store: Store, config: RunConfig, phase: str, key: str) -> Optional[Reused]:
-    """A completed run of the same group whose `phase` trained to the weights this run would train."""
+    """A completed run of the same group with a phase that trained to the weights this run's `phase` would.
+
+    A teacher may come from any of the sibling's teacher phases (its teacher2 as our teacher).
+    """
     if not config.group:
         return None
     for run in sorted(store.list_runs(status=["completed"], group=config.group), key=lambda r: r.id):
         summary = run.summary
-        path = store.run_dir(run.id) / f"{phase}.pt"
-        if summary.get(f"{phase}_key") == key and path.is_file():
-            return Reused(path, summary.get(f"{phase}_from_run", run.id), summary)
+        theirs = _teacher_phases(summary) if TEACHER_PHASE.fullmatch(phase) else [phase]
+        for their_phase in theirs:
+            path = store.run_dir(run.id) / f"{their_phase}.pt"
+            if summary.get(f"{their_phase}_key") == key and path.is_file():
+                return Reused(path, summary.get(f"{their_phase}_from_run", run.id), summary, phase=their_phase)
     return None
+
+
+def _teacher_phases(summary: dict) -> list[str]:
+    """The teacher phases a run's summary records, from their keys (teacher_key, teacher2_key, …)."""
+    phases = [key.removesuffix("_key") for key in summary if key.endswith("_key")]
+    return [phase for phase in phases if TEACHER_PHASE.fullmatch(phase)]
 
 
 def choose_device(worker_device: Optional[torch.device], wanted: torch.device) -> torch.device:
@@ -106,8 +131,9 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
             store.set_device(run_id, describe_device(device))
             run_dir = store.run_dir(run_id)
             reuse_baseline = _sibling_phase(store, config, "baseline", baseline_key(config)) if config.baseline else None
+            sources, siblings = _teacher_weights(store, config)
             summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
-                                  teacher_checkpoint=_teacher_checkpoint(store, config), reuse_baseline=reuse_baseline)
+                                  teacher_sources=sources, reuse_teachers=siblings, reuse_baseline=reuse_baseline)
             if summary.get("cancelled"):
                 status = "cancelled" if beat.cancel.is_set() else "interrupted"
                 if status == "interrupted":
@@ -131,7 +157,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
 def _record_files(store: Store, run_id: int) -> None:
     run_dir = store.run_dir(run_id)
     known = set(store.artefacts(run_id))
-    for kind in ARTEFACT_KINDS:
+    more_teachers = sorted(p.stem for p in run_dir.glob("teacher*.pt") if re.fullmatch(r"teacher\d+(_last)?", p.stem))
+    for kind in (*ARTEFACT_KINDS, *more_teachers):  # teacher2, teacher2_last, … of a run of several
         path = run_dir / f"{kind}.pt"
         if path.is_file() and f"{kind}_weights" not in known:
             store.add_artefact(run_id, f"{kind}_weights", path)

@@ -423,7 +423,8 @@ class Store:
         run = Run(**lease,
             uuid=run_uuid, folder=run_uuid, name=config.display_name(), status=status, config_json=json.dumps(cfg),
             group=config.group, tags=json.dumps(list(config.tags)), dataset=config.dataset.name,
-            teacher_arch=config.teacher.arch, student_arch=config.student.arch, method=config.distill.method,
+            teacher_arch=" + ".join(t.arch for t in config.all_teachers),  # "small_cnn + mlp" for several
+            student_arch=config.student.arch, method=config.distill.method,
             temperature=config.distill.temperature, alpha=config.distill.alpha,
         )
         with Session(self.engine) as s:
