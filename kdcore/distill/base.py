@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdcore.distill.hooks import FeatureTap
-from kdcore.losses import ensemble_softened
+from kdcore.losses import ensemble_logits
 from kdcore.models.stages import resolve_layer
 
 
@@ -118,8 +118,7 @@ class Distiller(nn.Module):
         """
         if len(logits_each) == 1:
             return logits_each[0]
-        probs = ensemble_softened(list(logits_each), self.teacher_weights, self.temperature)
-        return self.temperature * probs.clamp_min(1e-30).log()
+        return ensemble_logits(list(logits_each), self.teacher_weights, self.temperature)
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

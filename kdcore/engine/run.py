@@ -27,7 +27,7 @@ from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
-from kdcore.losses import ensemble_softened
+from kdcore.losses import ensemble_logits
 from kdcore.models import create_model, profile_model
 from kdcore.models.stages import feature_stages
 from kdcore.stats import paired_gain
@@ -122,13 +122,6 @@ def student_data(data: DataSplits, fraction: float) -> DataSplits:
     if len(chosen) == 0:
         raise DatasetError(f"dataset.student_fraction {fraction:g} leaves the student no training images")
     return replace(data, train=data.train.subset(chosen))
-
-
-def ensemble_logits(logits_each: Sequence[torch.Tensor], weights: Optional[Sequence[float]],
-                    temperature: float) -> torch.Tensor:
-    """Several teachers as the student sees them: T * log of their weighted mean softened probabilities."""
-    probs = ensemble_softened(list(logits_each), list(weights) if weights else None, temperature)
-    return temperature * probs.clamp_min(1e-30).log()
 
 
 def last_stage_modules(model: nn.Module, sample: torch.Tensor) -> list[str]:

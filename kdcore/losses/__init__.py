@@ -30,6 +30,11 @@ def ensemble_softened(logits_each: list[Tensor], weights: list[float] | None, te
     return sum((w / total) * softened(z, temperature) for w, z in zip(weights, logits_each))
 
 
+def ensemble_logits(logits_each: list[Tensor], weights: list[float] | None, temperature: float) -> Tensor:
+    """Several teachers as one: T * log of their averaged softened distribution, so softmax(z / T) is that average."""
+    return temperature * ensemble_softened(list(logits_each), weights, temperature).clamp_min(1e-30).log()
+
+
 def entropy(probs: Tensor) -> Tensor:
     """Shannon entropy in nats along the last axis."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
