@@ -328,16 +328,20 @@ def execute_run(
         if earlier is not None:
             finish_phase(phase, earlier)
             return earlier
+        def adopt(model: nn.Module, options: dict, origin: Reused) -> nn.Module:
+            """A teacher used as loaded: kept in this run's folder and recorded."""
+            save_checkpoint(run_dir / f"{phase}.pt", model, arch=t_cfg.arch, options=options, **shape)
+            carry_over(phase, origin)
+            callback(Event("phase", phase=phase, info={"loaded": described(origin)}))
+            model.to(device).eval()
+            finish_phase(phase, model)
+            return model
+
         sibling = reused[index]
         if sibling is not None:
             model, _, options = load_pretrained(sibling.checkpoint, arch=t_cfg.arch, options=t_cfg.options or None,
                                                 **shape)
-            save_checkpoint(run_dir / f"{phase}.pt", model, arch=t_cfg.arch, options=options, **shape)
-            carry_over(phase, sibling)
-            callback(Event("phase", phase=phase, info={"loaded": described(sibling)}))
-            model.to(device).eval()
-            finish_phase(phase, model)
-            return model
+            return adopt(model, options, sibling)
         if t_cfg.source == "train":
             model = _build(t_cfg.arch, t_cfg.options, data, seed)
             return model if train_phase(phase, model, data, t_cfg.epochs, t_cfg.arch, t_cfg.options, seed) else None
@@ -349,12 +353,7 @@ def execute_run(
         model, new_head, options = load_pretrained(source.checkpoint, arch=t_cfg.arch, options=t_cfg.options or None,
                                                    new_head=fine_tuned(t_cfg), seed=seed, **shape)
         if not fine_tuned(t_cfg):
-            save_checkpoint(run_dir / f"{phase}.pt", model, arch=t_cfg.arch, options=options, **shape)
-            carry_over(phase, source)
-            callback(Event("phase", phase=phase, info={"loaded": described(source)}))
-            model.to(device).eval()
-            finish_phase(phase, model)
-            return model
+            return adopt(model, options, source)
         # Transfer: fine-tuned on this dataset's whole training split, as any phase (resumable, best epoch kept)
         summary[f"{phase}_pretrained_test_acc"] = test_accuracy(model.to(device))  # chance level with a new head
         summary[f"{phase}_finetune_epochs"] = t_cfg.finetune_epochs
