@@ -404,7 +404,10 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
         (config key, message) pairs; each message names what is wrong. A teacher's keys are
         teacher.* for a run of one, teachers.N.* when the config lists `teachers`.
     """
-    problems: list[Problem] = []
+    from kdcore.distill import METHODS
+
+    method = METHODS.get(config.distill.method)
+    problems: list[Problem] = list(method.config_problems(method.Options.model_validate(config.distill.options), config))
     if here:
         device = device_problem(config.train.device)
         if device:

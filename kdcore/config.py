@@ -60,7 +60,7 @@ class TeacherConfig(_Strict):
     run_id: Optional[int] = None  # source=run: the stored run whose teacher is reused
     checkpoint: Optional[str] = None  # source=checkpoint: a state_dict file saved with torch.save
     epochs: int = Field(5, ge=1, le=10_000)  # source=train: teacher training epochs
-    seed: Optional[int] = None  # source=train: seed of the teacher's training; default train.seed. A seed group sets it so all its runs share one teacher
+    seed: Optional[int] = None  # seed of this teacher's training or fine-tuning; default train.seed (each teacher of `teachers` alike). A seed group sets it so all its runs share one teacher
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
     finetune_epochs: int = Field(0, ge=0, le=10_000)  # source=run or checkpoint: epochs of fine-tuning on this dataset before distilling (transfer); a new head when the class count differs
     finetune_last_stage_only: bool = False  # fine-tuning trains only the last stage and the head

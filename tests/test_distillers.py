@@ -512,3 +512,15 @@ def test_every_method_declares_its_title_formula_and_option_meanings(method):
     for name, field in cls.Options.model_fields.items():
         assert field.description, f"{method}.{name} has no description"
         assert not field.is_required(), f"{method}.{name} has no default"
+
+
+def test_two_stage_fitnets_that_would_never_train_the_classifier_is_refused_before_any_work():
+    from kdcore.checks import check_runnable
+    from kdcore.config import build_config
+
+    config = build_config({"distill": {"method": "fitnets", "options": {"stages": "two_stage", "hint_epochs": 3}},
+                           "train": {"epochs": 3}})
+    problems = dict(check_runnable(config, here=False))
+    assert "distill.options.hint_epochs" in problems and "fewer" in problems["distill.options.hint_epochs"]
+    config.train.epochs = 4
+    assert "distill.options.hint_epochs" not in dict(check_runnable(config, here=False))

@@ -85,6 +85,11 @@ class Distiller(nn.Module):
         """The method's loss terms, each a scalar, before the alpha weighting."""
         raise NotImplementedError
 
+    @classmethod
+    def config_problems(cls, options: MethodOptions, config) -> list[tuple[str, str]]:
+        """(config key, message) for options that cannot work with the rest of this run's config."""
+        return []
+
     # Shared machinery ---------------------------------------------------------------------
 
     @property

@@ -94,6 +94,14 @@ class FitNets(Distiller):
         t = self.probe(teachers[0], [self.teacher_path], sample)[self.teacher_path]
         self.regressor = HintRegressor(tuple(s.shape), tuple(t.shape)).to(sample.device)
 
+    @classmethod
+    def config_problems(cls, options: FitNetsOptions, config) -> list[tuple[str, str]]:
+        if options.stages == "two_stage" and options.hint_epochs >= config.train.epochs:
+            return [("distill.options.hint_epochs",
+                     f"two_stage trains the hint alone for hint_epochs ({options.hint_epochs}) of the student's "
+                     f"train.epochs ({config.train.epochs}); make it fewer, or the classifier never trains")]
+        return []
+
     def student_layers(self) -> list[str]:
         return [self.student_path]
 
