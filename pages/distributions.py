@@ -11,7 +11,7 @@ from kdcore.analysis import class_similarity, confusion_matrix
 from kdcore.data import DatasetError
 from kdcore.losses import entropy, softened
 from kdcore.store import DAMAGED_LABEL
-from ui import charts, form, images, state, text
+from ui import charts, form, images, parts, state, text
 
 PAGE_SIZE = 16
 MAX_BARS = 20  # classes shown for one image: the teacher's most likely ones
@@ -29,8 +29,8 @@ logits = state.test_logits(run_id) if run is not None else None
 if logits is None:
     st.warning(f"Run #{run_id} has no stored test-set logits, so there is nothing to show for it.")
     st.stop()
-labels, teacher, student = logits["labels"], logits["teacher"], logits["student"]
-num_classes = teacher.shape[1]
+labels, student = logits["labels"], logits["student"]
+num_classes = student.shape[1]
 dataset_cfg = run.config.get("dataset")  # None when the stored config is damaged
 try:
     if dataset_cfg is None:
@@ -42,8 +42,22 @@ except (DatasetError, OSError, ValueError) as err:
                "from the stored logits.", icon=":material/image_not_supported:")
 names = state.class_names(dataset_cfg, num_classes) if dataset_cfg else [str(i) for i in range(num_classes)]
 
-T = st.slider("Temperature T", *form.T_RANGE, value=min(max(run.temperature, form.T_RANGE[0]), form.T_RANGE[1]),
-              step=0.5, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
+phases = state.teacher_phases(logits)  # "teacher", "teacher2", …, "ensemble"
+arches = {t.get("phase"): t.get("arch") for t in parts.teachers_of(run.summary or {})}
+left, right = st.columns([1, 2]) if len(phases) > 1 else (None, st)
+if left is not None:
+    phase = left.radio("Teacher", phases, horizontal=True, key=f"dist_teacher_{run_id}",
+                       format_func=lambda p: charts.phase_label(p) + (f" · {arches[p]}" if arches.get(p) else ""),
+                       help="The ensemble is the teachers' softened probabilities averaged with the run's teacher "
+                            "weights at the slider's T, as the student saw them in training")
+else:
+    phase = phases[0]
+T = right.slider("Temperature T", *form.T_RANGE, value=min(max(run.temperature, form.T_RANGE[0]), form.T_RANGE[1]),
+                 step=0.5, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
+summary_weights = ((run.summary or {}).get("teacher_weights")  # normalized by the run; else as configured
+                   or (run.config.get("distill") or {}).get("teacher_weights"))
+teacher = state.teacher_logits_at(logits, phase, T, summary_weights)  # softmax(teacher / T) is what it passes on
+who = charts.phase_label(phase)
 
 # ---- one image -----------------------------------------------------------------------------------
 st.subheader("One test image")
@@ -80,29 +94,31 @@ left, right = st.columns([1, 3])
 if data is not None:
     left.image(images.to_pil(data.denormalize(data.test.images(idx))[0], 160), width=160)
 left.markdown(f"Test image **#{idx}**  \ntrue class **{names[labels[idx]]}**  \n"
-              f"teacher says **{names[teacher_pred[idx]]}**  \nstudent says **{names[student_pred[idx]]}**")
-left.metric("Teacher entropy", f"{entropy(p_teacher).item():.3f} nats",
+              f"{who} says **{names[teacher_pred[idx]]}**  \nstudent says **{names[student_pred[idx]]}**")
+left.metric(f"{who.capitalize()} entropy", f"{entropy(p_teacher).item():.3f} nats",
             help=f"At most log K = {math.log(num_classes):.3f}")
 left.metric("Student entropy", f"{entropy(p_student).item():.3f} nats")
 right.plotly_chart(charts.distributions(p_teacher[bar_classes].numpy(), p_student[bar_classes].numpy(),
                                         [names[i] for i in bar_classes], T,
-                                        uirevision=f"{run_id}-{idx}"), key="dist_bars")
+                                        uirevision=f"{run_id}-{idx}", teacher_phase=phase), key="dist_bars")
 if num_classes > MAX_BARS:
-    right.caption(f"The teacher's {MAX_BARS} most likely classes of {num_classes}.")
+    right.caption(f"The {who}'s {MAX_BARS} most likely classes of {num_classes}.")
 
 # ---- the whole test set ------------------------------------------------------------------------------
 st.subheader(f"Over the test set ({len(labels):,} images)")
 left, right = st.columns(2)
-left.plotly_chart(charts.temperature_curves(state.temperature_curves(run_id), T), key="dist_curves")
-left.caption("KL(teacher ‖ student) of the softened distributions, and their entropies, against T; "
+left.plotly_chart(charts.temperature_curves(state.temperature_curves(run_id, phase, summary_weights), T, phase),
+                  key="dist_curves")
+left.caption(f"KL({who} ‖ student) of the softened distributions, and their entropies, against T; "
              "the dashed line is the slider's T.")
-right.plotly_chart(charts.similarity(class_similarity(teacher, labels, num_classes, T).numpy(), names, T),
+right.plotly_chart(charts.similarity(class_similarity(teacher, labels, num_classes, T).numpy(), names, T, phase),
                    key="dist_similarity")
-right.caption("Row k: the teacher's mean softened probabilities over images of class k, its "
+right.caption(f"Row k: the {who}'s mean softened probabilities over images of class k, its "
               "\"dark knowledge\" of which classes look alike.")
 left, right = st.columns(2)
 left.plotly_chart(charts.confusion(confusion_matrix(teacher, labels, num_classes).numpy(), names,
-                                   f"Teacher confusion · {text.pct((teacher_pred == labels).float().mean().item())}"),
+                                   f"{who.capitalize()} confusion · "
+                                   f"{text.pct((teacher_pred == labels).float().mean().item())}"),
                   key="dist_cm_teacher")
 right.plotly_chart(charts.confusion(confusion_matrix(student, labels, num_classes).numpy(), names,
                                     f"Student confusion · {text.pct((student_pred == labels).float().mean().item())}"),

@@ -92,7 +92,8 @@ def _panel(run_id: int, mgr) -> None:
     snap = mgr.snapshot(run_id)
     status = run.status
     st.subheader(f"{text.STATUS_ICONS.get(status, '')} #{run.id} {run.name}")
-    st.caption(f"{run.dataset} · {run.teacher_arch} → {run.student_arch} · {run.method} · "
+    st.caption(f"{run.dataset} · {text.teachers_line(run.config, run.teacher_arch)} → {run.student_arch} · "
+               f"{text.method_line(run.config, run.method)} · "
                f"T = {run.temperature:g} · α = {run.alpha:g} · {status}"
                + (f" · {run.device}" if run.device else "") + (f" · worker {run.worker}" if run.worker else ""))
     if status == "queued":

@@ -8,12 +8,13 @@ from kdcore import checks
 from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
 from kdcore.experiments import expand, parse_seeds
-from kdcore.losses import METHODS
 from kdcore.models import MODELS, describe_model
 from ui import form, state, text, uploads
 
-METHOD_LABELS = {"soft": "Soft targets (Hinton et al. 2015)", "hard": "Teacher pseudo-labels"}
 SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "checkpoint": "An uploaded checkpoint"}
+START_LABELS = {"scratch": "From scratch", "run": "A stored run's student", "checkpoint": "An uploaded checkpoint"}
+COMBINE_LABELS = {"average": "Average of their softened probabilities",
+                  "weights": "Fixed weights, one number per teacher"}
 k = form.key
 
 st.title("New experiment")
@@ -21,7 +22,7 @@ form.ensure_defaults(state.demo_config().model_copy(update={"name": ""}))  # a n
 runs = state.runs_frame()
 run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.itertuples()}
 fields = form.FieldErrors()
-v = form.flatten(form.base())  # config key -> value; the widgets below overwrite what they show
+v = form.base_values()  # config key -> value; the widgets below overwrite what they show
 
 with st.expander("Start from a stored run", icon=":material/content_copy:"):
     if runs.empty:
@@ -116,45 +117,160 @@ def options_input(role: str) -> dict:
         return {}
 
 
-teacher_col, student_col, ratio_col = st.columns([5, 5, 2], gap="medium")
-with teacher_col:
-    v["teacher.arch"] = t_arch = architecture("teacher", "Teacher")
-    source = st.radio("Weights", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key=k("teacher.source"),
-                      horizontal=True)
-    checkpoint = None
+def stored_weights(phase: str) -> list[int]:
+    """Completed runs that saved this phase's weights."""
+    return [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, phase)]
+
+
+def add_teacher(count: int) -> None:
+    """One more teacher, trained here for as many epochs as the first, with its architecture's own defaults."""
+    first, new = form.teacher_prefix(0), form.teacher_prefix(count)
+    for field in ("arch", "epochs"):
+        st.session_state[k(f"{new}.{field}")] = st.session_state.get(k(f"{first}.{field}"))
+    st.session_state.update({k(f"{new}.source"): "train", k(f"{new}.options"): "", form.finetune_key(count): False})
+    st.session_state[form.TEACHERS] = count + 1
+
+
+def teacher(i: int, count: int) -> tuple[dict, object]:
+    """Teacher i's widgets (0-based); returns its config entries (relative keys) and its size, or None."""
+    prefix = form.teacher_prefix(i)
+    t = {name: value for name, value in form.teacher_base(i).items() if name in ("seed", "checkpoint")}
+    t["arch"] = arch = architecture(prefix, "Teacher" if count == 1 else f"Teacher {i + 1}")
+    t["source"] = source = st.radio("Weights", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get,
+                                    key=k(f"{prefix}.source"), horizontal=True)
+    checkpoint = problem_key = None
     if source == "train":
-        v["teacher.epochs"] = st.number_input("Teacher epochs", min_value=1, key=k("teacher.epochs"))
+        t["epochs"] = st.number_input("Teacher epochs", min_value=1, key=k(f"{prefix}.epochs"))
     elif source == "run":
-        finished = [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, "teacher")]
-        if st.session_state.get(k("teacher.run_id")) not in finished:
-            st.session_state[k("teacher.run_id")] = None
-        v["teacher.run_id"] = st.selectbox("Run", finished, format_func=run_labels.get, key=k("teacher.run_id"),
-                                           placeholder="Choose a finished run")
-        if v["teacher.run_id"] is not None:
-            checkpoint, problem_key = state.weights_path(v["teacher.run_id"], "teacher"), "teacher.run_id"
+        finished = stored_weights("teacher")
+        if st.session_state.get(k(f"{prefix}.run_id")) not in finished:
+            st.session_state[k(f"{prefix}.run_id")] = None
+        t["run_id"] = st.selectbox("Run", finished, format_func=run_labels.get, key=k(f"{prefix}.run_id"),
+                                   placeholder="Choose a finished run")
+        if t["run_id"] is not None:
+            checkpoint, problem_key = state.weights_path(t["run_id"], "teacher"), f"{prefix}.run_id"
     else:
-        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key="ui.checkpoint")
+        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"],
+                                    key="ui.checkpoint" if i == 0 else f"ui.checkpoint.{i}")
         if uploaded is not None:
-            v["teacher.checkpoint"] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
-                                                                  state.store().artefact_root / "uploads"))
-        elif v.get("teacher.checkpoint"):
-            st.caption(f"Using {v['teacher.checkpoint']}")
-        if v.get("teacher.checkpoint"):
-            checkpoint, problem_key = v["teacher.checkpoint"], "teacher.checkpoint"
-    v["teacher.source"] = source
-    if checkpoint is not None and st.session_state.get("ui.options_from") != str(checkpoint):
+            t["checkpoint"] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
+                                                          state.store().artefact_root / "uploads"))
+        elif t.get("checkpoint"):
+            st.caption(f"Using {t['checkpoint']}")
+        if t.get("checkpoint"):
+            checkpoint, problem_key = t["checkpoint"], f"{prefix}.checkpoint"
+    if source != "checkpoint":
+        t.pop("checkpoint", None)
+    finetune = False
+    if source != "train":
+        finetune = st.toggle("Fine-tune on this dataset first", key=form.finetune_key(i),
+                             help="Transfer: train the loaded teacher on this dataset before it teaches. When the "
+                                  "class count differs, the run gives it a new head for this dataset's classes.")
+        if finetune:
+            epochs_key = k(f"{prefix}.finetune_epochs")
+            if not st.session_state.get(epochs_key):
+                st.session_state[epochs_key] = 2
+            a, b = st.columns(2, vertical_alignment="bottom")
+            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", min_value=1, key=epochs_key)
+            t["finetune_last_stage_only"] = b.toggle(
+                "Only the last stage", key=k(f"{prefix}.finetune_last_stage_only"),
+                help="Train only the last stage and the head; earlier layers keep the loaded weights")
+    if not finetune:
+        t["finetune_epochs"], t["finetune_last_stage_only"] = 0, False
+    options_from = "ui.options_from" if i == 0 else f"ui.options_from.{i}"
+    if checkpoint is not None and st.session_state.get(options_from) != str(checkpoint):
         # a new file: show (and run) the options it was saved with, so the sizes below are its model's
-        st.session_state["ui.options_from"] = str(checkpoint)
+        st.session_state[options_from] = str(checkpoint)
         saved = state.checkpoint_options(checkpoint)
         if saved is not None:
-            st.session_state[k("teacher.options")] = form._as_widget_value("teacher.options", saved)
-    v["teacher.options"] = t_options = options_input("teacher")
-    if checkpoint is not None and not too_large(t_arch, t_options):
-        problem = state.checkpoint_problem(checkpoint, t_arch, shape[0], shape[1], shape[2], t_options)
+            st.session_state[k(f"{prefix}.options")] = form._as_widget_value(f"{prefix}.options", saved)
+    t["options"] = options = options_input(prefix)
+    if checkpoint is not None and not too_large(arch, options):
+        problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=finetune)
         if problem:
             fields.add(problem_key, problem)
-    fields.slot("teacher")
-    t_profile = show_profile("teacher", t_arch, t_options)
+    fields.slot(*([prefix, "teachers.0"] if i == 0 else [prefix]))
+    profile = show_profile(prefix, arch, options)
+    if i == count - 1 and i > 0:
+        st.button(f"Remove teacher {i + 1}", key=f"ui.remove_teacher.{i}", icon=":material/remove:",
+                  on_click=lambda: st.session_state.update({form.TEACHERS: count - 1}))
+    return t, profile
+
+
+def student_start(arch: str, options: dict) -> None:
+    """Where the student's weights start: from scratch, a stored run's student, or an uploaded checkpoint."""
+    start = st.radio("Start from", list(START_LABELS), format_func=START_LABELS.get, key=form.STUDENT_START,
+                     horizontal=True, help="The baseline starts from the same weights, so the KD gain stays a "
+                                           "comparison of training with and without the teacher")
+    checkpoint = None
+    if start == "run":
+        finished = stored_weights("student")
+        if st.session_state.get("ui.student_run") not in finished:
+            st.session_state["ui.student_run"] = None
+        run_id = st.selectbox("Run", finished, format_func=run_labels.get, key="ui.student_run",
+                              placeholder="Choose a finished run")
+        checkpoint = state.weights_path(run_id, "student") if run_id is not None else None
+        if checkpoint is None:
+            fields.add("student.checkpoint", "choose the run whose student to start from")
+    elif start == "checkpoint":
+        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key="ui.student_checkpoint")
+        if uploaded is not None:
+            checkpoint = uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
+                                                 state.store().artefact_root / "uploads")
+        elif form.base().get("student", {}).get("checkpoint"):
+            checkpoint = form.base()["student"]["checkpoint"]
+            st.caption(f"Using {checkpoint}")
+        else:
+            fields.add("student.checkpoint", "upload the checkpoint to start from")
+    v["student.checkpoint"] = str(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and not too_large(arch, options):
+        problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=True,
+                                           role="student")
+        if problem:
+            fields.add("student.checkpoint", problem)
+
+
+teacher_col, student_col, ratio_col = st.columns([5, 5, 2], gap="medium")
+with teacher_col:
+    n_teachers = max(1, int(st.session_state.get(form.TEACHERS) or 1))
+    teachers, t_profiles = [], []
+    for i in range(n_teachers):
+        if i:
+            st.divider()
+        entry, profile = teacher(i, n_teachers)
+        teachers.append(entry)
+        t_profiles.append(profile)
+    st.button("Add a teacher", key="ui.add_teacher", icon=":material/add:", on_click=add_teacher, args=(n_teachers,),
+              help="Distill from several teachers at once: the student learns from their combined softened "
+                   "probabilities")
+    weights = None
+    if n_teachers > 1:
+        trained = {}  # teachers trained here with the same settings and seed train to the same weights
+        for i, entry in enumerate(teachers):
+            if entry["source"] == "train":
+                settings = json.dumps([entry["arch"], entry["options"], entry.get("epochs"), entry.get("seed")],
+                                      sort_keys=True)
+                trained.setdefault(settings, []).append(i + 1)
+        for numbers in (n for n in trained.values() if len(n) > 1):
+            st.warning(f"Teachers {' and '.join(map(str, numbers))} would train to the same weights: give them "
+                       "different architectures or options.", icon=":material/content_copy:")
+        st.markdown("**Combining the teachers**")
+        combine = st.radio("The student learns from", list(COMBINE_LABELS), format_func=COMBINE_LABELS.get,
+                           key=form.COMBINE)
+        if combine == "weights":
+            weights = []
+            for i, col in enumerate(st.columns(n_teachers)):
+                weight_key = k(f"distill.teacher_weights.{i}")
+                st.session_state.setdefault(weight_key, 1.0)
+                weights.append(col.number_input(f"Teacher {i + 1}", min_value=0.0, step=0.1, format="%g",
+                                                key=weight_key))
+            st.caption("Each teacher's softened probabilities are weighted by its number over their sum.")
+        fields.slot("distill.teacher_weights")
+    v["distill.teacher_weights"] = weights
+    if n_teachers == 1:
+        v.update({f"teacher.{name}": value for name, value in teachers[0].items()})
+    else:
+        v["teachers"] = [form.nest(entry) for entry in teachers]
 
 with student_col:
     v["student.arch"] = s_arch = architecture("student", "Student")
@@ -162,37 +278,46 @@ with student_col:
         "Freeze its early layers", 0.0, 0.95, step=0.05, key=k("student.freeze_fraction"),
         help="Share of the student's parameter tensors, from the input side, kept at their initial values")
     v["student.options"] = s_options = options_input("student")
+    student_start(s_arch, s_options)
     fields.slot("student")
     s_profile = show_profile("student", s_arch, s_options)
 
 with ratio_col:
     st.markdown("**Compression**")
-    if t_profile and s_profile:
-        st.metric("Fewer parameters", text.ratio(t_profile.params, s_profile.params))
-        st.metric("Fewer FLOPs", text.ratio(t_profile.flops, s_profile.flops))
+    if all(t_profiles) and s_profile:
+        t_params, t_flops = sum(p.params for p in t_profiles), sum(p.flops for p in t_profiles)
+        st.metric("Fewer parameters", text.ratio(t_params, s_profile.params))
+        st.metric("Fewer FLOPs", text.ratio(t_flops, s_profile.flops))
+        if n_teachers > 1:
+            st.caption(f"Against the {n_teachers} teachers together")
 
 # ---- distillation ------------------------------------------------------------------------------------
 st.subheader("Distillation")
-left, middle, right = st.columns(3)
-v["distill.method"] = method = left.radio("Method", METHODS.names(), key=k("distill.method"),
-                                          format_func=lambda m: METHOD_LABELS.get(m, m))
+declared = state.methods()  # every registered method's title, formula and options
+left, middle, right = st.columns([2, 1, 1])
+v["distill.method"] = method = left.selectbox("Method", list(declared), key=k("distill.method"),
+                                              format_func=lambda m: declared[m]["title"] or m)
+spec = declared[method]
+form.method_options(spec)  # a switch of method starts from the new method's defaults
+uses_t = spec["uses_temperature"]
 v["distill.temperature"] = T = middle.slider("Temperature T", *form.T_RANGE, step=0.5, key=k("distill.temperature"),
+                                              disabled=not uses_t,
                                               help="Softens both softmaxes; higher T shows more of the teacher's "
                                                    "ranking of the wrong classes")
-v["distill.alpha"] = alpha = right.slider("α, weight of the teacher's term", 0.0, 1.0, step=0.05,
+if not uses_t:
+    middle.caption(f"{method} does not use T, so it plays no part here.")
+v["distill.alpha"] = alpha = right.slider("α, weight of the method's terms", 0.0, 1.0, step=0.05,
                                           key=k("distill.alpha"))
-fields.slot("distill")
-if method == "soft":
-    st.latex(rf"""\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
-        + \alpha\,T^2\,\mathrm{{KL}}\big(\sigma(z_t/T)\ \|\ \sigma(z_s/T)\big)\\
-        &= {1 - alpha:.2f}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
-        + {alpha:.2f}\cdot{T * T:g}\,\mathrm{{KL}}\big(\sigma(z_t/{T:g})\ \|\ \sigma(z_s/{T:g})\big)\end{{aligned}}""")
-else:
-    st.latex(rf"""\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
-        + \alpha\,\mathrm{{CE}}\big(\arg\max z_t,\ \sigma(z_s)\big)\\
-        &= {1 - alpha:.2f}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)
-        + {alpha:.2f}\,\mathrm{{CE}}\big(\arg\max z_t,\ \sigma(z_s)\big)\end{{aligned}}""")
-    st.caption("Pseudo-labels take the teacher's top class only, so T plays no part.")
+fields.slot("distill.method", "distill.temperature", "distill.alpha", "distill")
+if spec["options"]:
+    st.markdown(f"**Options of {method}**")
+    columns = st.columns(min(len(spec["options"]), 4))
+    for n, option in enumerate(spec["options"]):
+        with columns[n % len(columns)]:
+            v[f"distill.options.{option['name']}"] = form.option_input(option)
+fields.slot("distill.options")
+for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t):
+    st.latex(line)
 
 # ---- training ------------------------------------------------------------------------------------
 st.subheader("Training")
@@ -306,8 +431,8 @@ for message in fields.show():
 count = (len(temperatures) * len(alphas) if sweep else 1) * (len(seeds) if seeds else 1)
 label = f"Queue {count} runs" if count > 1 else "Launch"
 if count > 1 and config is not None:
-    teachers = 0 if config.teacher.source != "train" else len(seeds) if seeds and teacher_per_seed else 1
-    st.caption(f"{count} runs in one group: {teachers} teacher(s) trained, and one baseline per seed, shared by "
+    trained = sum(t.source == "train" for t in config.all_teachers) * (len(seeds) if seeds and teacher_per_seed else 1)
+    st.caption(f"{count} runs in one group: {trained} teacher(s) trained, and one baseline per seed, shared by "
                "the runs that differ only in T and α.")
 if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
     if sweep or seeds:

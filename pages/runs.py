@@ -101,15 +101,18 @@ with curves_tab:
     if not selected:
         st.caption("Select runs in the table to overlay their curves.")
     else:
+        curves = state.metrics(selected, kind="epoch")
+        names = charts.metric_names(curves)  # a method's own loss terms too (train_tckd, train_hint, …)
         a, b, c = st.columns(3)
-        metric = a.selectbox("Metric", list(charts.METRIC_LABELS), format_func=charts.METRIC_LABELS.get,
-                             index=list(charts.METRIC_LABELS).index("val_acc"), key="runs_metric")
-        phases = b.multiselect("Phases", ["student", "baseline", "teacher"], default=["student", "baseline"],
+        metric = a.selectbox("Metric", names, format_func=charts.metric_label, index=names.index("val_acc"),
+                             key="runs_metric")
+        stored = list(dict.fromkeys(["student", "baseline", "teacher", *sorted(set(curves["phase"]))]))
+        phases = b.multiselect("Phases", stored, default=["student", "baseline"], format_func=charts.phase_label,
                                key="runs_phases")
         smoothing = c.slider("Smoothing", 0.0, 0.95, 0.0, step=0.05, key="runs_smoothing",
                              help="Exponential moving average; 0 = the raw values")
-        st.plotly_chart(charts.overlay(state.metrics(selected, kind="epoch"), metric, labels, smoothing, phases,
-                                       uirevision=metric), key="runs_overlay")
+        st.plotly_chart(charts.overlay(curves, metric, labels, smoothing, phases, uirevision=metric),
+                        key="runs_overlay")
 with bars_tab:
     if chosen_runs.empty:
         st.caption("Select runs in the table to compare their test accuracy.")
@@ -150,10 +153,11 @@ with groups_tab:
                             format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
             st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
         a, b = st.columns([1, 3])
-        metric = a.selectbox("Curve", list(charts.METRIC_LABELS), format_func=charts.METRIC_LABELS.get,
-                             index=list(charts.METRIC_LABELS).index("val_acc"), key="runs_group_metric")
-        st.plotly_chart(charts.averaged_curves(state.metrics(members["id"], kind="epoch"), metric),
-                        key="runs_group_curves")
+        curves = state.metrics(members["id"], kind="epoch")
+        names = charts.metric_names(curves)
+        metric = a.selectbox("Curve", names, format_func=charts.metric_label, index=names.index("val_acc"),
+                             key="runs_group_metric")
+        st.plotly_chart(charts.averaged_curves(curves, metric), key="runs_group_curves")
         shared = members.dropna(subset=["shares"])
         if not shared.empty:
             st.caption("Shared phases: " + "; ".join(f"#{i} reuses the {s}" for i, s in zip(shared["id"], shared["shares"])))
@@ -169,7 +173,9 @@ if run is None:
     st.warning(f"Run {detail_id} is no longer stored.")
     st.stop()
 st.subheader(labels.get(run.id, f"#{run.id}"))
-st.caption(f"{run.status} · {run.dataset} · {run.teacher_arch} → {run.student_arch} · {run.method} · "
+st.caption(f"{run.status} · {run.dataset} · {text.teachers_line(run.config, run.teacher_arch)} → "
+           f"{run.student_arch} · "
+           f"{text.method_line(run.config, run.method)} · "
            f"T = {run.temperature:g} · α = {run.alpha:g} · created {run.created_at:%Y-%m-%d %H:%M}"
            + (f" · took {text.duration(run.duration_s)}" if run.duration_s else "")
            + (f" · {run.device}" if run.device else ""))
@@ -240,30 +246,34 @@ elif shown == "Test set":
         st.caption("This run stored no test-set predictions.")
     else:
         labels_t = logits["labels"]
-        models = [m for m in ("student", "teacher", "baseline") if m in logits]
+        models = [m for m in ("student", *state.teacher_phases(logits), "baseline") if m in logits]
         num_classes = logits[models[0]].shape[1]
         names = state.class_names(run.config.get("dataset") or {}, num_classes)
-        model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model")
+        model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model",
+                         format_func=charts.phase_label)
         cm = confusion_matrix(logits[model], labels_t, num_classes).numpy()
         acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy() for m in models}
         left, right = st.columns(2)
-        left.plotly_chart(charts.confusion(cm, names, f"{model}: confusion on the test set"), key="runs_cm")
+        left.plotly_chart(charts.confusion(cm, names, f"{charts.phase_label(model)}: confusion on the test set"),
+                          key="runs_cm")
         right.plotly_chart(charts.per_class(acc, names), key="runs_per_class")
         worst = np.argsort(acc["student"])[:3]
         st.caption("The student's weakest classes: " + ", ".join(f"{names[i]} ({text.pct(acc['student'][i])})"
                                                                  for i in worst))
 else:
     found = False
-    for phase in ("student", "teacher", "baseline"):
+    teachers = [t.get("phase") for t in parts.teachers_of(run.summary or {})] or ["teacher"]
+    for phase in ("student", *teachers, "baseline"):
         path = state.weights_path(run.id, phase)
         if path is None:
             continue
         found = True
         a, b = st.columns([1, 3])
-        a.download_button(f"{phase.capitalize()} weights (.pt)", data=path.read_bytes,
+        a.download_button(f"{charts.phase_label(phase).capitalize()} weights (.pt)", data=path.read_bytes,
                           file_name=f"run{run.id}-{phase}.pt",
                           on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
-        b.download_button(f"{phase.capitalize()} as TorchScript", data=lambda p=path: to_torchscript(p),
+        b.download_button(f"{charts.phase_label(phase).capitalize()} as TorchScript",
+                          data=lambda p=path: to_torchscript(p),
                           file_name=f"run{run.id}-{phase}.torchscript.pt", on_click="ignore",
                           key=f"dl_ts_{phase}_{run.id}", icon=":material/download:",
                           help="Traced on one input of the stored shape; load with torch.jit.load, no kdcore needed")

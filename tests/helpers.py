@@ -82,3 +82,45 @@ def method_losses(method: str, student_logits, teacher_logits, labels=None, *, t
     step = Step(x=torch.zeros(len(student_logits)), y=labels, idx=torch.arange(len(student_logits)), epoch=epoch,
                 epochs=epochs, student_logits=student_logits, teacher_logits=teacher_logits, teacher_logits_each=each)
     return distiller.losses(step)
+
+
+def method_terms(config) -> set[str]:
+    """The loss terms a run of `config` logs for its student ("ce" and the method's), found by one forward
+    pass of its real teacher(s), student and distiller on a batch of the run's data."""
+    import torch
+
+    from kdcore.data import load_dataset
+    from kdcore.distill import build_distiller
+    from kdcore.models import create_model
+
+    data = load_dataset(config.dataset)
+    shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+    teachers = [create_model(t.arch, **shape, **t.options).eval() for t in config.all_teachers]
+    student = create_model(config.student.arch, **shape, **config.student.options)
+    idx = torch.arange(min(8, len(data.train)))
+    x, y = data.train.images(idx), data.train.y[idx]
+    distiller = build_distiller(config.distill, student, teachers, x)
+    _, terms = distiller.forward_train(x, y, idx, epoch=1, epochs=max(1, config.train.epochs))
+    return set(terms)
+
+
+def changed_option(option: dict):
+    """Another valid value for a declared method option (kdcore.distill.describe's entry), or None for free
+    text (a layer name), whose other valid values depend on the models."""
+    default, kind = option["default"], option.get("type")
+    if "enum" in option:
+        others = [e for e in option["enum"] if e != default]
+        return others[0] if others else None
+    if kind == "boolean":
+        return not default
+    if kind in ("number", "integer"):
+        high = option.get("maximum", option.get("exclusiveMaximum"))
+        low = option.get("minimum", option.get("exclusiveMinimum"))
+        if kind == "integer":
+            fits = high is None or default + 1 < high or (default + 1 == high and "maximum" in option)
+            return default + 1 if fits else default - 1
+        target = default * 2 if default else 1.0
+        if high is not None and target >= high:
+            target = (default + high) / 2 if default < high else ((low if low is not None else 0.0) + default) / 2
+        return target
+    return None

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from kdcore.config import build_config
+from kdcore.distill import METHODS
+from kdcore.distill.base import describe
 from kdcore.store import ACTIVE, Store
-from tests.helpers import STALL_S, wait_while_progressing
+from tests.helpers import STALL_S, changed_option, method_terms, wait_while_progressing
 from ui.serve import CHROMIUM_ARGS, serve_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +163,75 @@ def test_demo_live_groups_runs_and_distributions_in_a_real_browser(dashboard, pa
         page.wait_for_timeout(500)
         after = _plot_data(page)
     assert after != before, "moving T did not change the softened distributions"
+
+
+def _method_for_the_browser() -> dict:
+    """dkd where it is registered, else the first method that reads logits only and has a number option, else soft."""
+    declared = [describe(METHODS.get(m)) for m in METHODS.names()]
+    numeric = [m for m in declared if m["cacheable"]
+               and any(o.get("type") == "number" and changed_option(o) is not None for o in m["options"])]
+    return next((m for m in declared if m["name"] == "dkd"), None) or (numeric[0] if numeric else
+                                                                        describe(METHODS.get("soft")))
+
+
+def _loss_legend(page) -> list[str]:
+    """The entries of the live loss chart's legend, as drawn."""
+    return page.evaluate(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".filter(el => (el.layout.title.text || '').includes('Loss parts'))"
+        ".flatMap(el => Array.from(el.querySelectorAll('.legendtext')).map(n => n.textContent))")
+
+
+def _choose(page, label: str, text: str) -> None:
+    """Picks the option starting with `text` in the selectbox labelled `label`, by typing it as a user would."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.keyboard.type(text)
+    page.get_by_role("option").filter(has_text=text.strip()).first.wait_for()
+    page.keyboard.press("Enter")
+    _idle(page)
+
+
+def _set_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    _idle(page)
+
+
+def test_a_method_with_options_is_set_up_and_its_terms_show_in_the_live_loss_chart(dashboard, page):
+    url, db = dashboard
+    store = Store(db)
+    method = _method_for_the_browser()
+    option = next((o for o in method["options"] if o.get("type") == "number" and changed_option(o) is not None), None)
+    page.goto(url)
+    page.get_by_role("heading", name="Knowledge distillation").wait_for(timeout=STALL_S * 1000)
+    _goto(page, "New experiment", "New experiment")
+
+    # the method picker lists each method by its title; its options appear with their defaults
+    _choose(page, "Method", method["title"])
+    if option is not None:
+        page.get_by_label(option["name"], exact=True).wait_for()
+        _set_number(page, option["name"], changed_option(option))
+    _set_number(page, "Teacher epochs", 2)
+    _set_number(page, "Student epochs", 3)
+    page.get_by_label("Run name").fill(f"browser {method['name']}")
+    page.get_by_label("Run name").press("Enter")
+    _idle(page)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_role("heading", name="Live").first.wait_for()
+
+    run = next(r for r in store.list_runs() if r.name == f"browser {method['name']}")
+    if option is not None:
+        assert run.config["distill"]["options"][option["name"]] == pytest.approx(changed_option(option))
+    _choose(page, "Show", f"#{run.id} ")
+
+    nice = {"ce": "CE on labels", "kd": "KD term"}
+    expected = {f"student · {nice.get(t, t)}" for t in method_terms(build_config(run.config))}
+    wait_while_progressing(store, lambda: expected <= set(_loss_legend(page)), "the method's terms in the legend",
+                           pause=lambda: page.wait_for_timeout(1000))
+    assert "student · total" in _loss_legend(page)
+    wait_while_progressing(store, lambda: store.get_run(run.id).status not in ACTIVE, "the run finishing")
+    assert store.get_run(run.id).status == "completed", store.get_run(run.id).error
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,43 @@ def test_averaged_curves_two_runs_band_is_min_max():
 def test_averaged_curves_empty():
     fig = charts.averaged_curves(_curves().iloc[:0], "val_acc")
     assert not fig.data and fig.layout.annotations
+
+
+# ---- loss terms: whatever a method logs -----------------------------------------------------------------
+def _terms_history(names_by_phase: dict[str, list[str]], kind: str = "step") -> pd.DataFrame:
+    rows = []
+    for phase, names in names_by_phase.items():
+        for step in (1, 2, 3):
+            for n, name in enumerate(names):
+                rows.append(dict(phase=phase, kind=kind, step=step, epoch=1, name=name, value=1.0 / step + n))
+    return pd.DataFrame(rows, columns=["phase", "kind", "step", "epoch", "name", "value"])
+
+
+def test_loss_parts_draws_every_logged_term_by_its_name_and_keeps_the_nice_names():
+    history = _terms_history({"teacher": ["train_loss", "train_acc"],
+                        "student": ["train_loss", "train_ce", "train_tckd", "train_nckd", "train_acc", "val_acc"]})
+    names = [t.name for t in charts.loss_parts(history).data]
+    assert names == ["teacher · total", "student · total", "student · CE on labels", "student · nckd",
+                     "student · tckd"]
+    kd = _terms_history({"student": ["train_loss", "train_ce", "train_kd"]})
+    assert [t.name for t in charts.loss_parts(kd).data] == ["student · total", "student · CE on labels",
+                                                             "student · KD term"]
+
+
+def test_loss_parts_gives_each_term_its_own_dash_and_each_teacher_its_colour():
+    history = _terms_history({"teacher2": ["train_loss"],
+                              "student": ["train_loss", "train_ce", "train_inter", "train_intra"]})
+    fig = charts.loss_parts(history)
+    dashes = [t.line.dash for t in fig.data if t.name.startswith("student")]
+    assert len(set(dashes)) == len(dashes)
+    teacher2 = next(t for t in fig.data if t.name.startswith("teacher 2"))
+    assert teacher2.line.color and teacher2.line.color != charts.PHASE_COLORS["teacher"]
+
+
+def test_a_methods_own_terms_are_offered_and_drawn_among_the_curves():
+    history = _terms_history({"student": ["train_loss", "train_ce", "train_hint", "val_acc"]}, kind="epoch")
+    names = charts.metric_names(history)
+    assert names[:len(charts.METRIC_LABELS)] == list(charts.METRIC_LABELS) and names[-1] == "train_hint"
+    assert charts.metric_label("train_hint") == "hint term" and charts.metric_label("train_ce") == "CE on labels"
+    titles = [f.layout.title.text for f in charts.all_curves(history)]
+    assert "hint term" in titles and "CE on labels" in titles

@@ -3,11 +3,14 @@
 Each test points $KDCORE_DB_URL at a temporary SQLite file before building the app;
 the seeded store holds bench/seed_runs.py's runs plus one real (tiny) digits run.
 """
+import base64
 import io
+import json
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,16 +22,25 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from bench.seed_runs import seed  # noqa: E402
 from kdcore.config import build_config  # noqa: E402
+from kdcore.distill import METHODS  # noqa: E402
+from kdcore.distill.base import describe  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.experiments import expand  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import ACTIVE, Store  # noqa: E402
-from tests.helpers import errors, new_experiment_with, no_exceptions, open_page  # noqa: E402
+from kdcore.losses import ensemble_softened, softened  # noqa: E402
+from ui import state  # noqa: E402
+from tests.helpers import (changed_option, errors, method_terms, new_experiment_with, no_exceptions,  # noqa: E402
+                           open_page, wait_while_progressing)
 
 PAGES = ["pages/home.py", "pages/new_experiment.py", "pages/live.py", "pages/runs.py", "pages/distributions.py"]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
         "train": {"epochs": 1, "batch_size": 256}}
+# the New experiment form set for a run of seconds on digits: CNNs on both sides, so feature methods have maps
+QUICK_FORM = {"f.teacher.arch": "small_cnn", "f.teacher.options": "width: 16", "f.teacher.epochs": 1,
+              "f.student.arch": "tiny_cnn", "f.student.options": "", "f.train.epochs": 1, "f.train.batch_size": 256,
+              "f.baseline": False}
 
 
 def _real_run(store: Store, name: str = "real tiny run") -> int:
@@ -178,7 +190,7 @@ def test_a_zip_reaching_outside_its_folder_is_refused(empty_db):
 
 def test_the_loss_formula_shows_the_chosen_numbers(empty_db):
     at = new_experiment_with(**{"f.distill.temperature": 8.0, "f.distill.alpha": 0.25})
-    formula = at.latex[0].value
+    formula = " ".join(line.value for line in at.latex)
     assert "0.75" in formula and "0.25" in formula and "64" in formula and "z_t/8" in formula
 
 
@@ -376,3 +388,306 @@ def test_distributions_can_pick_an_image_the_student_gets_wrong(seeded_db):
     at.button(key=f"dist_pick_{pick}").click().run()
     no_exceptions(at)
     assert any(f"**#{pick}**" in m.value for m in at.markdown)
+
+
+# ---- Distillation methods: the form is drawn from each method's declaration -----------------------------
+def _option_widget(at: AppTest, option: dict):
+    """The widget the form drew for a declared method option."""
+    key = f"f.distill.options.{option['name']}"
+    if "enum" in option:
+        return at.selectbox(key=key)
+    return {"boolean": at.toggle, "number": at.number_input, "integer": at.number_input}.get(
+        option.get("type"), at.text_input)(key=key)
+
+
+def _wait_done(run_id: int):
+    store = Store()
+    wait_while_progressing(store, lambda: store.get_run(run_id).status not in ACTIVE, f"run {run_id}")
+    run = store.get_run(run_id)
+    assert run.status == "completed", run.error
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_each_methods_form_comes_from_its_declaration_and_a_run_from_it_logs_the_methods_terms(empty_db, manager,
+                                                                                              method):
+    declared = describe(METHODS.get(method))
+    at = new_experiment_with(**QUICK_FORM, **{"f.distill.method": method, "f.name": f"{method} from the page"})
+    for option in declared["options"]:
+        widget = _option_widget(at, option)
+        assert widget.value == option["default"], option["name"]
+        assert widget.help == option["help"]
+        if "minimum" in option:
+            assert widget.min == option["minimum"]
+        if "maximum" in option:
+            assert widget.max == option["maximum"]
+    latex = " ".join(line.value for line in at.latex)
+    assert declared["formula"] in latex and r"(1-\alpha)" in latex
+    assert at.slider(key="f.distill.temperature").disabled == (not declared["uses_temperature"])
+
+    changed = next(((o["name"], changed_option(o)) for o in declared["options"] if changed_option(o) is not None),
+                   None)
+    if changed:
+        _option_widget(at, next(o for o in declared["options"] if o["name"] == changed[0])).set_value(changed[1])
+        at.run()
+    _launch(at)
+    (run,) = Store().list_runs()
+    options = run.config["distill"]["options"]
+    assert set(options) == {o["name"] for o in declared["options"]}
+    if changed:
+        assert options[changed[0]] == pytest.approx(changed[1])
+
+    run = _wait_done(run.id)
+    curves = Store().metrics_frame([run.id], kind="epoch")
+    student = curves[curves["phase"] == "student"]
+    logged = {n.removeprefix("train_") for n in student["name"] if n.startswith("train_")} - {"loss", "acc"}
+    assert logged == method_terms(build_config(run.config))
+    values = student[student["epoch"] == 1].set_index("name")["value"]
+    assert sum(values[f"train_{t}"] for t in logged) == pytest.approx(values["train_loss"], rel=1e-4)
+
+
+def test_switching_method_resets_the_options_to_the_new_methods_defaults(empty_db):
+    with_options = [describe(METHODS.get(m)) for m in METHODS.names() if describe(METHODS.get(m))["options"]]
+    if len(with_options) < 2:
+        pytest.skip("needs two registered methods with options")
+    first, second = with_options[:2]
+    at = new_experiment_with(**{"f.distill.method": first["name"]})
+    option = next(o for o in first["options"] if changed_option(o) is not None)
+    _option_widget(at, option).set_value(changed_option(option)).run()
+    at.selectbox(key="f.distill.method").set_value(second["name"]).run()
+    no_exceptions(at)
+    assert not errors(at)  # no option of the first method left behind as an unknown key
+    for o in second["options"]:
+        assert _option_widget(at, o).value == o["default"]
+    at.selectbox(key="f.distill.method").set_value(first["name"]).run()
+    assert _option_widget(at, option).value == option["default"]
+
+
+def test_an_invalid_method_option_is_shown_beside_the_options(empty_db):
+    for name in METHODS.names():
+        declared = describe(METHODS.get(name))
+        bounded = [o for o in declared["options"] if "exclusiveMaximum" in o and o.get("type") == "number"]
+        if bounded:
+            break
+    else:
+        pytest.skip("no registered method has an option with an exclusive upper bound")
+    option = bounded[0]
+    at = new_experiment_with(**{"f.distill.method": name})
+    _option_widget(at, option).set_value(float(option["exclusiveMaximum"])).run()
+    assert f"distill.options.{option['name']}" in errors(at)
+    assert at.button(key="ui.launch").disabled
+
+
+# ---- several teachers, transfer, a student from a checkpoint --------------------------------------------
+def test_a_two_teacher_form_writes_teachers_and_their_weights(empty_db, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")  # queued, not trained: only the stored config matters here
+    at = new_experiment_with(**QUICK_FORM)
+    at.button(key="ui.add_teacher").click().run()
+    at.selectbox(key="f.teachers.1.arch").set_value("tiny_cnn")
+    at.radio(key="ui.combine").set_value("weights").run()
+    at.number_input(key="f.distill.teacher_weights.1").set_value(3.0).run()
+    no_exceptions(at)
+    assert [m.label for m in at.metric].count("Parameters") == 3  # each teacher's size, and the student's
+    _launch(at)
+    (run,) = Store().list_runs()
+    teachers = run.config["teachers"]
+    assert [t["arch"] for t in teachers] == ["small_cnn", "tiny_cnn"] and teachers[0]["options"] == {"width": 16}
+    assert run.config["distill"]["teacher_weights"] == [1.0, 3.0]
+
+
+def test_removing_the_second_teacher_writes_a_single_teacher_again(empty_db, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    at = new_experiment_with(**QUICK_FORM)
+    at.button(key="ui.add_teacher").click().run()
+    at.button(key="ui.remove_teacher.1").click().run()
+    assert "ui.combine" not in [r.key for r in at.radio]  # nothing to combine with one teacher
+    _launch(at)
+    (run,) = Store().list_runs()
+    assert run.config["teachers"] == [] and run.config["teacher"]["arch"] == "small_cnn"
+    assert run.config["distill"]["teacher_weights"] is None
+
+
+def _checkpoint(tmp_path, arch: str, classes: int, name: str = "other.pt") -> Path:
+    path = tmp_path / name
+    save_checkpoint(path, create_model(arch, classes, 1, 8), arch=arch, num_classes=classes, in_channels=1,
+                    image_size=8)
+    return path
+
+
+def test_a_finetune_form_writes_finetune_epochs_and_accepts_another_class_count(empty_db, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    path = _checkpoint(tmp_path, "tiny_cnn", 100)
+    at = new_experiment_with(**{**QUICK_FORM, "f.teacher.source": "checkpoint", "f.teacher.arch": "tiny_cnn",
+                                "f.teacher.options": ""})
+    at.file_uploader(key="ui.checkpoint").upload("other.pt", path.read_bytes()).run()
+    assert "100 classes" in errors(at)  # without fine-tuning, a head for 100 classes cannot serve 10
+    at.toggle(key="ui.finetune").set_value(True).run()
+    at.number_input(key="f.teacher.finetune_epochs").set_value(3)
+    at.toggle(key="f.teacher.finetune_last_stage_only").set_value(True).run()
+    assert "100 classes" not in errors(at), errors(at)  # fine-tuning gives it a new head
+    _launch(at)
+    (run,) = Store().list_runs()
+    assert run.config["teacher"]["finetune_epochs"] == 3 and run.config["teacher"]["finetune_last_stage_only"]
+
+
+def test_a_student_can_start_from_an_uploaded_checkpoint(empty_db, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    path = _checkpoint(tmp_path, "tiny_cnn", 10, "student.pt")
+    at = new_experiment_with(**QUICK_FORM, **{"ui.student_start": "checkpoint"})
+    assert "student.checkpoint" in errors(at) and at.button(key="ui.launch").disabled  # nothing uploaded yet
+    at.file_uploader(key="ui.student_checkpoint").upload("student.pt", path.read_bytes()).run()
+    _launch(at)
+    (run,) = Store().list_runs()
+    assert run.config["student"]["checkpoint"].endswith("student.pt")
+
+
+def test_a_two_teacher_run_trains_from_the_page_and_shows_each_teacher_and_the_ensemble(empty_db, manager):
+    at = new_experiment_with(**QUICK_FORM, **{"f.name": "two teachers"})
+    at.button(key="ui.add_teacher").click().run()
+    at.selectbox(key="f.teachers.1.arch").set_value("tiny_cnn").run()
+    _launch(at)
+    (run,) = Store().list_runs()
+    run = _wait_done(run.id)
+    summary = run.summary
+    assert "teacher2_test_acc" in summary and "ensemble_test_acc" in summary
+    assert [t["phase"] for t in summary["teachers"]] == ["teacher", "teacher2"]
+
+    live = open_page("pages/live.py")
+    live.selectbox(key="live_pick").set_value(run.id).run()
+    labels = [m.label for m in live.metric]
+    assert "Ensemble test accuracy" in labels and "Teacher 2 · tiny_cnn" in labels
+
+    state.runs_changed()  # the runs list is cached for a second: it may still hold the run as running
+    dist = open_page("pages/distributions.py")
+    dist.selectbox(key="dist_run").set_value(run.id).run()
+    dist.radio(key=f"dist_teacher_{run.id}").set_value("ensemble").run()
+    no_exceptions(dist)
+    assert "ensemble" in dist.get("plotly_chart")[0].proto.spec
+
+    runs = open_page("pages/runs.py")
+    runs.text_input(key="runs_search").set_value("two teachers").run()
+    _select_rows(runs, [0])
+    runs.radio(key="runs_detail_view").set_value("Test set").run()
+    shown = runs.radio(key="runs_cm_model").options
+    assert "ensemble" in shown and "teacher 2" in shown
+    runs.radio(key="runs_detail_view").set_value("Downloads").run()
+    no_exceptions(runs)
+    assert "Teacher 2 weights (.pt)" in [b.label for b in runs.get("download_button")]
+
+
+def test_a_transfer_run_from_mnist_to_fashion_mnist_trains_from_the_page(empty_db, manager, shared_data):
+    store = Store()
+    mnist = {"name": "mnist teacher", "dataset": {"name": "mnist", "root": str(shared_data), "student_fraction": 0.02},
+             "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "tiny_cnn"},
+             "train": {"epochs": 1, "batch_size": 256}, "baseline": False}
+    source, status = run_here(store, build_config(mnist))
+    assert status == "completed"
+    at = new_experiment_with(**{
+        **QUICK_FORM, "f.name": "mnist to fashion", "f.dataset.name": "fashion_mnist",
+        "f.dataset.root": str(shared_data),
+        "f.dataset.student_fraction": 0.05, "f.teacher.arch": "tiny_cnn", "f.teacher.options": "",
+        "f.teacher.source": "run"})
+    at.selectbox(key="f.teacher.run_id").set_value(source).run()
+    at.toggle(key="ui.finetune").set_value(True).run()
+    at.number_input(key="f.teacher.finetune_epochs").set_value(1).run()
+    _launch(at)
+    run = _wait_done(max(r.id for r in store.list_runs()))
+    assert run.config["teacher"]["finetune_epochs"] == 1
+    summary = run.summary
+    assert "teacher_pretrained_test_acc" in summary
+    assert summary["teacher_test_acc"] > summary["teacher_pretrained_test_acc"]  # fine-tuning taught it Fashion
+
+    live = open_page("pages/live.py")
+    live.selectbox(key="live_pick").set_value(run.id).run()
+    assert "before fine-tuning →" in " ".join(c.value for c in live.caption)
+
+
+# ---- the summary card and Distributions with several teachers (stored results, no training) ----------------
+def _stored_two_teacher_run(store: Store) -> int:
+    config = build_config({**TINY, "teachers": [{"arch": "tiny_cnn", "epochs": 1},
+                                                {"arch": "small_cnn", "source": "checkpoint", "checkpoint": "t.pt",
+                                                 "finetune_epochs": 2}],
+                           "distill": {"teacher_weights": [1.0, 3.0]}})
+    run_id = store.create_run(config)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 10
+    logits = {"labels": labels, **{phase: torch.randn(40, 10, generator=g)
+                                   for phase in ("teacher", "teacher2", "student", "baseline")}}
+    store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+    torch.save(logits, store.run_dir(run_id) / "test_logits.pt")
+    store.finish_run(run_id, "completed", {
+        "teacher_test_acc": 0.91, "teacher2_test_acc": 0.87, "teacher2_pretrained_test_acc": 0.12,
+        "ensemble_test_acc": 0.93, "student_test_acc": 0.8, "baseline_test_acc": 0.7, "kd_gain": 0.1,
+        "teacher_params": 1000, "teacher2_params": 3000, "student_params": 100, "teacher_flops": 10,
+        "teacher2_flops": 30, "student_flops": 2, "teacher_weights": [0.25, 0.75],
+        "teachers": [{"phase": "teacher", "arch": "tiny_cnn", "source": "train", "test_acc": 0.91, "params": 1000,
+                      "pretrained_test_acc": None, "finetune_epochs": 0},
+                     {"phase": "teacher2", "arch": "small_cnn", "source": "t.pt", "test_acc": 0.87, "params": 3000,
+                      "pretrained_test_acc": 0.12, "finetune_epochs": 2}]})
+    return run_id
+
+
+def test_the_summary_card_shows_each_teacher_the_ensemble_and_before_after_fine_tuning(empty_db):
+    run_id = _stored_two_teacher_run(Store())
+    at = open_page("pages/live.py")
+    at.selectbox(key="live_pick").set_value(run_id).run()
+    no_exceptions(at)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Ensemble test accuracy"].value == "93.0%"
+    assert metrics["Teacher · tiny_cnn"].value == "91.0%" and metrics["Teacher 2 · small_cnn"].value == "87.0%"
+    assert metrics["Student is smaller"].value == "40.0×"  # both teachers' parameters against the student's
+    assert "Teacher 2 · small_cnn: 12.0% before fine-tuning → 87.0% after 2 epochs" in \
+        " ".join(c.value for c in at.caption)
+
+
+def test_distributions_offer_each_teacher_and_their_ensemble_at_the_sliders_t(empty_db):
+    store = Store()
+    run_id = _stored_two_teacher_run(store)
+    logits = torch.load(store.run_dir(run_id) / "test_logits.pt", weights_only=True)
+    at = open_page("pages/distributions.py")
+    picker = at.radio(key=f"dist_teacher_{run_id}")
+    assert picker.options == ["teacher · tiny_cnn", "teacher 2 · small_cnn", "ensemble"]
+    picker.set_value("ensemble").run()
+    at.slider(key=f"dist_T_{run_id}").set_value(6.0).run()
+    no_exceptions(at)
+    idx = at.session_state[f"dist_image_{run_id}"]
+    expected = ensemble_softened([logits["teacher"][idx], logits["teacher2"][idx]], [0.25, 0.75], 6.0)
+    drawn = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert drawn["name"] == "ensemble"
+    y = drawn["y"]
+    if isinstance(y, dict):  # plotly's typed-array form of a numpy array
+        y = np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"]).tolist()
+    assert y == pytest.approx(expected.tolist(), abs=1e-6)
+    assert y != pytest.approx(softened(logits["teacher"][idx], 6.0).tolist(), abs=1e-3)
+
+
+def test_a_stored_two_teacher_run_with_method_options_fills_the_form_and_launches_the_same(empty_db, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    method = next((describe(METHODS.get(m)) for m in METHODS.names()
+                   if any(changed_option(o) is not None for o in describe(METHODS.get(m))["options"])), None)
+    if method is None:
+        pytest.skip("no registered method has options")
+    option = next(o for o in method["options"] if changed_option(o) is not None)
+    store = Store()
+    stored = build_config({**TINY, "teachers": [{"arch": "tiny_cnn", "epochs": 1}, {"arch": "small_cnn", "epochs": 2}],
+                           "distill": {"method": method["name"], "options": {option["name"]: changed_option(option)},
+                                       "teacher_weights": [2.0, 1.0]}})
+    store.finish_run(store.create_run(stored), "completed", {})
+    at = open_page("pages/new_experiment.py")
+    at.button(key="ui.fill").click().run()
+    no_exceptions(at)
+    assert at.selectbox(key="f.teachers.1.arch").value == "small_cnn"
+    assert _option_widget(at, option).value == pytest.approx(changed_option(option))
+    _launch(at)
+    launched = max(Store().list_runs(), key=lambda r: r.id).config
+    assert [t["arch"] for t in launched["teachers"]] == ["tiny_cnn", "small_cnn"]
+    assert launched["distill"]["teacher_weights"] == [2.0, 1.0]
+    assert launched["distill"]["options"] == stored.distill.options
+
+
+def test_two_teachers_that_would_train_alike_are_pointed_out(empty_db):
+    at = new_experiment_with(**{**QUICK_FORM, "f.teacher.options": ""})
+    at.button(key="ui.add_teacher").click().run()
+    assert any("would train to the same weights" in w.value for w in at.warning)
+    at.selectbox(key="f.teachers.1.arch").set_value("tiny_cnn").run()
+    assert not any("would train to the same weights" in w.value for w in at.warning)

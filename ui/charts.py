@@ -13,8 +13,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e"}
+PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e", "ensemble": "#2ca02c"}
+# teacher2, teacher3, …: greys and browns apart from the first teacher's
+_MORE_TEACHERS = ["#8c564b", "#bcbd22", "#17becf", "#9467bd", "#e377c2", "#7f7f7f"]
+# the loss terms every run can have, with their nice names; a method's own terms (train_<term>, weighted, summing
+# to train_loss) are drawn the same way, labelled by their term name
 LOSS_PARTS = {"train_loss": ("total", "solid"), "train_ce": ("CE on labels", "dot"), "train_kd": ("KD term", "dash")}
+_TERM_DASHES = ["dash", "dashdot", "longdash", "longdashdot", "dot"]
+NOT_LOSSES = {"train_acc"}  # train_* metrics that are not loss terms
 METRIC_LABELS = {"train_loss": "training loss", "train_ce": "CE on labels", "train_kd": "KD term",
                  "train_acc": "training accuracy", "val_acc": "validation accuracy",
                  "agreement": "teacher-student agreement", "images_per_s": "images per second", "lr": "learning rate"}
@@ -120,16 +126,59 @@ def _rows(history: pd.DataFrame, names: Sequence[str], prefer_steps: bool) -> pd
     return rows.sort_values("step")
 
 
+def phase_color(phase: str) -> Optional[str]:
+    """A phase's colour: teacher, student, baseline, ensemble, and one each for teacher2, teacher3, …"""
+    if phase in PHASE_COLORS:
+        return PHASE_COLORS[phase]
+    number = phase[len("teacher"):] if phase.startswith("teacher") else ""
+    return _MORE_TEACHERS[(int(number) - 2) % len(_MORE_TEACHERS)] if number.isdigit() else None
+
+
+def phase_label(phase: str) -> str:
+    """"teacher2" -> "teacher 2"; other phases as they are."""
+    number = phase[len("teacher"):] if phase.startswith("teacher") else ""
+    return f"teacher {number}" if number.isdigit() else phase
+
+
+def is_loss_term(name: str) -> bool:
+    """Whether a metric is the training loss or one of its named terms (train_<term>)."""
+    return name.startswith("train_") and name not in NOT_LOSSES
+
+
+def metric_label(name: str) -> str:
+    """A metric's name in words: the known ones' nice names, a method's loss term by its term name."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    if is_loss_term(name):
+        return f"{name.removeprefix('train_')} term"
+    return name.replace("_", " ")
+
+
+def metric_names(frame: pd.DataFrame) -> list[str]:
+    """The known metrics, then any other loss term that `frame` holds (a method's own), in a stable order."""
+    present = set(frame["name"]) if not frame.empty else set()
+    return list(METRIC_LABELS) + sorted(n for n in present if is_loss_term(n) and n not in METRIC_LABELS)
+
+
 def loss_parts(history: pd.DataFrame, uirevision=None) -> go.Figure:
-    """Each loss part per phase against the step within the phase."""
-    rows = _rows(history, list(LOSS_PARTS), prefer_steps=True)
+    """The total loss and each of its terms (CE on labels, the method's terms) per phase against the step within
+    the phase: whatever train_* terms the run logged, labelled by their term names."""
+    present = {n for n in history["name"] if is_loss_term(n)}
+    others = sorted(present - set(LOSS_PARTS))  # a method's own terms, e.g. tckd and nckd
+    names = [n for n in LOSS_PARTS if n in present] + others
+    rows = _rows(history, names, prefer_steps=True)
     if rows.empty:
         return _empty("Loss", "waiting for the first steps", uirevision)
     fig = go.Figure()
-    for (phase, name), g in rows.groupby(["phase", "name"], sort=False):
-        label, dash = LOSS_PARTS[name]
-        fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase} · {label}", mode="lines",
-                        line=dict(color=PHASE_COLORS.get(phase), dash=dash))
+    for phase in rows["phase"].unique():
+        for name in names:
+            g = rows[(rows["phase"] == phase) & (rows["name"] == name)]
+            if g.empty:
+                continue
+            label, dash = LOSS_PARTS.get(name) or (name.removeprefix("train_"),
+                                                   _TERM_DASHES[others.index(name) % len(_TERM_DASHES)])
+            fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase_label(phase)} · {label}", mode="lines",
+                            line=dict(color=phase_color(phase), dash=dash))
     return _style(fig, "Loss parts", uirevision, x="step (within phase)", y="loss")
 
 
@@ -142,8 +191,8 @@ def accuracy(history: pd.DataFrame, uirevision=None) -> go.Figure:
     fig = go.Figure()
     for rows, label, dash, mode in ((train, "train", "dot", "lines"), (val, "val", "solid", "lines+markers")):
         for phase, g in rows.groupby("phase", sort=False):
-            fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase} · {label}", mode=mode,
-                            line=dict(color=PHASE_COLORS.get(phase), dash=dash), marker=dict(size=5))
+            fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase_label(phase)} · {label}", mode=mode,
+                            line=dict(color=phase_color(phase), dash=dash), marker=dict(size=5))
     fig.update_yaxes(**_fraction_axis(pd.concat([train["value"], val["value"]])))
     return _style(fig, "Accuracy", uirevision, x="step (within phase)")
 
@@ -156,24 +205,24 @@ def agreement(history: pd.DataFrame, uirevision=None) -> go.Figure:
     fig = go.Figure()
     for phase, g in rows.groupby("phase", sort=False):
         fig.add_scatter(x=g["epoch"], y=g["value"], name=phase, mode="lines+markers",
-                        line=dict(color=PHASE_COLORS.get(phase)))
+                        line=dict(color=phase_color(phase)))
     fig.update_yaxes(**_fraction_axis(rows["value"]))
     return _style(fig, "Teacher-student agreement (validation)", uirevision, x="epoch")
 
 
 def all_curves(history: pd.DataFrame, uirevision=None) -> list[go.Figure]:
-    """One small chart per stored metric, phases overlaid, against the epoch."""
+    """One small chart per stored metric (a method's own loss terms too), phases overlaid, against the epoch."""
     figures = []
     epochs = history[history["kind"] == "epoch"]
-    for name in [n for n in METRIC_LABELS if n in set(epochs["name"])]:
+    for name in [n for n in metric_names(epochs) if n in set(epochs["name"])]:
         fig = go.Figure()
         curves = epochs[epochs["name"] == name]
         for phase, g in curves.groupby("phase", sort=False):
-            fig.add_scatter(x=g["epoch"], y=g["value"], name=phase, mode="lines",
-                            line=dict(color=PHASE_COLORS.get(phase)))
+            fig.add_scatter(x=g["epoch"], y=g["value"], name=phase_label(phase), mode="lines",
+                            line=dict(color=phase_color(phase)))
         if name in FRACTIONS:
             fig.update_yaxes(**_fraction_axis(curves["value"], _bounds(name)))
-        figures.append(_style(fig, METRIC_LABELS[name], uirevision, height=260, x="epoch"))
+        figures.append(_style(fig, metric_label(name), uirevision, height=260, x="epoch"))
     return figures
 
 
@@ -182,17 +231,18 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
     """One line per selected run and phase for `metric` against the epoch, EMA-smoothed by `smoothing` in [0, 1)."""
     rows = frame[(frame["kind"] == "epoch") & (frame["name"] == metric) & frame["phase"].isin(phases)]
     if rows.empty:
-        return _empty(METRIC_LABELS.get(metric, metric), "no such curve in the selected runs", uirevision)
+        return _empty(metric_label(metric), "no such curve in the selected runs", uirevision)
     fig = go.Figure()
     dashes = {"student": "solid", "baseline": "dash", "teacher": "dot"}
     for (run_id, phase), g in rows.sort_values("epoch").groupby(["run_id", "phase"], sort=False):
         y = g["value"].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else g["value"]
-        fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase}",
-                        legendgroup=str(run_id), line=dict(dash=dashes.get(phase, "solid")))
+        dash = dashes.get(phase, "dot" if phase.startswith("teacher") else "solid")  # teacher2, … as the teacher
+        fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase_label(phase)}",
+                        legendgroup=str(run_id), line=dict(dash=dash))
     if metric in FRACTIONS:
         # smoothing stays within the raw values' range, so the raw values bound the axis
         fig.update_yaxes(**_fraction_axis(rows["value"], _bounds(metric)))
-    return _style(fig, METRIC_LABELS.get(metric, metric), uirevision, height=380, x="epoch")
+    return _style(fig, metric_label(metric), uirevision, height=380, x="epoch")
 
 
 def accuracy_bars(runs: pd.DataFrame, labels: dict[int, str]) -> go.Figure:
@@ -415,7 +465,7 @@ def averaged_curves(frame: pd.DataFrame, metric: str, phases: Sequence[str] = ("
                     uirevision=None) -> go.Figure:
     """`metric` against the epoch averaged over several runs: per phase the mean as a line, with a band of
     ± one standard deviation, or the min-max range when fewer than 3 runs (the legend says which)."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric)
     title = f"{label}, mean over runs"
     if frame.empty:
         return _empty(title, "no curves in these runs", uirevision)
@@ -443,7 +493,7 @@ def averaged_curves(frame: pd.DataFrame, metric: str, phases: Sequence[str] = ("
         if fraction:  # a band of accuracies cannot leave [0, 1]
             low, high = low.clip(*bounds), high.clip(*bounds)
         epochs = wide.index.to_numpy()
-        color = PHASE_COLORS.get(phase, "#444444")
+        color = phase_color(phase) or "#444444"
         fig.add_scatter(x=np.concatenate([epochs, epochs[::-1]]), y=np.concatenate([high, low[::-1]]),
                         fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
                         name=f"{phase} · {band}", legendgroup=phase)
@@ -473,7 +523,7 @@ def confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> go.Figu
 def per_class(accuracies: dict[str, np.ndarray], class_names: Sequence[str]) -> go.Figure:
     fig = go.Figure()
     for model, acc in accuracies.items():
-        fig.add_bar(x=list(class_names), y=acc, name=model, marker_color=PHASE_COLORS.get(model))
+        fig.add_bar(x=list(class_names), y=acc, name=phase_label(model), marker_color=phase_color(model))
     values = [np.asarray(acc, dtype=float).ravel() for acc in accuracies.values()]
     fig.update_yaxes(**_fraction_axis(np.concatenate(values) if values else [], include_zero=True))
     fig.update_xaxes(type="category")
@@ -482,10 +532,12 @@ def per_class(accuracies: dict[str, np.ndarray], class_names: Sequence[str]) -> 
 
 
 def distributions(teacher: np.ndarray, student: np.ndarray, class_names: Sequence[str], temperature: float,
-                  uirevision=None) -> go.Figure:
-    """The teacher's and the student's softened distributions for one image, as grouped bars."""
+                  uirevision=None, teacher_phase: str = "teacher") -> go.Figure:
+    """The teacher's (or `teacher_phase`'s: teacher2, the ensemble) and the student's softened distributions for
+    one image, as grouped bars."""
     fig = go.Figure()
-    fig.add_bar(x=list(class_names), y=teacher, name="teacher", marker_color=PHASE_COLORS["teacher"])
+    fig.add_bar(x=list(class_names), y=teacher, name=phase_label(teacher_phase),
+                marker_color=phase_color(teacher_phase) or PHASE_COLORS["teacher"])
     fig.add_bar(x=list(class_names), y=student, name="student", marker_color=PHASE_COLORS["student"])
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
@@ -493,20 +545,25 @@ def distributions(teacher: np.ndarray, student: np.ndarray, class_names: Sequenc
     return _style(fig, f"softmax(z / T) at T = {temperature:g}", uirevision, height=340, x="class")
 
 
-def temperature_curves(curves: pd.DataFrame, temperature: Optional[float] = None) -> go.Figure:
-    """KL(teacher || student) and entropies against T, with the chosen T marked."""
+def temperature_curves(curves: pd.DataFrame, temperature: Optional[float] = None,
+                       teacher_phase: str = "teacher") -> go.Figure:
+    """KL(teacher || student) and entropies against T, with the chosen T marked; the legend names
+    `teacher_phase` (teacher 2, ensemble) where the columns say teacher."""
     fig = go.Figure()
-    styles = {"KL(teacher || student)": ("#d62728", "solid"), "teacher entropy": (PHASE_COLORS["teacher"], "solid"),
+    styles = {"KL(teacher || student)": ("#d62728", "solid"),
+              "teacher entropy": (phase_color(teacher_phase) or PHASE_COLORS["teacher"], "solid"),
               "student entropy": (PHASE_COLORS["student"], "dot")}
     for column, (color, dash) in styles.items():
-        fig.add_scatter(x=curves["T"], y=curves[column], name=column, mode="lines", line=dict(color=color, dash=dash))
+        fig.add_scatter(x=curves["T"], y=curves[column], name=column.replace("teacher", phase_label(teacher_phase)),
+                        mode="lines", line=dict(color=color, dash=dash))
     if temperature is not None:
         fig.add_vline(x=temperature, line=dict(color="black", dash="dash", width=1))
     return _style(fig, "Over the test set, against T", "temperature-curves", height=340, x="temperature T", y="nats")
 
 
-def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: float) -> go.Figure:
-    """The teacher's mean softened probabilities per true class ("dark knowledge")."""
+def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: float,
+               teacher_phase: str = "teacher") -> go.Figure:
+    """The teacher's (or `teacher_phase`'s) mean softened probabilities per true class ("dark knowledge")."""
     k = len(class_names)
     # labels formatted from z by plotly: a text array of float32 printed as 0.20000000298023224
     fig = go.Figure(go.Heatmap(z=matrix, x=list(class_names), y=list(class_names), colorscale=MAGMA, zmin=0,
@@ -515,5 +572,6 @@ def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: floa
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
     fig.update_layout(hovermode="closest")
-    return _style(fig, f"Teacher's class similarity at T = {temperature:g}", None, height=420,
+    who = "The ensemble" if teacher_phase == "ensemble" else phase_label(teacher_phase).capitalize()
+    return _style(fig, f"{who}'s class similarity at T = {temperature:g}", None, height=420,
                   x="probability given to class", y="true class")

@@ -2,10 +2,13 @@
 
 A widget for config key `train.lr` has the session key "f.train.lr", so a stored
 run's config fills the form key by key, and a ConfigError naming `train.lr`
-lands in the slot placed under that widget.
+lands in the slot placed under that widget. The first teacher's widgets are keyed
+`teacher.*` and the others' `teachers.<i>.*` (i from 1); a method's options
+`distill.options.<name>`, drawn from the method's declaration (kdcore.distill.describe).
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Optional
 
@@ -17,8 +20,12 @@ from kdcore.config import ConfigError, RunConfig, build_config
 PREFIX = "f."
 BASE = "f.base"
 T_RANGE = (1.0, 20.0)  # the temperature slider's range
+TEACHERS = "ui.teachers"  # how many teachers the form shows
+COMBINE = "ui.combine"  # several teachers: "average" (equal weights) or "weights" (one number each)
+OPTIONS_OF = "ui.options_of"  # the method whose options the f.distill.options.* keys hold
+STUDENT_START = "ui.student_start"  # "scratch", "run" or "checkpoint"
 # config keys whose widget shows a different form of the value: lists and dicts as text
-_AS_TEXT = {"tags", "train.milestones", "teacher.options", "student.options"}
+_AS_TEXT = re.compile(r"tags|train\.milestones|(teacher|teachers\.\d+|student)\.options")
 _SECTIONS = "|".join(re.escape(k) for k in RunConfig.model_fields) + r"|\(config\)"
 _ERROR_SPLIT = re.compile(rf"; (?=(?:{_SECTIONS})(?:\.[\w.]+)?: )")
 
@@ -28,7 +35,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and path not in _AS_TEXT:
+        if isinstance(value, dict) and not _AS_TEXT.fullmatch(path):
             flat.update(flatten(value, path + "."))
         else:
             flat[path] = value
@@ -52,7 +59,7 @@ def _as_widget_value(path: str, value: Any) -> Any:
         return ", ".join(str(v) for v in value or [])
     if path.endswith(".options"):
         return yaml.safe_dump(value, default_flow_style=True).strip() if value else ""
-    if path in ("dataset.root", "teacher.checkpoint"):
+    if path == "dataset.root" or path.endswith(".checkpoint"):
         return value or ""
     if path == "distill.temperature":
         return min(max(float(value), T_RANGE[0]), T_RANGE[1])
@@ -64,20 +71,155 @@ def base() -> dict:
     return st.session_state[BASE]
 
 
+def _teacher_list(config: dict) -> list[dict]:
+    return list(config.get("teachers") or []) or [config.get("teacher") or {}]
+
+
+def widget_values(config: dict) -> dict[str, Any]:
+    """Session key -> widget value for a config: the first teacher as `teacher.*`, the others as
+    `teachers.<i>.*`, teacher weights one key each, and the form's own choices (how many teachers,
+    how they combine, where the student starts)."""
+    config = dict(config)
+    teachers = _teacher_list(config)
+    config.pop("teachers", None)
+    config["teacher"] = teachers[0]
+    distill = dict(config.get("distill") or {})
+    weights = distill.pop("teacher_weights", None)
+    config["distill"] = distill
+    flat = flatten(config)
+    for i, teacher in enumerate(teachers[1:], 1):
+        flat.update(flatten(teacher, f"teachers.{i}."))
+    for i, weight in enumerate(weights or []):
+        flat[f"distill.teacher_weights.{i}"] = float(weight)
+    values = {key(path): _as_widget_value(path, value) for path, value in flat.items()}
+    for i, teacher in enumerate(teachers):
+        values[finetune_key(i)] = bool(teacher.get("finetune_epochs"))
+    values.update({TEACHERS: len(teachers), COMBINE: "weights" if weights else "average",
+                   OPTIONS_OF: distill.get("method", "soft"),
+                   STUDENT_START: "checkpoint" if (config.get("student") or {}).get("checkpoint") else "scratch"})
+    return values
+
+
+def teacher_prefix(i: int) -> str:
+    """The config path of teacher i's widgets (0-based): `teacher` for the first, `teachers.<i>` for the others."""
+    return "teacher" if i == 0 else f"teachers.{i}"
+
+
+def finetune_key(i: int) -> str:
+    return "ui.finetune" if i == 0 else f"ui.finetune.{i}"
+
+
+def teacher_base(i: int) -> dict[str, Any]:
+    """Teacher i's values in the base config (fields without a widget keep them), flat; {} for a new one."""
+    teachers = _teacher_list(base())
+    return flatten(teachers[i]) if i < len(teachers) else {}
+
+
+def base_values() -> dict[str, Any]:
+    """The base config flattened, without what the form rebuilds from its widgets: the teachers, their
+    weights and the method's options (a previous method's would be refused as unknown)."""
+    flat = flatten(base())
+    rebuilt = ("teachers", "distill.teacher_weights")
+    return {path: value for path, value in flat.items()
+            if not path.startswith(("teacher.", "distill.options.")) and path not in rebuilt}
+
+
+def _drop_method_options() -> None:
+    for name in [k for k in st.session_state if str(k).startswith(key("distill.options."))]:
+        del st.session_state[name]
+
+
 def start_from(config: dict) -> None:
     """Puts a config's values into the form's widgets; call from a callback, before they render."""
     config = {**config, "name": "", "group": None}  # a new run, not a member of the old one's sweep
     st.session_state[BASE] = config
-    for path, value in flatten(config).items():
-        st.session_state[key(path)] = _as_widget_value(path, value)
+    _drop_method_options()
+    for name, value in widget_values(config).items():
+        st.session_state[name] = value
 
 
 def ensure_defaults(default: RunConfig) -> None:
     """Gives every widget its value from the base config, unless the user has set it in this visit."""
     if BASE not in st.session_state:
         st.session_state[BASE] = default.model_dump(mode="json")
-    for path, value in flatten(base()).items():
-        st.session_state.setdefault(key(path), _as_widget_value(path, value))
+    shown = st.session_state.get(OPTIONS_OF)
+    for name, value in widget_values(base()).items():
+        if name.startswith(key("distill.options.")) and shown not in (None, base()["distill"]["method"]):
+            continue  # the form shows another method's options now
+        st.session_state.setdefault(name, value)
+
+
+def method_options(method: dict) -> None:
+    """Makes the option widgets hold `method`'s values: on a switch of method, its declared defaults.
+
+    Args:
+        method: the method's declaration, as kdcore.distill.describe gives it.
+    """
+    if st.session_state.get(OPTIONS_OF) == method["name"]:
+        return
+    _drop_method_options()
+    for option in method["options"]:
+        st.session_state[key(f"distill.options.{option['name']}")] = _option_value(option, option["default"])
+    st.session_state[OPTIONS_OF] = method["name"]
+
+
+def _option_value(option: dict, value: Any) -> Any:
+    kind = option.get("type")
+    if "enum" in option or kind in ("boolean", "string"):
+        return value
+    if kind == "number":
+        return float(value)
+    if kind == "integer":
+        return int(value)
+    return "" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _step(option: dict) -> float:
+    """A step of about a tenth of the default's order of magnitude, and at most a twentieth of the range."""
+    default = abs(float(option.get("default") or 0.0))
+    step = 10.0 ** math.floor(math.log10(default)) / 10 if default > 0 else 0.1
+    low = option.get("minimum", option.get("exclusiveMinimum"))
+    high = option.get("maximum", option.get("exclusiveMaximum"))
+    if low is not None and high is not None and high > low:
+        step = min(step, (high - low) / 20)
+    return step
+
+
+def option_input(option: dict) -> Any:
+    """One method option as a widget drawn from its declaration; returns its value for the config.
+
+    Numbers get the declared bounds (an exclusive bound is enforced by validation, whose message shows
+    beside the options), booleans a toggle, a fixed set of values a selectbox, text a text input; any other
+    type is typed as YAML.
+    """
+    name, help_ = option["name"], option.get("help") or None
+    widget_key = key(f"distill.options.{name}")
+    kind = option.get("type")
+    if "enum" in option:
+        return st.selectbox(name, option["enum"], key=widget_key, help=help_)
+    if kind == "boolean":
+        return st.toggle(name, key=widget_key, help=help_)
+    if kind in ("number", "integer"):
+        cast = float if kind == "number" else int
+        low = option.get("minimum", option.get("exclusiveMinimum"))
+        high = option.get("maximum", option.get("exclusiveMaximum"))
+        if kind == "integer":  # an exclusive integer bound is the next whole number
+            low = low + 1 if "minimum" not in option and low is not None else low
+            high = high - 1 if "maximum" not in option and high is not None else high
+        current = st.session_state.get(widget_key)
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            st.session_state[widget_key] = cast(current)  # int and float arguments cannot be mixed
+        return st.number_input(name, min_value=None if low is None else cast(low),
+                               max_value=None if high is None else cast(high),
+                               step=cast(_step(option)) if kind == "number" else 1,
+                               format="%g" if kind == "number" else "%d", key=widget_key, help=help_)
+    if kind == "string":
+        return st.text_input(name, key=widget_key, help=help_)
+    typed = st.text_input(f"{name} (YAML)", key=widget_key, help=help_)
+    try:
+        return yaml.safe_load(typed) if typed.strip() else None
+    except yaml.YAMLError:
+        return typed  # validation names the option and says what it takes
 
 
 def key(path: str) -> str:

@@ -4,19 +4,53 @@ from __future__ import annotations
 import streamlit as st
 
 from kdcore.stats import describe_paired
-from ui import state, text
+from ui import charts, state, text
+
+
+def teachers_of(summary: dict) -> list[dict]:
+    """The run's teachers as the summary lists them ({phase, arch, source, test_acc, params,
+    pretrained_test_acc, finetune_epochs}); for a summary without the list, its teacher keys."""
+    listed = [t for t in summary.get("teachers") or [] if isinstance(t, dict)]
+    if listed:
+        return listed
+    numbered = [k.removesuffix("_test_acc") for k in summary if k.endswith("_test_acc")]
+    phases = sorted((p for p in numbered if p == "teacher" or p.startswith("teacher") and p[len("teacher"):].isdigit()),
+                    key=lambda p: int(p[len("teacher"):] or 1))
+    return [{"phase": p, "test_acc": summary.get(f"{p}_test_acc"), "params": summary.get(f"{p}_params"),
+             "pretrained_test_acc": summary.get(f"{p}_pretrained_test_acc")} for p in phases]
+
+
+def _teachers_total(summary: dict, teachers: list[dict], what: str):
+    """The teachers' parameters or FLOPs together (the run's cost of teaching); None when one is unknown."""
+    values = [summary.get(f"{t.get('phase')}_{what}") for t in teachers] or [summary.get(f"teacher_{what}")]
+    return None if any(text.missing(v) for v in values) else sum(values)
 
 
 def summary_card(summary: dict) -> None:
-    """Test accuracies, the KD gain with its interval in words, and how much smaller and cheaper the student is."""
+    """Test accuracies, the KD gain with its interval in words, and how much smaller and cheaper the student is.
+
+    With several teachers the first number is their ensemble's, and a row below gives each teacher's; a
+    fine-tuned teacher shows its accuracy before and after fine-tuning on this dataset.
+    """
     if not summary or "student_test_acc" not in summary:
         return
     gain = summary.get("kd_gain")
     ci = summary.get("kd_gain_ci95") or (None, None)
+    teachers = teachers_of(summary)
+    several = len(teachers) > 1
+    t_params, t_flops = _teachers_total(summary, teachers, "params"), _teachers_total(summary, teachers, "flops")
+    whose = f"the {len(teachers)} teachers' together" if several else "the teacher's"
     cols = st.columns(6)
-    cols[0].metric("Teacher test accuracy", text.pct(summary.get("teacher_test_acc")),
-                   help=f"Trained by run #{summary['teacher_from_run']} of this group and reused here"
-                   if "teacher_from_run" in summary else None)
+    if several:
+        weights = summary.get("teacher_weights")
+        cols[0].metric("Ensemble test accuracy", text.pct(summary.get("ensemble_test_acc")),
+                       help=f"The {len(teachers)} teachers' softened probabilities averaged "
+                            + ("with weights " + ", ".join(f"{w:.2f}" for w in weights) if weights else "equally")
+                            + ": what the student learned from")
+    else:
+        cols[0].metric("Teacher test accuracy", text.pct(summary.get("teacher_test_acc")),
+                       help=f"Trained by run #{summary['teacher_from_run']} of this group and reused here"
+                       if "teacher_from_run" in summary else None)
     cols[1].metric("Student test accuracy", text.pct(summary.get("student_test_acc")),
                    delta=None if text.missing(gain) else f"{text.points(gain)} vs baseline")
     cols[2].metric("Baseline test accuracy", text.pct(summary.get("baseline_test_acc")),
@@ -25,14 +59,39 @@ def summary_card(summary: dict) -> None:
                       else ""))
     cols[3].metric("KD gain", text.points(gain), help="Student minus baseline test accuracy, in percentage points; "
                    f"95% interval {text.points_range(*ci)}")
-    cols[4].metric("Student is smaller", text.ratio(summary.get("teacher_params"), summary.get("student_params")),
-                   help=f"{text.compact(summary.get('student_params'))} parameters against the teacher's "
-                        f"{text.compact(summary.get('teacher_params'))}")
-    cols[5].metric("Student is cheaper", text.ratio(summary.get("teacher_flops"), summary.get("student_flops")),
-                   help=f"{text.compact(summary.get('student_flops'), 'FLOPs')} per image against the teacher's "
-                        f"{text.compact(summary.get('teacher_flops'), 'FLOPs')}")
+    cols[4].metric("Student is smaller", text.ratio(t_params, summary.get("student_params")),
+                   help=f"{text.compact(summary.get('student_params'))} parameters against {whose} "
+                        f"{text.compact(t_params)}")
+    cols[5].metric("Student is cheaper", text.ratio(t_flops, summary.get("student_flops")),
+                   help=f"{text.compact(summary.get('student_flops'), 'FLOPs')} per image against {whose} "
+                        f"{text.compact(t_flops, 'FLOPs')}")
+    finetuned = [t for t in teachers if not text.missing(t.get("pretrained_test_acc"))]
+    if several or finetuned:
+        teacher_row(teachers)
     if not text.missing(gain):
         gain_verdict(summary)
+
+
+def teacher_row(teachers: list[dict]) -> None:
+    """Each teacher's test accuracy; a fine-tuned one's as before → after fine-tuning on this dataset."""
+    cols = st.columns(max(len(teachers), 3))
+    lines = []
+    for col, t in zip(cols, teachers):
+        name = charts.phase_label(t.get("phase", "teacher")).capitalize()
+        label = name + (f" · {t['arch']}" if t.get("arch") else "")
+        before, after = t.get("pretrained_test_acc"), t.get("test_acc")
+        tuned = not text.missing(before)
+        source = t.get("source")
+        gained = f"{text.points(after - before)} from fine-tuning" if tuned and not text.missing(after) else None
+        col.metric(label, text.pct(after), delta=gained,
+                   help=(f"Weights from {source}. " if source else "")
+                   + (f"Before fine-tuning on this dataset {text.pct(before)}, after {text.pct(after)}" if tuned else ""))
+        if tuned:
+            epochs = t.get("finetune_epochs")
+            lines.append(f"{label}: {text.pct(before)} before fine-tuning → {text.pct(after)} after"
+                         + (f" {epochs} epoch{'s' if epochs != 1 else ''} on this dataset" if epochs else ""))
+    if lines:
+        st.caption("Fine-tuned on this dataset before teaching: " + "; ".join(lines) + ".")
 
 
 def gain_verdict(summary: dict) -> None:

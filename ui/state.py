@@ -18,6 +18,7 @@ import streamlit as st
 import torch
 
 from kdcore.analysis import entropy_vs_temperature, kl_vs_temperature
+from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
@@ -187,7 +188,7 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
 
 @_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
-    """{"labels", "teacher", "student", "baseline"?} test-set tensors of a run, or None if not saved."""
+    """{"labels", "teacher", "teacher2"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
     path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
     return _test_logits(str(path), _stamp(path))
 
@@ -197,24 +198,59 @@ def has_test_logits(run_id: int) -> bool:
     return (store().run_dir(int(run_id)) / TEST_LOGITS_FILE).is_file()
 
 
+ENSEMBLE = "ensemble"
+
+
+def teacher_phases(logits: dict) -> list[str]:
+    """The teachers whose test logits a run stored, in order ("teacher", "teacher2", …), then "ensemble" when
+    there are several (computed from theirs, not read)."""
+    found = [k for k in logits if k == "teacher" or (k.startswith("teacher") and k[len("teacher"):].isdigit())]
+    found.sort(key=lambda k: int(k[len("teacher"):] or 1))
+    return found + ([ENSEMBLE] if len(found) > 1 else [])
+
+
+def teacher_logits_at(logits: dict, phase: str, temperature: float,
+                      weights: Optional[list[float]] = None) -> torch.Tensor:
+    """Logits whose softmax at `temperature` is the distribution `phase` passes on.
+
+    A single teacher's are its own. The ensemble's are T · log of the teachers' softened probabilities
+    averaged with `weights` (kdcore.losses.ensemble_softened) at this T, as training combines them, so
+    every function that softens logits at T (KL, entropy, class similarity) sees exactly that average.
+    """
+    if phase != ENSEMBLE:
+        return logits[phase]
+    each = [logits[p] for p in teacher_phases(logits) if p != ENSEMBLE]
+    probs = ensemble_softened(each, weights, temperature)
+    return temperature * probs.clamp_min(1e-30).log()
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def _temperature_curves(path: str, mtime: float) -> Optional[pd.DataFrame]:
+def _temperature_curves(path: str, mtime: float, phase: str,
+                        weights: Optional[tuple[float, ...]]) -> Optional[pd.DataFrame]:
     logits = _test_logits(path, mtime)
     if logits is None:
         return None
+    student = logits["student"]
+    kl, ent = [], []
+    for t in CURVE_TEMPERATURES:  # the ensemble differs at each T, so it is rebuilt for each
+        teacher = teacher_logits_at(logits, phase, t, list(weights) if weights else None)
+        kl.append(kl_vs_temperature(teacher, student, [t])[0].item())
+        ent.append(entropy_vs_temperature(teacher, [t])[0].item())
     return pd.DataFrame({
         "T": CURVE_TEMPERATURES,
-        "KL(teacher || student)": kl_vs_temperature(logits["teacher"], logits["student"], CURVE_TEMPERATURES).numpy(),
-        "teacher entropy": entropy_vs_temperature(logits["teacher"], CURVE_TEMPERATURES).numpy(),
-        "student entropy": entropy_vs_temperature(logits["student"], CURVE_TEMPERATURES).numpy(),
+        "KL(teacher || student)": kl,
+        "teacher entropy": ent,
+        "student entropy": entropy_vs_temperature(student, CURVE_TEMPERATURES).numpy(),
     })
 
 
 @_shows_store_faults
-def temperature_curves(run_id: int) -> Optional[pd.DataFrame]:
-    """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20."""
+def temperature_curves(run_id: int, phase: str = "teacher",
+                       weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
+    """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
+    ("teacher", "teacher2", … or "ensemble", whose teachers are averaged with `weights`)."""
     path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
-    return _temperature_curves(str(path), _stamp(path))
+    return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
 
 
 @_shows_store_faults
@@ -255,29 +291,44 @@ def model_profile(arch: str, num_classes: int, in_channels: int, image_size: int
     return profile(arch, num_classes, in_channels, image_size, **json.loads(options_json))
 
 
+@st.cache_data(show_spinner=False)
+def methods() -> dict[str, dict]:
+    """Every registered distillation method's declaration by name (kdcore.distill.describe): title, formula,
+    options with their types, bounds, defaults and help, whether it uses T."""
+    from kdcore.distill import describe_methods
+
+    return {m["name"]: m for m in describe_methods()}
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _checkpoint_problem(path: str, mtime: float, arch: str, num_classes: Optional[int], in_channels: int,
-                        image_size: int, options_json: str) -> Optional[str]:
-    from kdcore.engine.checkpoint import CheckpointError, load_model_from_checkpoint, read_checkpoint
+                        image_size: int, options_json: str, new_head: bool, role: str) -> Optional[str]:
+    from kdcore.engine.checkpoint import CheckpointError, load_pretrained, read_checkpoint
 
     options = json.loads(options_json)
     try:
         if num_classes is None:  # classes not known before loading (imagefolder): take the file's own
             num_classes = read_checkpoint(path).get("num_classes") or 10
-        load_model_from_checkpoint(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
-                                   image_size=image_size, options=options or None)
+        load_pretrained(path, arch=arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                        options=options or None, new_head=new_head, role=role)
     except CheckpointError as err:
         return str(err)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        return f"the teacher cannot be built from it: {err}"
+        return f"the {role} cannot be built from it: {err}"
     return None
 
 
 def checkpoint_problem(path: Path, arch: str, num_classes: Optional[int], in_channels: int, image_size: int,
-                       options: dict) -> Optional[str]:
-    """Why a teacher checkpoint cannot serve as `arch` for this data, in words; None if it can."""
+                       options: dict, *, new_head: bool = False, role: str = "teacher") -> Optional[str]:
+    """Why a checkpoint cannot serve as `arch` for this data, in words; None if it can.
+
+    Args:
+        new_head: the run gives the model a new classifier when the file's class count differs (a fine-tuned
+            teacher, a student started from these weights), so only the rest of the weights must fit.
+        role: "teacher" or "student", for the messages.
+    """
     return _checkpoint_problem(str(path), _stamp(Path(path)), arch, num_classes, in_channels, image_size,
-                               json.dumps(options, sort_keys=True))
+                               json.dumps(options, sort_keys=True), new_head, role)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 STATUS_ICONS = {"queued": "⏳", "running": "▶️", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
@@ -76,3 +77,65 @@ def traceback_of(error: Optional[str]) -> str:
 
 def run_label(run_id: int, name: str, status: str) -> str:
     return f"#{run_id} {STATUS_ICONS.get(status, '')} {name}"
+
+
+def number(value) -> str:
+    """A config value as a reader writes it: 8.0 -> '8', 0.0833333 -> '0.0833', True -> 'on'."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def method_line(config: dict, method: str) -> str:
+    """The run's method with its options: 'dkd (tckd_weight 1, nckd_weight 8, warmup 0.0833)'."""
+    options = ((config or {}).get("distill") or {}).get("options") or {}
+    if not isinstance(options, dict) or not options:
+        return method
+    return f"{method} ({', '.join(f'{k} {number(v)}' for k, v in options.items())})"
+
+
+def teachers_line(config: dict, first_arch: str) -> str:
+    """The run's teacher architectures, 'resnet20' or 'resnet20 + vgg8 (2 teachers)'; fine-tuned ones marked."""
+    teachers = [t for t in (config or {}).get("teachers") or [] if isinstance(t, dict)]
+    if not teachers:
+        teacher = (config or {}).get("teacher")
+        teachers = [teacher] if isinstance(teacher, dict) else [{"arch": first_arch}]
+    names = [f"{t.get('arch', '?')}" + (" fine-tuned" if t.get("finetune_epochs") else "") for t in teachers]
+    return " + ".join(names) + (f" ({len(names)} teachers)" if len(names) > 1 else "")
+
+
+_TERM = re.compile(r"\\mathcal\{L\}_\{(\w+)\}\s*=")
+_T_SQUARED = re.compile(r"(?<![\\A-Za-z])T\^(?:2|\{2\})")
+_T = re.compile(r"(?<![\\A-Za-z])T(?![A-Za-z])")
+
+
+def formula_terms(formula: str) -> list[str]:
+    """The terms a method's LaTeX formula defines, from its `\\mathcal{L}_{name} =` parts: ['tckd', 'nckd']."""
+    return _TERM.findall(formula)
+
+
+def at_temperature(latex: str, temperature: float) -> str:
+    """LaTeX with the symbol T replaced by its value (T² by its square); commands like \\Theta stay."""
+    latex = _T_SQUARED.sub(f"{temperature * temperature:g}", latex)
+    return _T.sub(f"{temperature:g}", latex)
+
+
+def loss_latex(method: str, formula: str, temperature: float, alpha: float, uses_temperature: bool) -> list[str]:
+    """The loss of a run as LaTeX lines: (1-α)·CE + α·(the method's terms), symbolic and with α's value; the
+    method's own formula; and that formula at this T, when the method uses T."""
+    terms = formula_terms(formula)
+    name = method.replace("_", r"\_")
+    symbol = " + ".join(rf"\mathcal{{L}}_{{{t}}}" for t in terms) or rf"\mathcal{{L}}_{{\mathrm{{{name}}}}}"
+    grouped = rf"\big({symbol}\big)" if len(terms) > 1 else symbol
+    ce = r"\mathrm{CE}\big(y,\ \sigma(z_s)\big)"
+    lines = [rf"\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,{ce} + \alpha\,{grouped}\\"
+             rf"&= {1 - alpha:.2f}\,{ce} + {alpha:.2f}\,{grouped}\end{{aligned}}"]
+    own = formula if terms else rf"\mathcal{{L}}_{{\mathrm{{{name}}}}} = {formula}"
+    lines.append(own)
+    if uses_temperature:
+        valued = at_temperature(own, temperature)
+        if valued != own:
+            lines.append(rf"\text{{at }} T = {temperature:g}:\quad {valued}")
+    return lines
