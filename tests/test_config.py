@@ -71,7 +71,7 @@ def _ok(tmp_path):
 def test_every_example_config_is_valid():
     from pathlib import Path
 
-    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))  # recipes/ too
     assert examples, "examples/ holds no configs"
     for path in examples:
         load_config(path)
