@@ -11,7 +11,8 @@ from kdcore.analysis import class_similarity, confusion_matrix
 from kdcore.data import DatasetError
 from kdcore.losses import entropy, softened
 from kdcore.store import DAMAGED_LABEL
-from ui import charts, form, images, parts, state, text
+from kdcore import charts, text
+from ui import form, images, parts, state
 
 PAGE_SIZE = 16
 MAX_BARS = 20  # classes shown for one image: the teacher's most likely ones

@@ -9,7 +9,8 @@ from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
 from kdcore.experiments import expand, parse_seeds
 from kdcore.models import MODELS, describe_model
-from ui import form, state, text, uploads
+from kdcore import text
+from ui import form, state, uploads
 
 SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "checkpoint": "An uploaded checkpoint"}
 START_LABELS = {"scratch": "From scratch", "run": "A stored run's student", "checkpoint": "An uploaded checkpoint"}

@@ -12,7 +12,8 @@ import streamlit as st
 from kdcore.analysis import confusion_matrix, per_class_accuracy
 from kdcore.export import to_torchscript
 from kdcore.jobs import resumable
-from ui import charts, form, parts, state, text
+from kdcore import charts, text
+from ui import form, parts, state
 
 COLUMNS = {
     "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),

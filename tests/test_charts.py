@@ -1,4 +1,4 @@
-"""The Plotly builders in ui/charts.py on small made-up frames: what a reader of each chart relies on."""
+"""The Plotly builders in kdcore/charts.py on small made-up frames: what a reader of each chart relies on."""
 import sys
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's own packages, as `streamlit run` sees them
 
-from ui import charts  # noqa: E402
+from kdcore import charts  # noqa: E402
 
 
 def _run(t, a, gain, low=np.nan, high=np.nan, status="completed", baseline=0.90):

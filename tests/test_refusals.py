@@ -27,7 +27,7 @@ from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import Store  # noqa: E402
 from tests.helpers import errors, new_experiment_with, no_exceptions  # noqa: E402
-from ui import text  # noqa: E402
+from kdcore import text  # noqa: E402
 from ui.uploads import UploadError, extract_zip  # noqa: E402
 
 DIGITS = str(ROOT / "examples" / "digits.yaml")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from kdcore.stats import describe_paired
-from ui import charts, state, text
+from kdcore import charts, text
+from ui import state
 
 
 def teachers_of(summary: dict) -> list[dict]:

@@ -24,7 +24,7 @@ from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager, get_manager
 from kdcore.store import ACTIVE, DAMAGED_LABEL, Run, RunNotFound, Store, StoreError, default_url
-from ui import text
+from kdcore import text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"

@@ -1,4 +1,4 @@
-"""Plotly figure builders. Pure: data in, figure out; no Streamlit calls.
+"""Plotly figure builders, shared by the dashboard and the report. Pure: data in, figure out; no Streamlit.
 
 Metric frames have the store's columns: (run_id,) phase, kind, step, epoch, name, value.
 `uirevision` keeps a user's zoom and legend choices while the data under a chart refreshes.
