@@ -294,7 +294,8 @@ def test_dataset_status_each():
     assert not dataset_status("no_such_dataset").ready
     if SHARED_DATA.is_dir():
         s = dataset_status("mnist", str(SHARED_DATA))
-        assert s.ready and s.message == f"found under {SHARED_DATA / 'MNIST' / 'raw'}"
+        raw = (SHARED_DATA / "MNIST" / "raw").resolve()  # the data folder may be reached through a link
+        assert s.ready and s.path.resolve() == raw and s.message == f"found under {s.path}"
 
 
 # ---------------------------------------------------------------- BatchLoader
