@@ -1,15 +1,6 @@
 """What machine a benchmark ran on, for the figures it writes."""
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from kdcore.latency import cpu_model  # one definition, shared with the run summaries' latency_cpu
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_model"]

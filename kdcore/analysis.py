@@ -5,12 +5,15 @@ any temperature at once. Logits are (N, K) float tensors, labels (N,) int64.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from kdcore.losses import entropy, softened
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _temperatures(temperatures: Sequence[float] | Tensor) -> list[float]:
@@ -87,3 +90,180 @@ def per_class_accuracy(logits_or_preds: Tensor, labels: Tensor, num_classes: int
     """
     cm = confusion_matrix(logits_or_preds, labels, num_classes).double()
     return (cm.diagonal() / cm.sum(1)).float()
+
+
+# ---- calibration ---------------------------------------------------------------------------------
+def reliability_table(logits: Tensor, labels: Tensor, bins: int = 15) -> list[dict]:
+    """Predictions grouped into `bins` equal-width bins of confidence over [0, 1].
+
+    Confidence is the max softmax probability of a row; a row falls in bin b when
+    lower_b < confidence <= upper_b (the first bin also takes a confidence of exactly 0).
+
+    Returns:
+        One dict per bin, in order: lower, upper, count, accuracy and confidence (the mean max probability);
+        accuracy and confidence are NaN for an empty bin.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    probs = torch.softmax(logits.double(), dim=1)  # (N, K)
+    confidence, preds = probs.max(1)  # (N,), (N,)
+    correct = (preds == labels.long()).double()
+    # bin b covers (b / bins, (b + 1) / bins]: ceil(c * bins) - 1, with c = 0 in the first bin
+    which = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    counts = torch.bincount(which, minlength=bins)
+    hits = torch.zeros(bins, dtype=torch.double).index_add_(0, which, correct)
+    conf = torch.zeros(bins, dtype=torch.double).index_add_(0, which, confidence)
+    rows = []
+    for b in range(bins):
+        n = int(counts[b])
+        rows.append(dict(lower=b / bins, upper=(b + 1) / bins, count=n,
+                         accuracy=float(hits[b] / n) if n else float("nan"),
+                         confidence=float(conf[b] / n) if n else float("nan")))
+    return rows
+
+
+def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks").
+
+    The predictions are grouped into `bins` equal-width bins of confidence (the max softmax probability,
+    see `reliability_table`); ECE = Σ_b (n_b / N) · |acc_b − conf_b|, where n_b is the bin's count, acc_b the
+    share of its predictions that are right and conf_b their mean confidence. 0 is perfectly calibrated: a
+    model that says 80% is right 80% of the time. A fraction in [0, 1], like an accuracy.
+
+    Returns:
+        The ECE; NaN for an empty test set.
+    """
+    table = reliability_table(logits, labels, bins)
+    total = sum(r["count"] for r in table)
+    if total == 0:
+        return float("nan")
+    return sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in table if r["count"])
+
+
+# ---- per class -----------------------------------------------------------------------------------
+def per_class_gain(student_logits: Tensor, baseline_logits: Tensor, labels: Tensor, num_classes: int) -> list[dict]:
+    """The KD gain of each class: the distilled student's accuracy on it minus the baseline's.
+
+    Args:
+        student_logits, baseline_logits: (N, K) logits or (N,) predicted classes.
+
+    Returns:
+        One dict per class: class (its index), count (its test images), student, baseline (accuracies) and
+        gain (student − baseline, a fraction: × 100 for points); NaN accuracies for a class absent from `labels`.
+    """
+    student = per_class_accuracy(student_logits, labels, num_classes).tolist()
+    baseline = per_class_accuracy(baseline_logits, labels, num_classes).tolist()
+    counts = torch.bincount(labels.long(), minlength=num_classes).tolist()
+    return [dict(**{"class": k}, count=int(counts[k]), student=student[k], baseline=baseline[k],
+                 gain=student[k] - baseline[k]) for k in range(num_classes)]
+
+
+def fixed_and_broken(student_logits: Tensor, baseline_logits: Tensor, labels: Tensor) -> tuple[list[int], list[int]]:
+    """The test images on which distillation changed the outcome.
+
+    Args:
+        student_logits, baseline_logits: (N, K) logits or (N,) predicted classes.
+
+    Returns:
+        (fixed, broken): indices, ascending, of the images the distilled student gets right and the baseline
+        wrong, and of those the baseline gets right and the student wrong. Their counts are McNemar's
+        discordant pairs.
+    """
+    labels = labels.long()
+    student_right = _predictions(student_logits) == labels
+    baseline_right = _predictions(baseline_logits) == labels
+    fixed = (student_right & ~baseline_right).nonzero().flatten().tolist()
+    broken = (baseline_right & ~student_right).nonzero().flatten().tolist()
+    return fixed, broken
+
+
+# ---- cost against accuracy -----------------------------------------------------------------------
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """The non-dominated points when a lower cost (x) and a higher accuracy (y) are better.
+
+    A point is dominated when another is at least as good on both and better on one. Points with the same
+    cost and the same accuracy do not dominate each other: every copy of a frontier point is on the front.
+    Points with a missing (NaN or None) value are never on it.
+
+    Returns:
+        Indices into `points` of the frontier, by increasing cost (then by index).
+    """
+    def finite(v) -> bool:
+        return v is not None and v == v and abs(v) != float("inf")
+
+    kept = sorted((i for i, (x, y) in enumerate(points) if finite(x) and finite(y)),
+                  key=lambda i: (points[i][0], -points[i][1], i))
+    front, best = [], float("-inf")  # best: the highest accuracy at a strictly lower cost
+    j = 0
+    while j < len(kept):
+        cost = points[kept[j]][0]
+        same = [i for i in kept[j:] if points[i][0] == cost]  # one cost, accuracy descending
+        top = points[same[0]][1]
+        if top > best:
+            front += [i for i in same if points[i][1] == top]
+            best = top
+        j += len(same)
+    return front
+
+
+def frontier_points(runs) -> "pd.DataFrame":
+    """Teacher, baseline and distilled-student points of runs, for an accuracy-against-cost chart.
+
+    Args:
+        runs: records with id, name, method, dataset, teacher_arch, student_arch and summary (store Runs, or
+            dicts with those keys); runs without a student test accuracy are left out.
+
+    Returns:
+        One row per (run, role): run_id, run (its name), method, dataset, role ("teacher", "baseline",
+        "student"), arch, accuracy (test), params, flops (a multiply-add counted as 2), macs (the summary's
+        `<phase>_macs`, else flops / 2) and latency_ms_b1 (NaN when not measured). With several teachers the
+        teacher point is their ensemble: its accuracy, the teachers' costs summed. The baseline, the same
+        architecture as the student, takes the student's costs where it has none of its own.
+    """
+    import pandas as pd
+
+    nan = float("nan")
+
+    def field(run, key):
+        return run.get(key) if isinstance(run, dict) else getattr(run, key, None)
+
+    def num(value) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return nan
+
+    rows = []
+    for run in runs:
+        s = field(run, "summary") or {}
+        if not isinstance(s, dict) or num(s.get("student_test_acc")) != num(s.get("student_test_acc")):
+            continue
+        teachers = [t.get("phase") for t in s.get("teachers") or [] if isinstance(t, dict) and t.get("phase")]
+        teachers = teachers or ["teacher"]
+
+        def cost(phases, what):
+            values = [num(s.get(f"{p}_{what}")) for p in phases]
+            if what == "macs":
+                values = [v if v == v else num(s.get(f"{p}_flops")) / 2 for v, p in zip(values, phases)]
+            return sum(values)  # NaN when one is unknown
+
+        base = dict(run_id=int(field(run, "id")), run=field(run, "name"), method=field(run, "method"),
+                    dataset=field(run, "dataset"))
+        several = len(teachers) > 1
+        roles = [("teacher", teachers, s.get("ensemble_test_acc") if several else s.get("teacher_test_acc"),
+                  field(run, "teacher_arch") + (f" + {len(teachers) - 1} more" if several else "")
+                  if field(run, "teacher_arch") else None),
+                 ("baseline", ["baseline"], s.get("baseline_test_acc"), field(run, "student_arch")),
+                 ("student", ["student"], s.get("student_test_acc"), field(run, "student_arch"))]
+        for role, phases, acc, arch in roles:
+            if num(acc) != num(acc):
+                continue
+            row = dict(base, role=role, arch=arch, accuracy=num(acc))
+            for what in ("params", "flops", "macs", "latency_ms_b1"):
+                row[what] = cost(phases, what)
+                if role == "baseline" and row[what] != row[what]:
+                    row[what] = cost(["student"], what)
+            rows.append(row)
+    columns = ["run_id", "run", "method", "dataset", "role", "arch", "accuracy", "params", "flops", "macs",
+               "latency_ms_b1"]
+    return pd.DataFrame(rows, columns=columns)

@@ -262,7 +262,10 @@ def accuracy_bars(runs: pd.DataFrame, labels: dict[int, str]) -> go.Figure:
 
 def frontier(runs: pd.DataFrame, x: str, y: str, selected: Sequence[int] = (), x_label: str = "",
              y_label: str = "") -> go.Figure:
-    """A metric against T, alpha or the student's size; selected runs drawn larger, outlined."""
+    """A metric against T, alpha or the student's size; selected runs drawn larger, outlined.
+
+    FLOPs columns count a multiply-add as 2 (FLOPs = 2 × MACs); an `x_label` should say so.
+    """
     rows = runs.dropna(subset=[x, y])
     if rows.empty:
         return _empty(f"{y_label or y} against {x_label or x}", "no finished runs with both values")
@@ -276,8 +279,9 @@ def frontier(runs: pd.DataFrame, x: str, y: str, selected: Sequence[int] = (), x
             text=[f"#{i} {n}" for i, n in zip(g["id"], g["name"])],
             hovertemplate="%{text}<br>%{x}, %{y}<extra></extra>",
         )
-    if x.endswith("params") or x.endswith("flops"):
+    if x.endswith(("params", "flops", "macs")):
         fig.update_xaxes(type="log")
+    x_label = x_label or (f"{x} (2 × MACs)" if x.endswith("flops") else x)
     if y in FRACTIONS:
         fig.update_yaxes(**_fraction_axis(rows[y], _bounds(y)))
     fig.update_layout(hovermode="closest")
@@ -575,3 +579,120 @@ def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: floa
     who = "The ensemble" if teacher_phase == "ensemble" else phase_label(teacher_phase).capitalize()
     return _style(fig, f"{who}'s class similarity at T = {temperature:g}", None, height=420,
                   x="probability given to class", y="true class")
+
+
+# ---- calibration, per class, frontier ------------------------------------------------------------
+GAIN_COLORS = {"up": "#2ca02c", "down": "#d62728"}
+ROLE_SYMBOLS = {"teacher": "diamond", "baseline": "square", "student": "circle"}
+# the frontier's cost axes: the frame column, its words (FLOPs say which convention), a log axis or not
+FRONTIER_AXES = {"params": ("parameters", True), "flops": ("FLOPs per image (2 × MACs)", True),
+                 "macs": ("MACs per image (multiply-adds)", True), "latency_ms_b1": ("latency at batch 1 (ms)", False)}
+
+
+def reliability_diagram(tables: dict[str, Sequence[dict]], eces: Optional[dict[str, float]] = None,
+                        title: str = "Reliability on the test set") -> go.Figure:
+    """Accuracy against confidence per confidence bin, one bar trace per model, with the diagonal.
+
+    Args:
+        tables: per model ("teacher", "student", "baseline", …) its kdcore.analysis.reliability_table.
+        eces: per model its expected calibration error, shown in the legend.
+
+    Bars below the diagonal are overconfident bins (right less often than the model claims), above it
+    underconfident ones. Empty bins draw no bar.
+    """
+    eces = eces or {}
+    fig = go.Figure()
+    for model, table in tables.items():
+        frame = pd.DataFrame(list(table), columns=["lower", "upper", "count", "accuracy", "confidence"])
+        frame = frame[frame["count"] > 0]
+        ece = _finite(eces.get(model))
+        name = phase_label(model) + ("" if ece is None else f" (ECE {100 * ece:.1f}%)")
+        fig.add_bar(x=(frame["lower"] + frame["upper"]) / 2, y=frame["accuracy"], name=name,
+                    marker_color=phase_color(model),
+                    customdata=frame[["lower", "upper", "count", "confidence"]].to_numpy(),
+                    hovertemplate=f"{phase_label(model)}: confidence %{{customdata[0]:.0%}}–%{{customdata[1]:.0%}}, "
+                                  "n = %{customdata[2]}<br>accuracy %{y:.1%}, mean confidence "
+                                  "%{customdata[3]:.1%}<extra></extra>")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                    line=dict(color="black", dash="dash", width=1), hoverinfo="skip")
+    fig.update_layout(barmode="group", hovermode="closest")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _style(fig, title, None, height=380, x="confidence (max softmax probability)", y="accuracy")
+
+
+def class_gain_bars(gains: Sequence[dict] | pd.DataFrame, class_names: Sequence[str],
+                    title: str = "KD gain per class (student − baseline)") -> go.Figure:
+    """Each class's KD gain in points, green up and red down, its test-image count in the hover.
+
+    Args:
+        gains: kdcore.analysis.per_class_gain's rows (class, count, student, baseline, gain).
+    """
+    frame = pd.DataFrame(gains if isinstance(gains, pd.DataFrame) else list(gains),
+                         columns=["class", "count", "student", "baseline", "gain"])
+    if frame.empty:
+        return _empty(title, "no classes")
+    points = frame["gain"].astype(float) * 100
+    names = [class_names[int(k)] if int(k) < len(class_names) else str(k) for k in frame["class"]]
+    fig = go.Figure(go.Bar(
+        x=names, y=points, name="KD gain",
+        marker_color=[GAIN_COLORS["down"] if v < 0 else GAIN_COLORS["up"] for v in points.fillna(0)],
+        customdata=frame[["count", "student", "baseline"]].to_numpy(dtype=float),
+        hovertemplate="class %{x}: %{y:+.2f} pts<br>student %{customdata[1]:.1%}, baseline %{customdata[2]:.1%}"
+                      "<br>%{customdata[0]:.0f} test images<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="black", width=1))
+    fig.update_xaxes(type="category")
+    fig.update_layout(hovermode="closest", showlegend=False)
+    return _style(fig, title, None, height=320, x="class", y="points")
+
+
+def pareto_frontier(points: pd.DataFrame, x: str = "params", dataset: Optional[str] = None,
+                    title: str = "") -> go.Figure:
+    """Test accuracy against a cost for one dataset: teacher, baseline and distilled-student points of each
+    run (distinct symbols), and the Pareto front through the points no other beats on both.
+
+    Args:
+        points: kdcore.analysis.frontier_points' rows (run_id, run, method, dataset, role, arch, accuracy and the
+            cost columns params, flops, macs, latency_ms_b1).
+        x: the cost column, a key of FRONTIER_AXES.
+        dataset: the dataset to draw; required when `points` holds several (accuracies on different test sets
+            do not share an axis).
+
+    Raises:
+        ValueError: for an unknown `x`, or several datasets and no `dataset`.
+    """
+    from kdcore.analysis import pareto_front
+
+    if x not in FRONTIER_AXES:
+        raise ValueError(f"x must be one of {sorted(FRONTIER_AXES)}, got {x!r}")
+    x_label, log = FRONTIER_AXES[x]
+    if dataset is not None:
+        points = points[points["dataset"] == dataset]
+    elif points["dataset"].nunique() > 1:
+        raise ValueError("points of several datasets: pick one (accuracies on different test sets do not compare)")
+    where = dataset or (points["dataset"].iloc[0] if len(points) else "")
+    title = title or f"Test accuracy against {x_label}" + (f" · {where}" if where else "")
+    rows = points.dropna(subset=[x, "accuracy"]).reset_index(drop=True)
+    if rows.empty:
+        return _empty(title, f"no finished runs with a {x_label} on this dataset")
+    fig = go.Figure()
+    for role in ("teacher", "baseline", "student"):
+        g = rows[rows["role"] == role]
+        if g.empty:
+            continue
+        fig.add_scatter(
+            x=g[x], y=g["accuracy"], mode="markers", name="distilled student" if role == "student" else role,
+            marker=dict(symbol=ROLE_SYMBOLS[role], color=PHASE_COLORS[role], size=9, opacity=0.85,
+                        line=dict(width=1, color="white")),
+            customdata=np.column_stack([g["run_id"], g["run"].astype(str), g["method"].astype(str),
+                                        g["arch"].astype(str)]),
+            hovertemplate=f"#%{{customdata[0]}} %{{customdata[1]}}<br>{role} · %{{customdata[3]}} · method "
+                          f"%{{customdata[2]}}<br>%{{x:.4~s}} {x_label}, accuracy %{{y:.2%}}<extra></extra>")
+    front = rows.loc[pareto_front(list(zip(rows[x].astype(float), rows["accuracy"].astype(float))))]
+    fig.add_scatter(x=front[x], y=front["accuracy"], mode="lines", name="Pareto front",
+                    line=dict(color="black", width=1.5, shape="hv"), hoverinfo="skip")
+    if log:
+        fig.update_xaxes(type="log")
+    fig.update_yaxes(**_fraction_axis(rows["accuracy"]))
+    fig.update_layout(hovermode="closest")
+    return _style(fig, title, None, height=420, x=x_label, y="test accuracy")

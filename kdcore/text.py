@@ -139,3 +139,26 @@ def loss_latex(method: str, formula: str, temperature: float, alpha: float, uses
         if valued != own:
             lines.append(rf"\text{{at }} T = {temperature:g}:\quad {valued}")
     return lines
+
+
+# FLOPs against MACs: the same count in two conventions, so every place that shows one says which
+FLOPS_LABEL = "FLOPs (2 × MACs)"
+MACS_LABEL = "MACs"
+FLOPS_HELP = ("FLOPs here count a multiply-add as 2 FLOPs (so FLOPs = 2 × MACs); papers, thop and ptflops "
+              "report MACs (multiply-adds), half this number")
+
+
+def macs_of(summary: dict, phase: str) -> Optional[float]:
+    """A phase's multiply-adds per image: the summary's `<phase>_macs`, else its `<phase>_flops` / 2; None if
+    neither is known."""
+    summary = summary or {}
+    macs = summary.get(f"{phase}_macs")
+    if not missing(macs):
+        return macs
+    flops = summary.get(f"{phase}_flops")
+    return None if missing(flops) else flops / 2
+
+
+def ms(value: Optional[float]) -> str:
+    """A latency in milliseconds: 0.0123 -> '0.012 ms', 12.3 -> '12.3 ms'."""
+    return "—" if missing(value) else f"{value:.3g} ms"

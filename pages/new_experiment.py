@@ -105,7 +105,10 @@ def show_profile(role: str, arch: str, options: dict):
     a, b, c = st.columns(3)
     a.metric("Parameters", text.compact(profile.params))
     b.metric("Size", f"{profile.size_mb:.2f} MB")
-    c.metric("FLOPs / image", text.compact(profile.flops))
+    macs = getattr(profile, "macs", None)
+    macs = profile.flops / 2 if text.missing(macs) else macs
+    c.metric(f"{text.FLOPS_LABEL} / image", text.compact(profile.flops),
+             help=f"{text.compact(macs)} MACs (multiply-adds) per image. {text.FLOPS_HELP}.")
     return profile
 
 
@@ -288,7 +291,8 @@ with ratio_col:
     if all(t_profiles) and s_profile:
         t_params, t_flops = sum(p.params for p in t_profiles), sum(p.flops for p in t_profiles)
         st.metric("Fewer parameters", text.ratio(t_params, s_profile.params))
-        st.metric("Fewer FLOPs", text.ratio(t_flops, s_profile.flops))
+        st.metric(f"Fewer {text.FLOPS_LABEL}", text.ratio(t_flops, s_profile.flops),
+                  help=f"The same ratio in MACs: FLOPs count a multiply-add as 2. {text.FLOPS_HELP}.")
         if n_teachers > 1:
             st.caption(f"Against the {n_teachers} teachers together")
 

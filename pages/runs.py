@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from kdcore.analysis import confusion_matrix, per_class_accuracy
-from kdcore.export import to_torchscript
+from kdcore.analysis import (confusion_matrix, expected_calibration_error, fixed_and_broken, per_class_accuracy,
+                             per_class_gain, reliability_table)
 from kdcore.jobs import resumable
 from kdcore import charts, text
-from ui import form, parts, state
+from kdcore.data import DatasetError
+from ui import form, images, parts, state
 
 COLUMNS = {
     "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),
@@ -39,6 +40,8 @@ COLUMNS = {
                                  "if the distilled student and the baseline were equally good"),
     "seed": st.column_config.NumberColumn("Seed", format="%d", width="small"),
     "student_params": st.column_config.NumberColumn("Student params", format="compact"),
+    "student_flops": st.column_config.NumberColumn("Student " + text.FLOPS_LABEL, format="compact",
+                                                   help=text.FLOPS_HELP),
     "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
     "tags": st.column_config.ListColumn("Tags"),
     "group": "Group",
@@ -47,7 +50,8 @@ COLUMNS = {
     "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
 }
 SCATTER_X = {"temperature": "temperature T", "alpha": "alpha α", "student_params": "student parameters",
-             "student_flops": "student FLOPs per image"}
+             "student_flops": "student FLOPs per image (2 × MACs)"}
+FRONTIER_X = {key: label for key, (label, _) in charts.FRONTIER_AXES.items()}
 SCATTER_Y = {"student_test_acc": "student test accuracy", "kd_gain": "KD gain",
              "student_best_val_acc": "student best validation accuracy"}
 
@@ -96,8 +100,8 @@ right.download_button("Selected runs' curves as CSV",
                       icon=":material/download:")
 
 # ---- comparisons -------------------------------------------------------------------------------
-groups_tab, curves_tab, bars_tab, frontier_tab, diff_tab = st.tabs(
-    ["Groups", "Curves", "Test accuracy", "Frontier", "Config diff"])
+groups_tab, pareto_tab, curves_tab, bars_tab, frontier_tab, diff_tab = st.tabs(
+    ["Groups", "Frontier", "Curves", "Test accuracy", "Scatter", "Config diff"])
 with curves_tab:
     if not selected:
         st.caption("Select runs in the table to overlay their curves.")
@@ -125,6 +129,23 @@ with frontier_tab:
     y = b.selectbox("Metric", list(SCATTER_Y), format_func=SCATTER_Y.get, key="runs_scatter_y")
     st.plotly_chart(charts.frontier(view, x, y, selected, SCATTER_X[x], SCATTER_Y[y]), key="runs_frontier")
     st.caption("Every run shown in the table; the selected ones are outlined.")
+with pareto_tab:
+    # one dataset at a time: accuracies on different test sets do not share an axis
+    finished = view[view["status"] == "completed"]
+    datasets = list(dict.fromkeys(finished["dataset"].dropna()))  # the most recent run's first
+    if not datasets:
+        st.caption("No completed runs among these yet: the frontier needs their test accuracies.")
+    else:
+        a, b = st.columns(2)
+        dataset = a.selectbox("Dataset", datasets, key="runs_pareto_dataset")
+        points = state.frontier_points_of(dataset)
+        points = points[points["run_id"].isin(finished["id"])]
+        axes = [k for k in FRONTIER_X if k != "latency_ms_b1" or points[k].notna().any()]
+        x_axis = b.selectbox("Cost", axes, format_func=FRONTIER_X.get, key="runs_pareto_x",
+                             help=text.FLOPS_HELP + ". Latency appears once runs have measured it.")
+        st.plotly_chart(charts.pareto_frontier(points, x_axis, dataset), key="runs_pareto")
+        st.caption("Teacher (◆), baseline (■) and distilled student (●) of each completed run in the table; "
+                   "the line joins the points no other point beats on both cost and accuracy.")
 with diff_tab:
     if len(selected) < 2:
         st.caption("Select two or more runs to see where their configs differ.")
@@ -214,7 +235,8 @@ with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
             st.session_state.pop("runs_confirm_delete", None)
             st.rerun()
 
-shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", "Downloads"], horizontal=True,
+CALIBRATION = "Calibration and per class"
+shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", CALIBRATION, "Downloads"], horizontal=True,
                  key="runs_detail_view", label_visibility="collapsed")
 if shown == "Summary":
     parts.outcome(run.status, run.error)
@@ -261,6 +283,53 @@ elif shown == "Test set":
         worst = np.argsort(acc["student"])[:3]
         st.caption("The student's weakest classes: " + ", ".join(f"{names[i]} ({text.pct(acc['student'][i])})"
                                                                  for i in worst))
+elif shown == CALIBRATION:
+    logits = state.test_logits(run.id) if run.status == "completed" else None
+    if logits is None:
+        st.caption("Calibration and per-class results need a completed run with stored test-set predictions.")
+    else:
+        labels_t = logits["labels"]
+        models = [m for m in ("teacher", "student", "baseline") if m in logits]
+        num_classes = logits["student"].shape[1]
+        names = state.class_names(run.config.get("dataset") or {}, num_classes)
+        tables = {m: reliability_table(logits[m], labels_t) for m in models}
+        eces = {m: expected_calibration_error(logits[m], labels_t) for m in models}
+        st.subheader("Calibration")
+        for col, m in zip(st.columns(3), models):
+            col.metric(f"{charts.phase_label(m).capitalize()} ECE", text.pct(eces[m]),
+                       help="Expected calibration error over 15 equal-width confidence bins: the gap between how "
+                            "sure the model is (its top softmax probability) and how often it is right, averaged "
+                            "over the test images; 0 is perfectly calibrated")
+        st.plotly_chart(charts.reliability_diagram(tables, eces), key="runs_reliability")
+        st.subheader("Per class")
+        acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy()
+               for m in ("teacher", "baseline", "student") if m in logits}
+        left, right = st.columns(2)
+        left.plotly_chart(charts.per_class(acc, names), key="runs_calib_per_class")
+        if "baseline" not in logits:
+            right.caption("This run trained no baseline, so there is no per-class KD gain.")
+        else:
+            right.plotly_chart(charts.class_gain_bars(per_class_gain(logits["student"], logits["baseline"], labels_t,
+                                                                     num_classes), names), key="runs_class_gain")
+            fixed, broken = fixed_and_broken(logits["student"], logits["baseline"], labels_t)
+            try:
+                data = state.dataset(run.config["dataset"])
+            except (DatasetError, OSError, ValueError, KeyError) as err:
+                data = None
+                st.caption(f"The test images cannot be shown ({text.headline(str(err))}).")
+            s_pred, b_pred = logits["student"].argmax(1).tolist(), logits["baseline"].argmax(1).tolist()
+            truth = labels_t.tolist()
+            for title, indices, key in ((f"Distillation fixed {len(fixed)} test images", fixed, "fixed"),
+                                        (f"Distillation broke {len(broken)} test images", broken, "broken")):
+                st.markdown(f"**{title}**: the "
+                            + ("student gets them right and the baseline wrong" if key == "fixed"
+                               else "baseline gets them right and the student wrong"))
+                if data is not None and indices:
+                    images.gallery(lambda idx: data.denormalize(data.test.images(idx)), indices,
+                                   lambda i: f"#{i} {names[truth[i]]} · b {names[b_pred[i]]} · s {names[s_pred[i]]}",
+                                   key=f"runs_{key}_{run.id}")
+            st.caption("Under each image: its number, true class, then the baseline's (b) and the student's (s) "
+                       "prediction. Their counts are the discordant pairs McNemar's test weighs.")
 else:
     found = False
     teachers = [t.get("phase") for t in parts.teachers_of(run.summary or {})] or ["teacher"]
@@ -269,15 +338,38 @@ else:
         if path is None:
             continue
         found = True
-        a, b = st.columns([1, 3])
-        a.download_button(f"{charts.phase_label(phase).capitalize()} weights (.pt)", data=path.read_bytes,
-                          file_name=f"run{run.id}-{phase}.pt",
-                          on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
-        b.download_button(f"{charts.phase_label(phase).capitalize()} as TorchScript",
-                          data=lambda p=path: to_torchscript(p),
-                          file_name=f"run{run.id}-{phase}.torchscript.pt", on_click="ignore",
-                          key=f"dl_ts_{phase}_{run.id}", icon=":material/download:",
-                          help="Traced on one input of the stored shape; load with torch.jit.load, no kdcore needed")
+        st.download_button(f"{charts.phase_label(phase).capitalize()} weights (.pt)", data=path.read_bytes,
+                           file_name=f"run{run.id}-{phase}.pt",
+                           on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
+        if phase != "student":
+            continue
+        # Exports are built on request (seconds each), then checked against PyTorch on the test images
+        for fmt, label, how in (("onnx", "ONNX", "run with onnxruntime, no PyTorch needed; the batch size is free"),
+                                ("pt2", "torch.export (.pt2)", "load with torch.export.load(path).module(), "
+                                                               "no kdcore needed")):
+            a, b = st.columns([1, 3])
+            wanted = f"export_wanted_{fmt}_{run.id}"  # not the button's key: a widget's state goes when it does
+            if not st.session_state.get(wanted) and a.button(f"Student as {label}", key=f"export_{fmt}_{run.id}",
+                                                               help=how, icon=":material/build:"):
+                st.session_state[wanted] = True
+            if not st.session_state.get(wanted):
+                b.caption("Built and checked when asked for")
+                continue
+            try:
+                with st.spinner(f"Exporting the student as {label} and checking it on the test images…"):
+                    blob, check = state.exported(path, fmt, run.config["dataset"])
+            except (DatasetError, OSError, ValueError, RuntimeError) as err:
+                a.error(f"The {label} export failed: {text.headline(str(err))}")
+                continue
+            a.download_button(f"Student as {label}", data=blob, file_name=f"run{run.id}-student.{fmt}",
+                              mime="application/octet-stream", on_click="ignore", key=f"dl_{fmt}_{run.id}",
+                              icon=":material/download:", help=how)
+            verdict = ("matches PyTorch" if check["ok"] else
+                       "DIFFERS from PyTorch beyond the float32 tolerance: do not use it")
+            b.caption(f"Checked on {check['images_checked']} test images: largest logit difference "
+                      f"{check['max_abs_diff']:.2g}, {verdict}")
+            for warning in check["warnings"]:
+                b.warning(f"Exporter warning: {warning}", icon=":material/warning:")
     if not found:
         st.caption("This run stored no weights.")
     st.caption("Weights files hold {arch, num_classes, in_channels, image_size, options, state_dict}; "

@@ -240,3 +240,65 @@ def test_a_methods_own_terms_are_offered_and_drawn_among_the_curves():
     assert charts.metric_label("train_hint") == "hint term" and charts.metric_label("train_ce") == "CE on labels"
     titles = [f.layout.title.text for f in charts.all_curves(history)]
     assert "hint term" in titles and "CE on labels" in titles
+
+
+# ---- calibration, per class, frontier ------------------------------------------------------------
+def _table(pairs):
+    """A reliability table over 3 bins from (accuracy, confidence, count) per bin."""
+    return [dict(lower=b / 3, upper=(b + 1) / 3, count=n, accuracy=a, confidence=c)
+            for b, (a, c, n) in enumerate(pairs)]
+
+
+def test_reliability_diagram_draws_a_bar_trace_per_model_with_its_ece_and_the_diagonal():
+    tables = {"teacher": _table([(0.2, 0.3, 4), (0.6, 0.5, 10), (0.9, 0.85, 30)]),
+              "student": _table([(0.0, 0.0, 0), (0.4, 0.55, 12), (0.7, 0.8, 20)]),
+              "baseline": _table([(0.5, 0.3, 2), (0.5, 0.5, 2), (0.5, 0.9, 2)])}
+    fig = charts.reliability_diagram(tables, {"teacher": 0.031, "student": 0.12, "baseline": 0.2})
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.name for t in bars] == ["teacher (ECE 3.1%)", "student (ECE 12.0%)", "baseline (ECE 20.0%)"]
+    assert list(bars[0].y) == [0.2, 0.6, 0.9] and list(bars[0].x) == pytest.approx([1 / 6, 0.5, 5 / 6])
+    assert len(bars[1].x) == 2  # the empty bin draws no bar
+    diagonal = next(t for t in fig.data if t.name == "perfectly calibrated")
+    assert list(diagonal.x) == [0, 1] and list(diagonal.y) == [0, 1]
+
+
+def test_class_gain_bars_are_green_up_red_down_with_each_class_count():
+    gains = [{"class": 0, "count": 12, "student": 0.9, "baseline": 0.8, "gain": 0.1},
+             {"class": 1, "count": 7, "student": 0.5, "baseline": 0.6, "gain": -0.1}]
+    fig = charts.class_gain_bars(gains, ["cat", "dog"])
+    bar = fig.data[0]
+    assert list(bar.x) == ["cat", "dog"] and list(bar.y) == pytest.approx([10.0, -10.0])
+    assert list(bar.marker.color) == [charts.GAIN_COLORS["up"], charts.GAIN_COLORS["down"]]
+    assert [row[0] for row in bar.customdata] == [12, 7] and "test images" in bar.hovertemplate
+
+
+def _points():
+    def row(run_id, role, acc, params, dataset="digits"):
+        return dict(run_id=run_id, run=f"run {run_id}", method="kd", dataset=dataset, role=role, arch="a",
+                    accuracy=acc, params=params, flops=2.0 * params, macs=float(params), latency_ms_b1=np.nan)
+    return pd.DataFrame([row(1, "teacher", 0.97, 1000), row(1, "baseline", 0.85, 100), row(1, "student", 0.90, 100),
+                         row(2, "teacher", 0.95, 2000), row(2, "baseline", 0.80, 50), row(2, "student", 0.80, 60),
+                         row(3, "student", 0.99, 10, dataset="mnist")])
+
+
+def test_pareto_frontier_draws_each_role_with_its_symbol_and_the_front_through_the_best_points():
+    fig = charts.pareto_frontier(_points(), "params", "digits")
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"teacher", "baseline", "distilled student", "Pareto front"}
+    assert by_name["teacher"].marker.symbol == "diamond" and by_name["distilled student"].marker.symbol == "circle"
+    front = by_name["Pareto front"]
+    # baseline of run 2 (50, 0.80), student of run 1 (100, 0.90), teacher of run 1 (1000, 0.97); the rest dominated
+    assert list(zip(front.x, front.y)) == [(50, 0.80), (100, 0.90), (1000, 0.97)]
+    assert fig.layout.xaxis.type == "log" and "parameters" in fig.layout.xaxis.title.text
+    hover = str(by_name["teacher"].customdata.tolist())
+    assert "run 1" in hover and "kd" in hover
+
+
+def test_pareto_frontier_takes_one_dataset_and_labels_flops_as_twice_macs():
+    with pytest.raises(ValueError, match="several datasets"):
+        charts.pareto_frontier(_points(), "params")
+    assert "2 × MACs" in charts.pareto_frontier(_points(), "flops", "digits").layout.xaxis.title.text
+    unmeasured = charts.pareto_frontier(_points(), "latency_ms_b1", "digits")  # no run measured its latency
+    assert "no finished runs with a latency" in unmeasured.layout.annotations[0].text
+    mnist = charts.pareto_frontier(_points(), "macs", "mnist")
+    assert [len(t.x) for t in mnist.data if t.name == "Pareto front"] == [1]

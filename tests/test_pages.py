@@ -323,8 +323,8 @@ def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
     for view in ("Config", "Curves", "Test set", "Downloads"):
         at.radio(key="runs_detail_view").set_value(view).run()
         no_exceptions(at)
-    labels = [b.label for b in at.get("download_button")]
-    assert "Student weights (.pt)" in labels and "Student as TorchScript" in labels
+    assert "Student weights (.pt)" in [b.label for b in at.get("download_button")]
+    assert {"Student as ONNX", "Student as torch.export (.pt2)"} <= {b.label for b in at.button}
 
 
 def test_a_stored_run_opens_as_a_new_experiment(seeded_db):
@@ -691,3 +691,57 @@ def test_two_teachers_that_would_train_alike_are_pointed_out(empty_db):
     assert any("would train to the same weights" in w.value for w in at.warning)
     at.selectbox(key="f.teachers.1.arch").set_value("tiny_cnn").run()
     assert not any("would train to the same weights" in w.value for w in at.warning)
+
+
+# ---- Runs: calibration, per class and the frontier ---------------------------------------------------------
+def test_runs_calibration_view_shows_three_eces_the_charts_and_what_distillation_fixed(seeded_db):
+    at = open_page("pages/runs.py")
+    at.text_input(key="runs_search").set_value("real tiny").run()
+    _select_rows(at, [0])
+    at.radio(key="runs_detail_view").set_value("Calibration and per class").run()
+    no_exceptions(at)
+    eces = {m.label: m.value for m in at.metric if m.label.endswith(" ECE")}
+    assert set(eces) == {"Teacher ECE", "Student ECE", "Baseline ECE"} and all(v.endswith("%") for v in eces.values())
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("perfectly calibrated" in s for s in specs)
+    assert any("Test accuracy per class" in s for s in specs) and any("KD gain per class" in s for s in specs)
+    logits = torch.load(Store(seeded_db["url"]).run_dir(seeded_db["real"]) / "test_logits.pt", weights_only=True)
+    right = logits["labels"]
+    fixed = int(((logits["student"].argmax(1) == right) & (logits["baseline"].argmax(1) != right)).sum())
+    assert any(f"Distillation fixed {fixed} test images" in m.value for m in at.markdown)
+    broken = int(((logits["student"].argmax(1) != right) & (logits["baseline"].argmax(1) == right)).sum())
+    assert fixed + broken > 0, "a one-epoch student and baseline disagree on some digits"
+    assert len(at.get("image")) == min(fixed, 24) + min(broken, 24)  # a gallery page each
+
+
+def test_runs_frontier_tab_draws_the_pareto_front_of_the_latest_runs_dataset(seeded_db):
+    at = open_page("pages/runs.py")
+    assert at.selectbox(key="runs_pareto_dataset").value == "digits"  # the real run, the newest, is on digits
+    chart = at.get("plotly_chart")
+    pareto = [c for c in chart if "Pareto front" in c.proto.spec]
+    assert len(pareto) == 1 and "distilled student" in pareto[0].proto.spec and "real tiny run" in pareto[0].proto.spec
+    for x_axis in ("flops", "macs"):
+        at.selectbox(key="runs_pareto_x").set_value(x_axis).run()
+        no_exceptions(at)
+    assert "2 × MACs" in " ".join(at.selectbox(key="runs_pareto_x").options)
+    at.selectbox(key="runs_pareto_dataset").set_value("mnist").run()
+    no_exceptions(at)
+    assert any("Pareto front" in c.proto.spec and "mnist" in c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_the_summary_card_says_flops_are_twice_macs_and_shows_batch_one_latency_when_measured(empty_db):
+    store = Store()
+    run_id = store.create_run(build_config({**TINY, "name": "measured"}))
+    store.finish_run(run_id, "completed", {
+        "teacher_test_acc": 0.95, "student_test_acc": 0.9, "baseline_test_acc": 0.85, "kd_gain": 0.05,
+        "teacher_params": 1000, "student_params": 100, "teacher_flops": 4000, "student_flops": 400,
+        "teacher_macs": 2000, "student_latency_ms_b1": 0.25, "teacher_latency_ms_b1": 1.5, "latency_threads": 1})
+    at = _select_rows(open_page("pages/runs.py"), [0])
+    no_exceptions(at)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Student latency (batch 1)"].value == "0.25 ms"
+    assert metrics["Teacher latency (batch 1)"].value == "1.5 ms"
+    assert "1 thread" in metrics["Student latency (batch 1)"].help
+    assert "2 × MACs" in metrics["Student is cheaper"].help
+    captions = " ".join(c.value for c in at.caption)
+    assert "student 400 FLOPs = 200 MACs" in captions and "teacher 4 k FLOPs = 2 k MACs" in captions

@@ -27,6 +27,38 @@ def _teachers_total(summary: dict, teachers: list[dict], what: str):
     return None if any(text.missing(v) for v in values) else sum(values)
 
 
+def _teachers_macs(summary: dict, teachers: list[dict]):
+    """The teachers' multiply-adds per image together (`<phase>_macs`, else FLOPs / 2); None when one is unknown."""
+    phases = [t.get("phase") or "teacher" for t in teachers] or ["teacher"]
+    values = [text.macs_of(summary, p) for p in phases]
+    return None if any(text.missing(v) for v in values) else sum(values)
+
+
+def cost_row(summary: dict, teachers: list[dict], t_flops, t_macs) -> None:
+    """One line of the compression in both conventions (FLOPs = 2 × MACs), and the batch-1 latencies when measured."""
+    if not text.missing(summary.get("student_flops")):
+        st.caption(f"Per image: student {text.compact(summary.get('student_flops'))} FLOPs = "
+                   f"{text.compact(text.macs_of(summary, 'student'))} MACs; "
+                   f"{'teachers' if len(teachers) > 1 else 'teacher'} {text.compact(t_flops)} FLOPs = "
+                   f"{text.compact(t_macs)} MACs (a multiply-add counts as 2 FLOPs; papers, thop and ptflops "
+                   "report MACs).")
+    student_ms = summary.get("student_latency_ms_b1")
+    if text.missing(student_ms):
+        return
+    latencies = [summary.get(f"{t.get('phase') or 'teacher'}_latency_ms_b1") for t in teachers] \
+        or [summary.get("teacher_latency_ms_b1")]
+    teacher_ms = None if any(text.missing(v) for v in latencies) else sum(latencies)
+    threads = summary.get("latency_threads")
+    where = f"with {threads} thread{'s' if threads != 1 else ''}" if threads else "threads not recorded"
+    cols = st.columns(6)
+    cols[0].metric("Student latency (batch 1)", text.ms(student_ms),
+                   help=f"Time of one forward pass on one image, {where}")
+    cols[1].metric(("Teachers'" if len(teachers) > 1 else "Teacher") + " latency (batch 1)", text.ms(teacher_ms),
+                   help=f"Time of one forward pass on one image, {where}"
+                   + ("; the teachers' together" if len(teachers) > 1 else ""))
+    cols[2].metric("Student is faster", text.ratio(teacher_ms, student_ms), help=f"At batch 1, {where}")
+
+
 def summary_card(summary: dict) -> None:
     """Test accuracies, the KD gain with its interval in words, and how much smaller and cheaper the student is.
 
@@ -63,9 +95,12 @@ def summary_card(summary: dict) -> None:
     cols[4].metric("Student is smaller", text.ratio(t_params, summary.get("student_params")),
                    help=f"{text.compact(summary.get('student_params'))} parameters against {whose} "
                         f"{text.compact(t_params)}")
+    t_macs = _teachers_macs(summary, teachers)
     cols[5].metric("Student is cheaper", text.ratio(t_flops, summary.get("student_flops")),
-                   help=f"{text.compact(summary.get('student_flops'), 'FLOPs')} per image against {whose} "
-                        f"{text.compact(t_flops, 'FLOPs')}")
+                   help=f"In {text.FLOPS_LABEL}: {text.compact(summary.get('student_flops'), 'FLOPs')} "
+                        f"({text.compact(text.macs_of(summary, 'student'), 'MACs')}) per image against {whose} "
+                        f"{text.compact(t_flops, 'FLOPs')} ({text.compact(t_macs, 'MACs')}). {text.FLOPS_HELP}.")
+    cost_row(summary, teachers, t_flops, t_macs)
     finetuned = [t for t in teachers if not text.missing(t.get("pretrained_test_acc"))]
     if several or finetuned:
         teacher_row(teachers)

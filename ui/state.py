@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from kdcore.analysis import entropy_vs_temperature, kl_vs_temperature
+from kdcore.analysis import entropy_vs_temperature, frontier_points, kl_vs_temperature
 from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
@@ -167,6 +167,7 @@ def runs_changed() -> None:
     _runs_frame.clear()
     _metrics.clear()
     _group_report.clear()
+    _frontier_points.clear()
 
 
 def is_active(run: Optional[Run]) -> bool:
@@ -253,6 +254,19 @@ def temperature_curves(run_id: int, phase: str = "teacher",
     return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
 
 
+@st.cache_data(ttl=2.0, show_spinner=False, max_entries=16)
+def _frontier_points(url: str, dataset: str) -> pd.DataFrame:
+    runs = [r for r in _store(url).list_runs(status=["completed"]) if r.dataset == dataset]
+    return frontier_points(runs)
+
+
+@_shows_store_faults
+def frontier_points_of(dataset: str) -> pd.DataFrame:
+    """Teacher, baseline and distilled-student points (accuracy, params, FLOPs, MACs, latency) of every completed
+    run on `dataset` (kdcore.analysis.frontier_points)."""
+    return _frontier_points(default_url(), dataset)
+
+
 @_shows_store_faults
 def weights_path(run_id: int, phase: str) -> Optional[Path]:
     path = store().run_dir(int(run_id)) / f"{phase}.pt"
@@ -260,14 +274,28 @@ def weights_path(run_id: int, phase: str) -> Optional[Path]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _torchscript(path: str, mtime: float) -> bytes:
-    from kdcore.export import to_torchscript
+def _exported(path: str, mtime: float, fmt: str, dataset_json: str) -> tuple[bytes, dict]:
+    import tempfile
 
-    return to_torchscript(path)
+    from kdcore.export import DEFAULT_CHECK_IMAGES, SUFFIXES, export_checkpoint
+
+    test = _dataset(dataset_json).test
+    images = test.images(range(min(DEFAULT_CHECK_IMAGES, len(test))))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = export_checkpoint(path, Path(tmp) / f"model{SUFFIXES[fmt]}", fmt, images)
+        data = result.path.read_bytes()
+    return data, {"max_abs_diff": result.max_abs_diff, "images_checked": result.images_checked,
+                  "seconds": result.seconds, "warnings": list(result.warnings), "ok": result.within()}
 
 
-def torchscript(path: Path) -> bytes:
-    return _torchscript(str(path), _stamp(path))
+def exported(path: Path, fmt: str, dataset_cfg: dict) -> tuple[bytes, dict]:
+    """A weights file exported as "onnx" or "pt2" and checked on up to 512 of the run's test images.
+
+    Returns:
+        The file's bytes, and max_abs_diff, images_checked, seconds, warnings (the exporter's, as
+        text) and ok (within kdcore.export.TOLERANCE).
+    """
+    return _exported(str(path), _stamp(path), fmt, json.dumps(dataset_cfg, sort_keys=True))
 
 
 # ---- datasets and models --------------------------------------------------------------------

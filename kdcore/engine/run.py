@@ -27,6 +27,7 @@ from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
+from kdcore.latency import cpu_model, phase_latency
 from kdcore.losses import ensemble_logits
 from kdcore.models import create_model, profile_model
 from kdcore.models.stages import feature_stages
@@ -256,6 +257,14 @@ def execute_run(
         summary[f"{phase}_params"] = profile.params
         summary[f"{phase}_size_mb"] = round(profile.size_mb, 4)
         summary[f"{phase}_flops"] = profile.flops
+        summary[f"{phase}_macs"] = profile.macs
+        # PyTorch latency on the training device, a fraction of a second for the zoo's small models;
+        # zero images, no random draws, so the run's RNG state and results are untouched
+        latency = phase_latency(model, (data.in_channels, data.image_size, data.image_size), (1, 64))
+        summary[f"{phase}_latency_ms_b1"] = round(latency[1], 4)
+        summary[f"{phase}_latency_ms_b64"] = round(latency[64], 4)
+        summary["latency_threads"] = torch.get_num_threads()
+        summary["latency_cpu"] = cpu_model()
         save_test_logits()
 
     def cancelled() -> dict:

@@ -1,4 +1,8 @@
-"""Parameter count, memory size and FLOPs of a model, for comparing teachers and students."""
+"""Parameter count, memory size, MACs and FLOPs of a model, for comparing teachers and students.
+
+MACs (multiply-accumulates) are what papers, thop and ptflops report as "FLOPs"; torch's
+FlopCounterMode counts each multiply-add as 2 operations, so flops = 2 * macs here.
+"""
 from __future__ import annotations
 
 import functools
@@ -17,11 +21,12 @@ from kdcore.models.base import create_model
 class ModelProfile:
     params: int  # number of parameters (trainable or not)
     size_mb: float  # bytes of parameters + buffers / 2**20
-    flops: int  # per image, as counted by torch.utils.flop_counter (a multiply-add is 2)
+    flops: int  # per image, as counted by torch.utils.flop_counter (a multiply-add is 2): 2 * macs
+    macs: int  # multiply-adds per image (the "FLOPs" of papers, thop and ptflops)
 
 
 def profile_model(model: nn.Module, in_channels: int, image_size: int) -> ModelProfile:
-    """Counts a model's parameters, size and FLOPs for one (1, C, H, W) image in eval mode."""
+    """Counts a model's parameters, size, MACs and FLOPs for one (1, C, H, W) image in eval mode."""
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -35,7 +40,9 @@ def profile_model(model: nn.Module, in_channels: int, image_size: int) -> ModelP
             model(x)
     finally:
         model.train(was_training)
-    return ModelProfile(params=params, size_mb=nbytes / 2**20, flops=int(counter.get_total_flops()))
+    # Every op FlopCounterMode counts (matmul, convolution, attention) is multiply-adds, counted as 2 each
+    flops = int(counter.get_total_flops())
+    return ModelProfile(params=params, size_mb=nbytes / 2**20, flops=flops, macs=flops // 2)
 
 
 def _freeze(value: Any) -> Any:
