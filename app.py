@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("pages/live.py", title="Live", icon=":material/monitoring:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
+    st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
 ])
 
 read_only = state.store().read_only  # opened first, so a fault of the store shows in place of the page

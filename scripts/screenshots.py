@@ -1,10 +1,11 @@
 """Takes a screenshot of each dashboard page into docs/screenshots/.
 
 Starts the app on a temporary database, clicks the demo's seed group and then the demo
-once through the UI, and visits every page in headless Chromium. Waits follow the runs'
-state in the store.
+once through the UI, and visits every page in headless Chromium, the Report page also in
+presentation mode. Waits follow the runs' state in the store.
 
-    .venv/bin/python scripts/screenshots.py
+    .venv/bin/python scripts/screenshots.py                          # all of them
+    .venv/bin/python scripts/screenshots.py report presentation      # only these (the same runs are made)
 """
 from __future__ import annotations
 
@@ -33,8 +34,22 @@ def _wait(store: Store, done) -> None:
         time.sleep(1.0)
 
 
-def main() -> None:
+def _report_drawn(page) -> None:
+    """Waits until the Report page's report has drawn its charts (it is in an iframe)."""
+    _settle(page)
+    frame = page.frame_locator("iframe").first
+    frame.locator("#gain").wait_for(timeout=600_000)
+    frame.locator(".js-plotly-plot .main-svg").last.wait_for(timeout=600_000)
+    page.wait_for_timeout(1000)
+
+
+def main(only: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+
+    def shot(page, name: str) -> None:
+        if not only or name in only:
+            page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+
     tmp = Path(tempfile.mkdtemp())
     db = f"sqlite:///{tmp}/runs/kdcore.db"
     store = Store(db)
@@ -47,7 +62,7 @@ def main() -> None:
             page.get_by_role("heading", name="Live").first.wait_for()
             _wait(store, lambda: len(store.list_runs(status=["completed"])) >= 2)
             _settle(page)
-            page.screenshot(path=str(OUT / "live_running.png"), full_page=True)
+            shot(page, "live_running")
             _wait(store, lambda: not store.list_runs(status=ACTIVE))
             page.get_by_role("link", name="Home").first.click()
             page.get_by_role("button", name="Run the demo").click()
@@ -55,7 +70,7 @@ def main() -> None:
             _wait(store, lambda: not store.list_runs(status=ACTIVE))
             page.reload()
             _settle(page, 4)
-            page.screenshot(path=str(OUT / "live_summary.png"), full_page=True)
+            shot(page, "live_summary")
             for name, link in [("home", "Home"), ("new_experiment", "New experiment"), ("runs", "Runs"),
                                ("distributions", "Distributions")]:
                 page.get_by_role("link", name=link).first.click()
@@ -65,10 +80,17 @@ def main() -> None:
                     for row in (0, 1):
                         page.mouse.click(box["x"] + 16, box["y"] + 35 + 35 * row + 17)
                         _settle(page)
-                page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+                shot(page, name)
+            page.get_by_role("link", name="Report").first.click()  # the newest completed run: the demo
+            _report_drawn(page)
+            shot(page, "report")
+            page.get_by_text("Presentation mode").click()
+            page.get_by_role("button", name="Leave presentation mode").wait_for(timeout=600_000)
+            _report_drawn(page)
+            shot(page, "presentation")
             browser.close()
-    print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
+    print("wrote", ", ".join(sorted(only) if only else sorted(p.name for p in OUT.glob("*.png"))))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

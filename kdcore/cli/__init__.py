@@ -427,6 +427,69 @@ def cmd_runs_show(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from kdcore.report import ReportError, build_report
+    from kdcore.store import Store
+
+    try:
+        html = build_report(Store(args.db), args.target, latency=not args.no_latency)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    print(f"wrote {out} ({len(html.encode()) / 2**20:.1f} MB): open it in any browser, no network needed",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import re
+
+    from kdcore.config import RunConfig
+    from kdcore.engine.checkpoint import CheckpointError
+    from kdcore.export import DEFAULT_CHECK_IMAGES, FORMATS, TOLERANCE, ExportError, check_images, export_checkpoint
+    from kdcore.store import RunNotFound, Store
+
+    if args.format not in FORMATS:  # argparse's choices would say it too, but not after a typo in a script's variable
+        print(f"error: unknown format {args.format!r}; choose one of {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"student|baseline|teacher\d*", args.phase):  # it names a file in the run's folder
+        print(f"error: unknown phase {args.phase!r}; choose student, teacher (teacher2, …) or baseline",
+              file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    try:
+        run = store.get_run(args.id)
+    except RunNotFound as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 1
+    weights = store.run_dir(run.id) / f"{args.phase}.pt"
+    if not weights.is_file():
+        print(f"error: run {run.id} has no {args.phase} weights ({weights} does not exist); "
+              "a run stores each phase's weights once that phase has trained", file=sys.stderr)
+        return 1
+    try:
+        images = check_images(RunConfig.model_validate(run.config).dataset, DEFAULT_CHECK_IMAGES)
+        result = export_checkpoint(weights, args.output, args.format, images)
+    except (CheckpointError, ExportError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{result.path}  format {result.format}  max |logit difference| {result.max_abs_diff:.3g} "
+          f"on {result.images_checked} test images  ({result.seconds:.1f} s)")
+    if not result.within(TOLERANCE):
+        print(f"error: the exported {result.format} file differs from the PyTorch model by up to "
+              f"{result.max_abs_diff:.3g} on the test images, above the float32 tolerance {TOLERANCE:g}; "
+              "do not use it", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_models(args) -> int:
     from kdcore.models import MODELS, describe_model, model_profile
 
@@ -534,6 +597,20 @@ def build_parser() -> argparse.ArgumentParser:
     gshow.add_argument("--json", action="store_true")
     gshow.set_defaults(func=cmd_groups_show)
 
+    report = sub.add_parser("report", help="one self-contained HTML report of a run or a group, to share")
+    report.add_argument("target", metavar="ID|GROUP", help="a run id, or the name of a seed group or sweep")
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html", help="where to write the report")
+    report.add_argument("--no-latency", action="store_true",
+                        help="do not measure latency now when the run stored none")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="export a run's weights as ONNX, a torch.export program or the "
+                                           "checkpoint, checked against PyTorch on the run's test images")
+    export.add_argument("id", type=int, help="run id")
+    export.add_argument("--format", required=True, help="onnx, pt2 or weights")
+    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.add_argument("--phase", default="student", help="student (default), teacher, teacher2, … or baseline")
+    export.set_defaults(func=cmd_export)
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     methods = sub.add_parser("methods", help="list the distillation methods and their options (distill.options)")
     methods.add_argument("--json", action="store_true", help="a list of objects with name, options and formula")

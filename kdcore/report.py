@@ -1,0 +1,566 @@
+"""A run or a group as one self-contained HTML page, for people who will not open the dashboard.
+
+    from kdcore.report import build_report
+    html = build_report(Store(url), 12)            # one run
+    html = build_report(Store(url), "my seeds")    # a seed group or a sweep
+
+The page needs no server and no network: plotly.js is inlined once, images are
+data: URIs, and nothing links outside the file. It prints cleanly (a small inline
+stylesheet). The CLI (`kdcore report`) and the dashboard's Report page both call
+`build_report`, so the two never differ.
+"""
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+import platform
+from datetime import datetime
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kdcore import charts, text
+from kdcore.experiments import format_seeds, group_report
+from kdcore.stats import describe_paired, describe_spread
+
+SHOWN_IMAGES = 4  # test images whose softened distributions the report draws: 3 right, 1 wrong
+CALIBRATION_BINS = 15
+MAX_CLASSES_SHOWN = 20  # bars for one image's distribution: the teacher's most likely classes
+
+
+class ReportError(ValueError):
+    """The target cannot be reported: no such run or group, or nothing completed to show."""
+
+
+# ---- what to report ------------------------------------------------------------------------------------
+def resolve(store, target) -> tuple[str, list]:
+    """("run", [run]) or ("group", runs) for a run id (an int or a string of digits) or a group name.
+
+    Raises:
+        ReportError: an unknown run or group, a run that did not complete, a group with no completed run.
+    """
+    from kdcore.store import RunNotFound
+
+    if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+        run_id = int(target)
+        try:
+            run = store.get_run(run_id)
+        except RunNotFound:
+            raise ReportError(f"no run #{run_id} in this store; see `kdcore runs list`") from None
+        if run.status != "completed":
+            raise ReportError(f"run #{run_id} is {run.status}, not completed: a report needs a finished run")
+        return "run", [run]
+    runs = sorted(store.list_runs(group=str(target)), key=lambda r: r.id)
+    if not runs:
+        raise ReportError(f"no group named {target!r} (and it is not a run id); see `kdcore groups list` "
+                          "and `kdcore runs list`")
+    if not any(r.status == "completed" for r in runs):
+        raise ReportError(f"group {target!r} has no completed run yet ({len(runs)} run(s)): nothing to report")
+    return "group", runs
+
+
+def build_report(store, target, *, presentation: bool = False, latency: bool = True) -> str:
+    """The report of a run (an id) or a group (a name) as one HTML document.
+
+    Args:
+        store: a kdcore.store.Store.
+        target: a run id, or the name of a seed group or sweep.
+        presentation: bigger type and numbers, for a screen in a meeting.
+        latency: measure latency now (kdcore.latency) when the run's summary holds none.
+
+    Raises:
+        ReportError: see `resolve`.
+    """
+    kind, runs = resolve(store, target)
+    page = _Page(presentation)
+    if kind == "run":
+        _run_report(page, store, runs[0], latency=latency)
+    else:
+        _group_report(page, store, runs, latency=latency)
+    return page.render()
+
+
+# ---- the page ----------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
+     max-width:1100px;margin:0 auto;padding:24px 32px;line-height:1.45}
+h1{font-size:1.7em;margin:.2em 0}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #d0d7de;
+     padding-bottom:.2em}
+.meta{color:#57606a;font-size:.9em}
+.headline{display:flex;flex-wrap:wrap;gap:16px;margin:16px 0}
+.big{border:1px solid #d0d7de;border-radius:8px;padding:10px 16px;min-width:150px}
+.big .label{color:#57606a;font-size:.85em}.big .value{font-size:1.8em;font-weight:600}
+.verdict{border-left:4px solid #0969da;background:#f6f8fa;padding:8px 14px;margin:12px 0}
+.verdict.good{border-color:#1a7f37}.verdict.bad{border-color:#cf222e}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:right}th{background:#f6f8fa}
+td:first-child,th:first-child{text-align:left}
+pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:.85em}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:8px}.figs>div{min-width:0}
+.figs.one{display:block}
+.samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}
+.sample{border:1px solid #d0d7de;border-radius:8px;padding:8px;display:flex;gap:8px;align-items:flex-start}
+.sample img{image-rendering:pixelated;width:96px;height:96px;border:1px solid #d0d7de}
+.sample .bars{flex:1;min-width:0}
+.note{color:#57606a;font-size:.9em}
+body.present{max-width:none;padding:24px 48px;font-size:20px}
+body.present .big .value{font-size:2.8em}body.present h1{font-size:2.2em}
+@media print{body{max-width:none;padding:0}.figs>div,.sample,table,.headline{break-inside:avoid}
+  h2{break-after:avoid}}
+"""
+
+
+class _Page:
+    """HTML parts in order; plotly.js is written once, in the head."""
+
+    def __init__(self, presentation: bool):
+        self.presentation = presentation
+        self.title = "kdcore report"
+        self.parts: list[str] = []
+        self.figures = 0
+
+    def add(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def h2(self, title: str) -> None:
+        self.add(f"<h2>{esc(title)}</h2>")
+
+    def p(self, words: str, cls: str = "") -> None:
+        self.add(f'<p class="{cls}">{esc(words)}</p>' if cls else f"<p>{esc(words)}</p>")
+
+    def figure(self, fig) -> str:
+        """A plotly figure as a div and the script that draws it (plotly.js itself is in the head)."""
+        self.figures += 1
+        return fig.to_html(full_html=False, include_plotlyjs=False, include_mathjax=False,
+                           div_id=f"fig{self.figures}", config={"displaylogo": False, "responsive": True})
+
+    def figures_row(self, figs: Sequence) -> None:
+        one = " one" if len(figs) == 1 else ""
+        self.add(f'<div class="figs{one}">' + "".join(f"<div>{self.figure(f)}</div>" for f in figs) + "</div>")
+
+    def render(self) -> str:
+        from plotly.offline import get_plotlyjs
+
+        body_class = ' class="present"' if self.presentation else ""
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{esc(self.title)}</title><style>{CSS}</style>"
+                f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
+                f"<body{body_class}>\n" + "\n".join(self.parts)
+                # each figure is drawn as the page is read, before the ones beside it exist: redraw each at
+                # its final width once all are laid out
+                + "\n<script>window.addEventListener('load',function(){window.dispatchEvent(new Event('resize'));"
+                  "});</script>\n</body></html>\n")
+
+
+def esc(value) -> str:
+    return _html.escape(str(value), quote=True)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _big(label: str, value: str) -> str:
+    return f'<div class="big"><div class="label">{esc(label)}</div><div class="value">{esc(value)}</div></div>'
+
+
+def _png_uri(image: torch.Tensor, side: int = 96) -> str:
+    """A (C, H, W) image in [0, 1] as a data: URI of a PNG, enlarged with nearest-neighbour (8x8 digits stay crisp)."""
+    from PIL import Image
+
+    array = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    if picture.width < side:
+        scale = max(1, side // picture.width)
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ---- the setup in words ----------------------------------------------------------------------------------
+def _teacher_arches(run) -> str:
+    return text.teachers_line(run.config, run.teacher_arch)
+
+
+def _setup_sentences(run, seeds: Optional[Sequence[int]] = None) -> list[str]:
+    cfg = run.config or {}
+    train = cfg.get("train") or {}
+    dataset = cfg.get("dataset") or {}
+    student = cfg.get("student") or {}
+    teachers = _teacher_arches(run)
+    several = " + " in teachers
+    sentences = [
+        f"Question: does a small {run.student_arch} student learn {run.dataset} better when it is taught by "
+        + (f"several teachers ({teachers})" if several else f"a {teachers} teacher")
+        + " (knowledge distillation) than when it is trained on the labels alone?",
+        f"Setup: the teacher{'s' if several else ''} ({teachers}) distil{'' if several else 's'} "
+        f"into the student ({run.student_arch}{_options(student.get('options'))}) on the {run.dataset} dataset.",
+        f"Method: {text.method_line(cfg, run.method)}, at temperature T = {text.number(run.temperature)} and "
+        f"α = {text.number(run.alpha)} (the weight of the teacher's soft targets; 1 − α weighs the labels).",
+    ]
+    epochs = train.get("epochs")
+    teacher_epochs = (cfg.get("teacher") or {}).get("epochs")
+    how = f"The student trained for {epochs} epochs" if epochs is not None else "The student trained"
+    if teacher_epochs and (cfg.get("teacher") or {}).get("source") == "train":
+        how += f", the teacher for {teacher_epochs}"
+    if seeds is not None and len(seeds) > 1:
+        how += f"; {len(seeds)} seeds ({format_seeds(seeds)}), each a full repeat of the experiment"
+    else:
+        how += f", seed {train.get('seed')}"
+    if dataset.get("student_fraction") not in (None, 1, 1.0):
+        how += f"; the student saw {text.pct(dataset['student_fraction'], 0)} of the labelled training images"
+    sentences.append(how + ".")
+    if cfg.get("baseline"):
+        sentences.append("The baseline is the same student trained from scratch on the labels only, with the same "
+                         "data and seed: the KD gain is the distilled student's test accuracy minus the baseline's.")
+    return sentences
+
+
+def _options(options) -> str:
+    """", options hidden [128, 64], width 96" of a model's options; "" for none."""
+    if not isinstance(options, dict) or not options:
+        return ""
+    return ", options " + ", ".join(f"{k} {text.number(v)}" for k, v in options.items())
+
+
+# ---- size, cost, latency ---------------------------------------------------------------------------------
+def _phases(run) -> list[str]:
+    s = run.summary or {}
+    teachers = [t.get("phase") for t in s.get("teachers") or [] if isinstance(t, dict) and t.get("phase")] or \
+        (["teacher"] if "teacher_test_acc" in s else [])
+    return teachers + [p for p in ("baseline", "student") if f"{p}_test_acc" in s]
+
+
+def _arch_of(run, phase: str) -> str:
+    if phase in ("student", "baseline"):
+        return run.student_arch
+    for t in (run.summary or {}).get("teachers") or []:
+        if isinstance(t, dict) and t.get("phase") == phase:
+            return t.get("arch", "?")
+    return run.teacher_arch
+
+
+def _measure_latency(store, run, phases: Sequence[str]) -> tuple[dict, str]:
+    """Latency measured now per phase ({phase: {batch: median_ms}}) and where; ({}, why not) when it cannot be."""
+    try:
+        from kdcore.latency import measure_latency
+    except ImportError:
+        return {}, "latency was not measured (kdcore.latency is not available here)"
+    from kdcore.engine.checkpoint import load_model_from_checkpoint, read_checkpoint
+
+    out, where = {}, ""
+    for phase in phases:
+        path = store.run_dir(run.id) / f"{phase}.pt"
+        if not path.is_file():
+            continue
+        try:
+            info = read_checkpoint(path)
+            model = load_model_from_checkpoint(path, arch=info["arch"], num_classes=info["num_classes"],
+                                               in_channels=info["in_channels"], image_size=info["image_size"],
+                                               options=info.get("options")).eval()
+            shape = (info["in_channels"], info["image_size"], info["image_size"])
+            rows = measure_latency(model, shape, batch_sizes=(1, 64), backends=("torch",), budget_s=0.1)
+        except Exception as err:  # a latency that cannot be measured must not stop the report
+            return out, f"latency could not be measured now ({type(err).__name__}: {text.headline(str(err))[:120]})"
+        out[phase] = {r["batch"]: r["median_ms"] for r in rows}
+        if rows and not where:
+            r = rows[0]
+            where = f"measured now on {r.get('device') or _cpu_name()}, {r.get('threads')} thread(s), torch backend"
+    return out, where
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine() or "this CPU"
+
+
+def _size_rows(store, run, latency: bool) -> tuple[list[str], list[list[str]], str]:
+    s = run.summary or {}
+    phases = _phases(run)
+    stored = {p: {1: s.get(f"{p}_latency_ms_b1"), 64: s.get(f"{p}_latency_ms_b64")} for p in phases
+              if s.get(f"{p}_latency_ms_b1") is not None or s.get(f"{p}_latency_ms_b64") is not None}
+    if stored:
+        lat = stored
+        where = (f"latency as stored with the run: measured on {s.get('latency_cpu') or 'its CPU'}, "
+                 f"{s.get('latency_threads', '?')} thread(s)")
+    elif latency:
+        lat, where = _measure_latency(store, run, phases)
+    else:
+        lat, where = {}, "latency was not measured for this run"
+    header = ["model", "architecture", "test accuracy", "parameters", "size (MB)", "FLOPs / image",
+              "MACs / image", "latency, batch 1", "latency, batch 64"]
+    rows = []
+    for phase in phases:
+        flops = s.get(f"{phase}_flops")
+        macs = s.get(f"{phase}_macs", flops / 2 if isinstance(flops, (int, float)) else None)  # a multiply-add is 2 FLOPs
+        size = s.get(f"{phase}_size_mb")
+        ms = lat.get(phase, {})
+        rows.append([charts.phase_label(phase), _arch_of(run, phase), text.pct(s.get(f"{phase}_test_acc")),
+                     text.compact(s.get(f"{phase}_params")), "—" if text.missing(size) else f"{size:.3g}",
+                     text.compact(flops), text.compact(macs), _ms(ms.get(1)), _ms(ms.get(64))])
+    return header, rows, where
+
+
+def _ms(value) -> str:
+    return "—" if text.missing(value) else f"{value:.3g} ms"
+
+
+# ---- one run -----------------------------------------------------------------------------------------------
+def _load_logits(store, run) -> Optional[dict]:
+    from kdcore.engine.run import TEST_LOGITS_FILE
+
+    path = store.run_dir(run.id) / TEST_LOGITS_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _dataset(run):
+    """The run's dataset splits, or (None, why) when they cannot be loaded here."""
+    from kdcore.config import DatasetConfig
+    from kdcore.data import load_dataset
+
+    try:
+        return load_dataset(DatasetConfig.model_validate(run.config["dataset"])), ""
+    except Exception as err:  # missing files, a damaged config: the report goes on without pictures
+        return None, text.headline(str(err))[:200]
+
+
+def _gain_block(page: _Page, summary: dict) -> None:
+    discordant = summary.get("kd_gain_discordant") or {}
+    net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
+    words = describe_paired(summary.get("kd_gain"), summary.get("kd_gain_ci95"), summary.get("kd_gain_p_value"),
+                            summary.get("test_images"), net)
+    ci = summary.get("kd_gain_ci95") or (None, None)
+    low, high = (ci + [None, None])[:2] if isinstance(ci, list) else ci
+    cls = "good" if (low is not None and low > 0) else "bad" if (high is not None and high < 0) else ""
+    page.add('<div class="headline">'
+             + _big("KD gain", text.points(summary.get("kd_gain")))
+             + _big("95% interval", text.points_range(low, high) + " pts" if low is not None else "—")
+             + _big("student test accuracy", text.pct(summary.get("student_test_acc")))
+             + _big("baseline test accuracy", text.pct(summary.get("baseline_test_acc")))
+             + "</div>")
+    page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(words)}.</div>')
+    if discordant:
+        page.p(f"The distilled student gets {discordant.get('student_only', 0)} test images right that the baseline "
+               f"gets wrong, and the baseline {discordant.get('baseline_only', 0)} that the student gets wrong; "
+               "the interval is a paired bootstrap over the test images, the p-value McNemar's exact test.",
+               "note")
+
+
+def _samples(page: _Page, run, logits: dict, data, names: list[str], teacher: str) -> None:
+    labels, student = logits["labels"], logits["student"]
+    T = float(run.temperature)
+    right = (student.argmax(1) == labels).nonzero().flatten().tolist()
+    wrong = (student.argmax(1) != labels).nonzero().flatten().tolist()
+    chosen = right[:SHOWN_IMAGES - 1] + wrong[:1]
+    chosen += [i for i in right[SHOWN_IMAGES - 1:] + wrong[1:]][:SHOWN_IMAGES - len(chosen)]
+    from kdcore.losses import softened
+
+    cells = []
+    for idx in chosen:
+        p_t, p_s = softened(logits[teacher][idx], T), softened(student[idx], T)
+        classes = list(range(len(names))) if len(names) <= MAX_CLASSES_SHOWN else \
+            p_t.argsort(descending=True)[:MAX_CLASSES_SHOWN].sort().values.tolist()
+        fig = charts.distributions(p_t[classes].numpy(), p_s[classes].numpy(), [names[i] for i in classes], T,
+                                   teacher_phase=teacher)
+        fig.update_layout(height=260, title=None, margin=dict(t=20, b=30))
+        verdict = "right" if idx in right else "wrong"
+        caption = (f"Test image #{idx}: true class <b>{esc(names[labels[idx]])}</b>; the student says "
+                   f"<b>{esc(names[student[idx].argmax()])}</b> ({verdict}), the {esc(charts.phase_label(teacher))} "
+                   f"says <b>{esc(names[logits[teacher][idx].argmax()])}</b>.")
+        picture = ""
+        if data is not None:
+            picture = f'<img alt="test image {idx}" src="{_png_uri(data.denormalize(data.test.images(idx))[0])}">'
+        cells.append(f'<div class="sample">{picture}<div class="bars"><div class="note">{caption}</div>'
+                     f"{page.figure(fig)}</div></div>")
+    page.add('<div class="samples">' + "".join(cells) + "</div>")
+
+
+def _class_names(data, num_classes: int) -> list[str]:
+    names = list(getattr(data, "class_names", None) or []) if data is not None else []
+    return [str(n) for n in names] if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def _per_class(page: _Page, logits: dict, names: list[str], teacher: str) -> None:
+    from kdcore import analysis
+
+    labels = logits["labels"]
+    k = len(names)
+    models = [m for m in (teacher, "baseline", "student") if m in logits]
+    acc = {m: analysis.per_class_accuracy(logits[m], labels, k).numpy() for m in models}
+    figs = [charts.per_class(acc, names)]
+    gain_rows = None
+    if "baseline" in logits:
+        gain_rows = analysis.per_class_gain(logits["student"], logits["baseline"], labels, k)
+        figs.append(charts.class_gain_bars(gain_rows, names))
+    page.figures_row(figs)
+    if gain_rows:
+        ordered = sorted((r for r in gain_rows if not text.missing(r["gain"])), key=lambda r: r["gain"])
+        if ordered:
+            best, worst = ordered[-1], ordered[0]
+            page.p(f"Distillation helped most on class {names[best['class']]} ({text.points(best['gain'])}, "
+                   f"{best['count']} test images) and least on class {names[worst['class']]} "
+                   f"({text.points(worst['gain'])}, {worst['count']} images). Per-class differences rest on few "
+                   "images each: read them as hints, not results.", "note")
+    if "baseline" in logits:
+        fixed, broken = analysis.fixed_and_broken(logits["student"], logits["baseline"], labels)
+        page.p(f"Distillation fixed {len(fixed)} test images the baseline got wrong and broke {len(broken)} it got "
+               "right.", "note")
+
+
+def _calibration(page: _Page, logits: dict, teacher: str) -> None:
+    from kdcore import analysis
+
+    labels = logits["labels"]
+    models = [m for m in (teacher, "baseline", "student") if m in logits]
+    ece = {m: analysis.expected_calibration_error(logits[m], labels, bins=CALIBRATION_BINS) for m in models}
+    page.add('<div class="headline">' + "".join(_big(f"ECE · {charts.phase_label(m)}", text.pct(v, 1))
+                                                 for m, v in ece.items()) + "</div>")
+    page.p(f"Expected calibration error over {CALIBRATION_BINS} confidence bins: how far a model's confidence is "
+           "from how often it is right (0% is perfectly calibrated; lower is better).", "note")
+    tables = {m: analysis.reliability_table(logits[m], labels, bins=CALIBRATION_BINS) for m in models}
+    page.figures_row([charts.reliability_diagram(tables, ece)])
+
+
+def _curves(page: _Page, store, run) -> None:
+    history = store.metrics_frame([run.id])
+    if history.empty:
+        page.p("No training curves were stored for this run.", "note")
+        return
+    page.figures_row([charts.accuracy(history), charts.loss_parts(history)])
+
+
+def _config(page: _Page, run) -> None:
+    import yaml
+
+    page.add(f"<pre>{esc(yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True))}</pre>")
+
+
+def _run_report(page: _Page, store, run, *, latency: bool) -> None:
+    s = run.summary or {}
+    page.title = f"kdcore report · run #{run.id} {run.name}"
+    page.add(f"<h1>Run #{run.id}: {esc(run.name)}</h1>")
+    page.p(f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}; run finished "
+           f"{run.finished_at:%Y-%m-%d %H:%M} on {run.device or 'an unknown device'}." if run.finished_at else
+           f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}.", "meta")
+    page.h2("The question and the setup")
+    for sentence in _setup_sentences(run):
+        page.p(sentence)
+    page.h2("The answer: KD gain")
+    _gain_block(page, s)
+    page.h2("Accuracy, size and speed")
+    header, rows, where = _size_rows(store, run, latency)
+    page.add(_table(header, rows))
+    page.p(f"FLOPs and MACs are per image for one forward pass (a multiply-add counts as 2 FLOPs, 1 MAC). "
+           f"Latency is the median time of one forward pass; {where}.", "note")
+    if "compression" in s:
+        page.p(f"The student is {text.ratio(s.get('teacher_params'), s.get('student_params'))} smaller and needs "
+               f"{s.get('flops_ratio', float('nan')):.1f}× fewer FLOPs than its teacher.")
+    page.h2("Training curves")
+    _curves(page, store, run)
+    logits = _load_logits(store, run)
+    if logits is None or "student" not in logits:
+        page.p("This run stored no test-set predictions: no distributions, per-class results or calibration.", "note")
+    else:
+        data, why = _dataset(run)
+        num_classes = logits["student"].shape[1]
+        names = _class_names(data, num_classes)
+        teacher = next((p for p in ("teacher", "teacher1") if p in logits), None)
+        if teacher is not None:
+            page.h2("What the teacher passes on")
+            page.p(f"The teacher's and the student's predictions softened at the run's T = "
+                   f"{text.number(run.temperature)} (softmax(z / T)), for {SHOWN_IMAGES} test images: the student "
+                   "gets the first ones right and the last one wrong.")
+            if data is None:
+                page.p(f"The test images cannot be shown here ({why}).", "note")
+            _samples(page, run, logits, data, names, teacher)
+        page.h2("Per class")
+        _per_class(page, logits, names, teacher or "teacher")
+        page.h2("Calibration")
+        _calibration(page, logits, teacher or "teacher")
+    page.h2("The run's config")
+    _config(page, run)
+
+
+# ---- a group -------------------------------------------------------------------------------------------
+def _group_frame(store, runs) -> pd.DataFrame:
+    ids = {r.id for r in runs}
+    frame = store.runs_frame()
+    return frame[frame["id"].isin(ids)].sort_values("id").reset_index(drop=True)
+
+
+def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
+    report = group_report(runs)
+    done = [r for r in runs if r.status == "completed"]
+    first = done[0]
+    name = report["group"]
+    page.title = f"kdcore report · group {name}"
+    page.add(f"<h1>Group: {esc(name)}</h1>")
+    statuses = ", ".join(f"{n} {k}" for k, n in report["statuses"].items())
+    page.p(f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}; {len(runs)} runs ({statuses}).", "meta")
+    page.h2("The question and the setup")
+    for sentence in _setup_sentences(first, report["seeds"]):
+        page.p(sentence)
+    swept = {(r.temperature, r.alpha) for r in done}
+    if len(swept) > 1:
+        page.p(f"This group is a sweep over {len({t for t, _ in swept})} temperatures and "
+               f"{len({a for _, a in swept})} values of α; the numbers below pool all its cells.")
+    agg = report["aggregate"]
+    page.h2("The answer: KD gain across seeds")
+    spread = agg.get("kd_gain")
+    ci = (spread or {}).get("ci95") or [None, None]
+    cls = "good" if ci[0] is not None and ci[0] > 0 else "bad" if ci[1] is not None and ci[1] < 0 else ""
+    page.add('<div class="headline">'
+             + _big("mean KD gain", text.points((spread or {}).get("mean")))
+             + _big("95% interval across seeds", text.points_range(*ci) + " pts" if ci[0] is not None else "—")
+             + _big("seeds completed", str((spread or {}).get("n", 0)))
+             + "</div>")
+    page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(describe_spread(spread))}.</div>')
+    page.p("The interval is a Student-t interval of the mean over the completed seeds: each seed repeats the "
+           "whole experiment, so it says how much the gain varies between repeats, not only within one test set.",
+           "note")
+    rows = []
+    for key, label in (("teacher_test_acc", "teacher"), ("baseline_test_acc", "baseline"),
+                       ("student_test_acc", "student"), ("kd_gain", "KD gain")):
+        a = agg.get(key)
+        if not a:
+            continue
+        if key == "kd_gain":
+            mean, interval = text.points(a["mean"]), text.points_range(*a["ci95"]) + " pts" if a["ci95"] else "—"
+        else:  # an accuracy's interval in percent, clamped to what an accuracy can be
+            mean = text.pct(a["mean"], 1)
+            interval = (f"{text.pct(max(a['ci95'][0], 0.0))} to {text.pct(min(a['ci95'][1], 1.0))}"
+                        if a["ci95"] else "—")
+        rows.append([label, mean, "—" if a["std"] is None else f"{100 * a['std']:.2f} pts", interval, a["n"]])
+    page.add(_table(["", "mean", "std", "95% interval", "n"], rows))
+    frame = _group_frame(store, runs)
+    page.figures_row([charts.group_dots(frame[frame["status"] == "completed"], agg)])
+    page.h2("The seeds")
+    seed_rows = []
+    for r in runs:
+        s = r.summary or {}
+        ci_r = s.get("kd_gain_ci95") or [None, None]
+        seed_rows.append([f"#{r.id}", r.config.get("train", {}).get("seed", "?"), r.status,
+                          f"T={text.number(r.temperature)}, α={text.number(r.alpha)}",
+                          text.pct(r.teacher_test_acc), text.pct(r.baseline_test_acc), text.pct(r.student_test_acc),
+                          text.points(r.kd_gain), text.points_range(*ci_r[:2]),
+                          text.p_value(s.get("kd_gain_p_value"))])
+    page.add(_table(["run", "seed", "status", "T, α", "teacher", "baseline", "student", "KD gain",
+                     "its 95% interval", "p"], seed_rows))
+    page.h2("Accuracy, size and speed")
+    header, size_rows, where = _size_rows(store, first, latency)
+    page.add(_table(header, size_rows))
+    page.p(f"Test accuracy of run #{first.id} (seed {first.config.get('train', {}).get('seed')}); sizes are the same "
+           f"for every seed. FLOPs and MACs are per image (a multiply-add counts as 2 FLOPs, 1 MAC). Latency is the "
+           f"median time of one forward pass; {where}.", "note")
+    page.h2("Training curves, mean over seeds")
+    curves = store.metrics_frame([r.id for r in done], kind="epoch")
+    page.figures_row([charts.averaged_curves(curves, "val_acc"), charts.averaged_curves(curves, "train_loss")])
+    page.h2(f"The config (run #{first.id}; the seeds differ only in train.seed)")
+    _config(page, first)
