@@ -42,6 +42,12 @@ COLUMNS = {
     "student_params": st.column_config.NumberColumn("Student params", format="compact"),
     "student_flops": st.column_config.NumberColumn("Student " + text.FLOPS_LABEL, format="compact",
                                                    help=text.FLOPS_HELP),
+    "student_latency_ms_b1": st.column_config.NumberColumn(
+        "Student latency (ms)", format="%.3g", help="Median time of one forward pass at batch 1 with PyTorch, "
+                                                    "measured where the run trained, at the end of the run"),
+    "teacher_latency_ms_b1": st.column_config.NumberColumn("Teacher latency (ms)", format="%.3g"),
+    "ensemble_test_acc": st.column_config.NumberColumn("Ensemble test acc.", format="percent",
+                                                       help="Several teachers combined, as the student saw them"),
     "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
     "tags": st.column_config.ListColumn("Tags"),
     "group": "Group",

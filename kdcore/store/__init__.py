@@ -376,6 +376,9 @@ FRAME_FROM_SUMMARY = {
     "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
     "kd_gain_p_value": lambda s: s.get("kd_gain_p_value"), "test_images": lambda s: s.get("test_images"),
     "teacher_from_run": lambda s: s.get("teacher_from_run"), "baseline_from_run": lambda s: s.get("baseline_from_run"),
+    "ensemble_test_acc": lambda s: s.get("ensemble_test_acc"),
+    "student_latency_ms_b1": lambda s: s.get("student_latency_ms_b1"),
+    "teacher_latency_ms_b1": lambda s: s.get("teacher_latency_ms_b1"),
 }
 
 
