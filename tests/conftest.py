@@ -104,3 +104,45 @@ def any_store(request, tmp_path):
     if request.param == "sqlite":
         return Store(f"sqlite:///{tmp_path}/runs/kdcore.db")
     return Store(request.getfixturevalue("postgres_server")(), artefact_root=tmp_path / "runs")
+
+
+# ---- a real Chromium, shared by the browser tests ----------------------------------------------------
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def chromium_path() -> str:
+    """Debian's chromium; a skip where it is missing, a failure where the run requires it (CI)."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        reason = "Debian's chromium is not installed (make test installs it when run as root)"
+        if os.environ.get("KDCORE_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    from ui.serve import CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS + ["--headless=new"], headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser page; a failing test leaves a full-page screenshot in test-artifacts/."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,21 +19,10 @@ from kdcore.distill import METHODS
 from kdcore.distill.base import describe
 from kdcore.store import ACTIVE, Store
 from tests.helpers import STALL_S, changed_option, method_terms, wait_while_progressing
-from ui.serve import CHROMIUM_ARGS, serve_dashboard
+from ui.serve import serve_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = pytest.mark.browser
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        reason = "Debian's chromium is not installed (make test installs it when run as root)"
-        if os.environ.get("KDCORE_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +36,6 @@ def dashboard(tmp_path_factory):
     assert made.returncode == 0, made.stderr[-2000:]
     with serve_dashboard(db, log_path=tmp / "streamlit.log", start_timeout=STALL_S) as url:
         yield url, db
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = _chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS + ["--headless=new"], headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    yield pg
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
 
 
 def _idle(page, timeout=60_000):
