@@ -396,12 +396,13 @@ if seeds_text.strip():
     except ConfigError as err:
         fields.add("seeds", str(err).removeprefix("seeds: "))
 fields.slot("seeds")
-sweep = st.toggle("Sweep over T and α: one run per pair, queued as one group", key="ui.sweep")
+sweep_what = "T and α: one run per pair" if uses_t else "α (this method does not use T): one run per value"
+sweep = st.toggle(f"Sweep over {sweep_what}, queued as one group", key="ui.sweep")
 temperatures, alphas, group = [], [], ""
 if sweep:
     a, b, c = st.columns(3)
     # every field renders before any is parsed: a widget skipped by an error loses its value
-    t_text = a.text_input("T values", value="2, 4, 8", key="ui.sweep_t")
+    t_text = a.text_input("T values", value="2, 4, 8", key="ui.sweep_t") if uses_t else f"{T:g}"
     alpha_text = b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha")
     try:
         temperatures = form.parse_list(t_text)

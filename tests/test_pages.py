@@ -240,6 +240,19 @@ def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
     assert sorted(r.temperature for r in runs) == [2.0, 4.0] and {r.alpha for r in runs} == {0.5}
 
 
+def test_a_sweep_for_a_method_without_t_sweeps_alpha_only(empty_db, manager):
+    at = new_experiment_with(**{"ui.sweep": True, "f.distill.method": "hard"})
+    assert not [t for t in at.text_input if t.key == "ui.sweep_t"]
+    at.text_input(key="ui.sweep_alpha").set_value("0.5, 0.9")
+    at.text_input(key="ui.sweep_group").set_value("alpha only")
+    at.run()
+    for run_id in manager.active():
+        manager.cancel(run_id)
+    _launch(at)
+    runs = Store().list_runs(group="alpha only")
+    assert len(runs) == 2 and {r.alpha for r in runs} == {0.5, 0.9} and len({r.temperature for r in runs}) == 1
+
+
 def test_seeds_queue_one_run_per_seed_in_one_group_sharing_one_teacher(empty_db, manager):
     at = new_experiment_with()
     at.text_input(key="ui.seeds").set_value("3-5").run()
