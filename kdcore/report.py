@@ -39,12 +39,15 @@ class ReportError(ValueError):
 def resolve(store, target) -> tuple[str, list]:
     """("run", [run]) or ("group", runs) for a run id (an int or a string of digits) or a group name.
 
+    A string of digits that names a group is that group: a group name is never mistaken for a run.
+
     Raises:
         ReportError: an unknown run or group, a run that did not complete, a group with no completed run.
     """
     from kdcore.store import RunNotFound
 
-    if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+    digits_only_group = isinstance(target, str) and target.strip().isdigit() and store.list_runs(group=target)
+    if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit() and not digits_only_group):
         run_id = int(target)
         try:
             run = store.get_run(run_id)

@@ -260,3 +260,15 @@ def test_presentation_mode_hides_the_sidebar_in_a_browser(stored, page):
         page.get_by_role("button", name="Leave presentation mode").click()
         page.get_by_role("button", name="Download report (HTML)").wait_for(timeout=STALL_S * 1000)
         page.locator('[data-testid="stSidebar"]').wait_for(state="visible")  # the hiding style is gone
+
+
+def test_a_group_named_with_digits_is_read_as_that_group(tmp_path):
+    from kdcore.config import build_config
+    from kdcore.report import ReportError, resolve
+
+    store = Store(f"sqlite:///{tmp_path}/runs.db", artefact_root=tmp_path)
+    store.create_run(build_config({"group": "2026"}))
+    with pytest.raises(ReportError, match="group '2026' has no completed run yet"):
+        resolve(store, "2026")
+    with pytest.raises(ReportError, match="no run #7 in this store"):
+        resolve(store, "7")
