@@ -12,11 +12,19 @@ if TYPE_CHECKING:
     from kdcore.config import AugmentConfig
 
 
-def _rand(n: int, generator: torch.Generator | None) -> Tensor:
-    # random parameters are drawn on the generator's device (CPU by default) and moved after,
-    # so a CPU generator gives the same augmentation whatever device the images are on
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(n, generator=generator, device=device)
+def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """(n,) uniform draws on `device`.
+
+    Drawn on the generator's device and moved after, so a CPU generator gives the same
+    augmentation wherever the images are; a generator on the images' CUDA device makes the
+    move a no-op, so a step copies nothing from the host. Without a generator, CUDA images
+    use the device's global RNG for the same reason, and CPU images the CPU one as always.
+    """
+    if generator is not None:
+        source = generator.device
+    else:
+        source = device if device.type == "cuda" else torch.device("cpu")
+    return torch.rand(n, generator=generator, device=source).to(device)
 
 
 def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
@@ -34,8 +42,8 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = Non
         return x
     n, _, h, w = x.shape
     span = 2 * padding + 1
-    oy = (_rand(n, generator) * span).long().clamp_(max=span - 1).to(x.device)
-    ox = (_rand(n, generator) * span).long().clamp_(max=span - 1).to(x.device)
+    oy = (_rand(n, generator, x.device) * span).long().clamp_(max=span - 1)
+    ox = (_rand(n, generator, x.device) * span).long().clamp_(max=span - 1)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = oy[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = ox[:, None] + torch.arange(w, device=x.device)  # (N, W)
@@ -58,7 +66,7 @@ def random_flip(x: Tensor, generator: torch.Generator | None = None, p: float = 
     """
     if x.shape[0] == 0:
         return x
-    mask = (_rand(x.shape[0], generator) < p).to(x.device)
+    mask = _rand(x.shape[0], generator, x.device) < p
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
@@ -76,7 +84,7 @@ def random_rotation(x: Tensor, degrees: float, generator: torch.Generator | None
     if degrees <= 0 or x.shape[0] == 0:
         return x
     n, _, h, w = x.shape
-    angle = ((_rand(n, generator) * 2 - 1) * math.radians(degrees)).to(x.device)
+    angle = (_rand(n, generator, x.device) * 2 - 1) * math.radians(degrees)
     cos, sin = angle.cos(), angle.sin()
     zero = torch.zeros_like(angle)
     # affine_grid works in [-1, 1] coordinates; the H/W factors keep non-square images unsheared
@@ -97,7 +105,8 @@ def augment_batch(x: Tensor, cfg: "AugmentConfig", generator: torch.Generator | 
     Args:
         x: (N, C, H, W) floating-point images on any device.
         cfg: which augmentations to apply (crop_padding, flip, rotation).
-        generator: CPU generator for repeatable augmentation; None uses the global RNG.
+        generator: for repeatable augmentation, on the CPU or on the images' device (no host
+            copies per step); None uses the global RNG of the images' device.
 
     Returns:
         Augmented images with the same shape, dtype and device as `x`.

@@ -51,3 +51,39 @@ def cpu_threads_from_env() -> int:
     if os.environ.get("KDCORE_CPU_THREADS"):
         torch.set_num_threads(max(1, int(os.environ["KDCORE_CPU_THREADS"])))
     return torch.get_num_threads()
+
+
+def cuda_settings(device: torch.device | str) -> dict:
+    """What `prepare_device` sets for `device`; empty for anything but CUDA (a CPU run is left as it is).
+
+    Keys: "cudnn_benchmark" (pick the fastest conv algorithm per input shape, which the fixed
+    batch shapes of training repay), "fp32_precision" ("tf32": matmuls and convs in TF32 on
+    tensor cores) and "channels_last" (conv models in NHWC, the layout tensor cores use).
+    """
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"cudnn_benchmark": True, "fp32_precision": "tf32", "channels_last": True}
+
+
+def prepare_device(device: torch.device | str) -> dict:
+    """Applies `cuda_settings(device)` to this process's backends; returns them."""
+    settings = cuda_settings(device)
+    if settings:
+        torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            # the newer API; mixing it with allow_tf32 is refused by recent PyTorch
+            torch.backends.cuda.matmul.fp32_precision = settings["fp32_precision"]
+            torch.backends.cudnn.conv.fp32_precision = settings["fp32_precision"]
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    return settings
+
+
+def to_device_format(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """Moves `model` to `device`, in channels_last when that device's settings ask for it and it has 2-D convs."""
+    model.to(device)
+    if cuda_settings(device).get("channels_last") and any(
+            isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -26,7 +26,7 @@ from kdcore.engine.checkpoint import classifier_head, load_model_from_checkpoint
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
-from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
+from kdcore.engine.trainer import accuracy, eval_precision, fit, freeze_early_layers, predict_logits
 from kdcore.latency import cpu_model, phase_latency
 from kdcore.losses import ensemble_logits
 from kdcore.models import create_model, profile_model
@@ -224,7 +224,9 @@ def execute_run(
             raise DatasetError(f"dataset {config.dataset.name!r} has no {split} images after splitting; add images "
                                "or lower dataset.val_fraction")
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
-    summary: dict = {"device": describe_device(device), "num_classes": data.num_classes,
+    # bf16 (AMP on a GPU) and fp32 evaluations may share one runs table: say which this was
+    summary: dict = {"device": describe_device(device), "eval_precision": eval_precision(device, config.train.amp),
+                     "num_classes": data.num_classes,
                      "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}
     summary.update({f"{phase}_key": teacher_key(config, i) for i, phase in enumerate(t_phases)})
     summary["baseline_key"] = baseline_key(config)

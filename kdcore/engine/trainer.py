@@ -10,7 +10,7 @@ import copy
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
+from kdcore.engine.device import prepare_device, to_device_format
 from kdcore.engine.events import Callback, Event
 from kdcore.engine.rng import global_rng_lock
 from kdcore.distill import Distiller, build_distiller
@@ -48,6 +49,28 @@ def autocast_for(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def eval_precision(device: torch.device, amp: bool) -> str:
+    """"bf16" where `autocast_for` evaluates in bfloat16 (AMP on CUDA), else "fp32"."""
+    return "bf16" if amp and torch.device(device).type == "cuda" else "fp32"
+
+
+@contextmanager
+def _host_reads(device: torch.device):
+    """Marks where the trainer reads metrics to the host (reports, epoch ends): a sync there is meant.
+
+    Under torch.cuda.set_sync_debug_mode("error") any other sync, e.g. one in the step loop, raises.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -68,12 +91,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: i
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024, amp: bool = False) -> Tensor:
-    """(N, K) float32 logits for a whole split, in the split's order, on `device`."""
+def predict_logits(model: nn.Module, split: Split | BatchLoader, device: torch.device, batch_size: int = 1024,
+                   amp: bool = False) -> Tensor:
+    """(N, K) float32 logits for a whole split, in the split's order, on `device`.
+
+    `split` may be an unshuffled, unaugmented loader already on `device` (its own batch size
+    then applies), so repeated evaluations move the split to the device once.
+    """
     was_training = model.training
     model.eval()
     chunks = []
-    for x, _, _ in make_loader(split, batch_size, shuffle=False, device=device):
+    loader = split if isinstance(split, BatchLoader) else make_loader(split, batch_size, shuffle=False, device=device)
+    for x, _, _ in loader:
         with autocast_for(device, amp):
             chunks.append(model(x).float())
     model.train(was_training)
@@ -158,7 +187,8 @@ def fit(
     seed = train_cfg.seed if seed is None else seed
     with global_rng_lock:
         torch.manual_seed(seed)  # dropout draws; data order and augmentation have their own generators
-    model.to(device).train()
+    prepare_device(device)  # cudnn autotuning and TF32 on CUDA; nothing elsewhere
+    to_device_format(model, device).train()
     teachers = list(teachers) or ([teacher] if teacher is not None else [])
     distill = bool(teachers) and distill_cfg is not None and distill_cfg.alpha > 0
     augmenting = augment is not None and augment.enabled
@@ -169,11 +199,13 @@ def fit(
     )
     steps_per_epoch = len(train_loader)
     report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
+    # one evaluation loader per fit: the validation split goes to the device once, not once per epoch
+    val_loader = make_loader(data.val, train_cfg.eval_batch_size, shuffle=False, device=device) if len(data.val) else None
 
     teacher_train_logits = teacher_val_preds = None
     distiller: Optional[Distiller] = None
     for t in teachers:
-        t.to(device).eval()
+        to_device_format(t, device).eval()
         for p in t.parameters():
             p.requires_grad_(False)
     if distill:
@@ -182,10 +214,11 @@ def fit(
             torch.manual_seed(seed)  # a method's learnable parts start the same on every try
             distiller = build_distiller(distill_cfg, model, teachers, sample).to(device)
         if not augmenting and cache_teacher_logits and distiller.cacheable:
+            in_order = train_loader.in_order(train_cfg.eval_batch_size)  # the train loader's device copy, reused
             teacher_train_logits = distiller.combine(
-                [predict_logits(t, data.train, device, train_cfg.eval_batch_size, train_cfg.amp) for t in teachers])
-    if teachers and len(data.val):
-        val_each = [predict_logits(t, data.val, device, train_cfg.eval_batch_size, train_cfg.amp) for t in teachers]
+                [predict_logits(t, in_order, device, amp=train_cfg.amp) for t in teachers])
+    if teachers and val_loader is not None:
+        val_each = [predict_logits(t, val_loader, device, amp=train_cfg.amp) for t in teachers]
         teacher_val_preds = (distiller.combine(val_each) if distiller is not None else val_each[0]).argmax(1)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -252,56 +285,58 @@ def fit(
             correct += (logits.detach().argmax(1) == y).sum()
 
             if global_step % report_every == 0:
-                metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
-                if not math.isfinite(metrics["train_loss"]):
-                    raise TrainingDiverged(
-                        f"{phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {global_step}; "
-                        "lower train.lr or the temperature"
-                    )
-                now = time.perf_counter()
-                metrics["train_acc"] = correct.item() / seen
-                metrics["images_per_s"] = window_images / max(now - window_start, 1e-9)
-                metrics["lr"] = optimizer.param_groups[0]["lr"]
-                window_start, window_images = now, 0
-                callback(Event("step", phase=phase, epoch=epoch, step=global_step, metrics=metrics,
-                               info={"steps_per_epoch": steps_per_epoch, "epochs": epochs}))
+                with _host_reads(device):
+                    metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+                    if not math.isfinite(metrics["train_loss"]):
+                        raise TrainingDiverged(
+                            f"{phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {global_step}; "
+                            "lower train.lr or the temperature"
+                        )
+                    now = time.perf_counter()
+                    metrics["train_acc"] = correct.item() / seen
+                    metrics["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    metrics["lr"] = optimizer.param_groups[0]["lr"]
+                    window_start, window_images = now, 0
+                    callback(Event("step", phase=phase, epoch=epoch, step=global_step, metrics=metrics,
+                                   info={"steps_per_epoch": steps_per_epoch, "epochs": epochs}))
 
-        if seen == 0:  # cancelled before the epoch's first step
-            break
-        epoch_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
-        if not math.isfinite(epoch_metrics["train_loss"]):
-            raise TrainingDiverged(f"{phase}: the loss became {epoch_metrics['train_loss']} in epoch {epoch}; lower train.lr")
-        epoch_metrics["train_acc"] = correct.item() / seen
-        epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
-        if len(data.val):
-            val_logits = predict_logits(model, data.val, device, train_cfg.eval_batch_size, train_cfg.amp)
-            val_acc = accuracy(val_logits, data.val.y)
-            epoch_metrics["val_acc"] = val_acc
-            if teacher_val_preds is not None:
-                epoch_metrics["agreement"] = (val_logits.argmax(1) == teacher_val_preds).float().mean().item()
-        else:
-            val_acc = epoch_metrics["train_acc"]  # no validation split: pick on training accuracy
-        callback(Event("epoch", phase=phase, epoch=epoch, step=global_step, metrics=epoch_metrics,
-                       info={"epochs": epochs, "steps_per_epoch": steps_per_epoch}))
+        with _host_reads(device):  # the epoch's metrics, evaluation and checkpoints
+            if seen == 0:  # cancelled before the epoch's first step
+                break
+            epoch_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+            if not math.isfinite(epoch_metrics["train_loss"]):
+                raise TrainingDiverged(f"{phase}: the loss became {epoch_metrics['train_loss']} in epoch {epoch}; lower train.lr")
+            epoch_metrics["train_acc"] = correct.item() / seen
+            epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if len(data.val):
+                val_logits = predict_logits(model, val_loader, device, amp=train_cfg.amp)
+                val_acc = accuracy(val_logits, val_loader.labels)
+                epoch_metrics["val_acc"] = val_acc
+                if teacher_val_preds is not None:
+                    epoch_metrics["agreement"] = (val_logits.argmax(1) == teacher_val_preds).float().mean().item()
+            else:
+                val_acc = epoch_metrics["train_acc"]  # no validation split: pick on training accuracy
+            callback(Event("epoch", phase=phase, epoch=epoch, step=global_step, metrics=epoch_metrics,
+                           info={"epochs": epochs, "steps_per_epoch": steps_per_epoch}))
 
-        if val_acc > best_acc and not cancelled:  # a cut-short epoch is kept as "last" only
-            best_acc, best_epoch, epochs_without_gain = val_acc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            on_checkpoint("best", model)
-        else:
-            epochs_without_gain += 1
-        on_checkpoint("last", model)
-        if cancelled:
-            break
-        if state_path is not None:
-            _save_state(state_path, dict(
-                epoch=epoch, model=model.state_dict(),
-                distiller=distiller.state_dict() if distiller is not None else None, optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
-                best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
-                global_step=global_step, rng=_rng_state()))
-        if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
-            break
+            if val_acc > best_acc and not cancelled:  # a cut-short epoch is kept as "last" only
+                best_acc, best_epoch, epochs_without_gain = val_acc, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+                on_checkpoint("best", model)
+            else:
+                epochs_without_gain += 1
+            on_checkpoint("last", model)
+            if cancelled:
+                break
+            if state_path is not None:
+                _save_state(state_path, dict(
+                    epoch=epoch, model=model.state_dict(),
+                    distiller=distiller.state_dict() if distiller is not None else None, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
+                    best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
+                    global_step=global_step, rng=_rng_state()))
+            if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
+                break
 
     if best_state is not None and not cancelled:
         model.load_state_dict(best_state)

@@ -102,14 +102,40 @@ def describe_error(err: BaseException) -> str:
     return headline + "\n\n" + "".join(traceback.format_exception(err))[-4000:]
 
 
+def cuda_context_lost(err: BaseException) -> bool:
+    """True when `err` (or an error it was raised from) is a CUDA device-side failure.
+
+    After one (an illegal address, a device-side assert) the process's CUDA context is
+    unusable: every later run in it would fail too. torch.AcceleratorError is how PyTorch
+    raises them; older releases raise a plain RuntimeError saying "CUDA error". Subclasses of
+    RuntimeError (a checkpoint error quoting a path, say) are not matched on their words.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        accelerator_error = getattr(torch, "AcceleratorError", None)
+        if accelerator_error is not None and isinstance(err, accelerator_error):
+            return True
+        if type(err) is RuntimeError and ("CUDA error" in str(err) or "device-side assert" in str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+DEVICE_LOST = "the GPU failed (a CUDA device-side error); this worker takes no more runs"  # in such a run's error
+
+
 def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torch.device] = None,
                 interrupt: Optional[threading.Event] = None,
-                listener: Optional[Callable[[Event], None]] = None) -> str:
+                listener: Optional[Callable[[Event], None]] = None,
+                device_lost: Optional[threading.Event] = None) -> str:
     """Executes a run this worker has claimed, from its stored config, and records the outcome.
 
     While it runs, a heartbeat renews the lease with the run's progress and reads the cancel
     flag; a cancel stops it at the next step as "cancelled", `interrupt` (SIGTERM, SIGINT, a
-    shutdown) as "interrupted", both with the metrics so far stored.
+    shutdown) as "interrupted", both with the metrics so far stored. A run that fails with a
+    CUDA device-side error is recorded as failed, and `device_lost` is set: this process's
+    CUDA context is unusable.
 
     Returns:
         The final status.
@@ -142,6 +168,10 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                 status = "completed"
         except Exception as err:  # a failed run is stored with its reason; the worker goes on
             error, status = describe_error(err), "failed"
+            if cuda_context_lost(err):
+                error = f"{DEVICE_LOST}: {error}"
+                if device_lost is not None:
+                    device_lost.set()
         finally:
             try:
                 recorder.flush()
@@ -209,6 +239,7 @@ class Worker:
         self.poll_s = poll_s
         self.listener_for = listener_for
         self.current: Optional[int] = None
+        self.device_lost = False  # a CUDA device-side error ended its loop
 
     def run(self, stop: threading.Event, interrupt: Optional[threading.Event] = None, *,
             max_runs: Optional[int] = None, exit_when_idle: bool = False,
@@ -222,6 +253,7 @@ class Worker:
             (run number, final status) of each run it executed.
         """
         interrupt = interrupt or threading.Event()
+        device_lost = threading.Event()
         done: list[tuple[int, str]] = []
         while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
             try:
@@ -243,13 +275,19 @@ class Worker:
             try:
                 listener = self.listener_for(run_id) if self.listener_for else None
                 status = execute_job(self.store, run_id, worker=self.id, device=self.device, interrupt=interrupt,
-                                     listener=listener)
+                                     listener=listener, device_lost=device_lost)
             except Exception as err:  # the store failed mid-run; the lease will expire and say so
                 print(f"kdcore worker {self.id}: run {run_id} could not be recorded: {err}", file=sys.stderr)
                 status = "failed"
             finally:
                 self.current = None
             done.append((run_id, status))
+            if device_lost.is_set():
+                # its CUDA context cannot run anything more: taking runs would only fail them
+                print(f"kdcore worker {self.id}: run {run_id} hit a CUDA device-side error on {self.device}; "
+                      "this worker stops taking runs (restart it to use the GPU again)", file=sys.stderr)
+                self.device_lost = True
+                break
         return done
 
 

@@ -1,0 +1,223 @@
+"""The CUDA path's fixes, checked on the CPU: what they would do on a GPU, and that a CPU run is unchanged."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kdcore.config import AugmentConfig, DatasetConfig, build_config
+from kdcore.data import load_dataset, make_loader
+from kdcore.data import loaders as loaders_module
+from kdcore.data.augment import augment_batch, random_crop, random_flip, random_rotation
+from kdcore.data.loaders import _epoch_generator, _num_workers
+from kdcore.engine import trainer as trainer_module
+from kdcore.engine.checkpoint import CheckpointError
+from kdcore.engine.device import cuda_settings, prepare_device, to_device_format
+from kdcore.engine.events import no_callback
+from kdcore.engine.trainer import TrainingDiverged, eval_precision, fit, predict_logits
+from kdcore.jobs.worker import cuda_context_lost
+from kdcore.models import create_model
+
+CPU = torch.device("cpu")
+
+
+def _digits_config(**train):
+    return build_config({
+        "dataset": {"name": "digits", "val_fraction": 0.15},
+        "teacher": {"arch": "small_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
+        "distill": {"temperature": 4.0, "alpha": 0.9},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003, "seed": 0, **train},
+    })
+
+
+def _write_images(folder, classes=3, per_class=8):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (folder / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), mode="RGB").save(
+                folder / f"class_{c}" / f"img_{i}.png")
+
+
+# ---------------------------------------------------------------- 1. augmentation draws
+
+
+def test_cpu_augmentation_draws_are_the_host_draws_of_before():
+    """A CPU generator gives exactly the offsets, flips and angles drawn before the CUDA change."""
+    x = torch.randn(5, 3, 8, 8)
+    g = torch.Generator().manual_seed(7)
+    ref = torch.Generator().manual_seed(7)
+    span = 2 * 2 + 1
+    oy = (torch.rand(5, generator=ref) * span).long().clamp_(max=span - 1)
+    ox = (torch.rand(5, generator=ref) * span).long().clamp_(max=span - 1)
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    expected = torch.stack([padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8] for i in range(5)])
+    assert torch.equal(random_crop(x, 2, g), expected)
+
+    flip = torch.rand(5, generator=ref) < 0.5
+    assert torch.equal(random_flip(x, g), torch.where(flip[:, None, None, None], x.flip(3), x))
+    # the rotation takes its n angles from the same CPU stream, and nothing more
+    ref.set_state(g.get_state())
+    assert random_rotation(x, 10.0, g).shape == x.shape
+    torch.rand(5, generator=ref)
+    assert torch.equal(torch.rand(1, generator=g), torch.rand(1, generator=ref))
+
+
+def test_a_cpu_loader_augments_with_a_cpu_generator_seeded_from_seed_and_epoch():
+    d = load_dataset(DatasetConfig(name="digits", val_fraction=0.15))
+    aug = AugmentConfig(crop_padding=2, flip=True, rotation=5)
+    loader = make_loader(d.train, 32, shuffle=True, augment=aug, seed=5)
+    loader.epoch = 3
+    x, _, idx = next(iter(loader))
+    gen = _epoch_generator(5, 3, 1)
+    assert gen.device.type == "cpu"
+    assert torch.equal(x, augment_batch(d.train.x[idx], aug, gen))
+
+
+# ---------------------------------------------------------------- 2, 3. one device copy per split per fit
+
+
+def test_a_fit_builds_one_loader_per_split_and_the_teacher_cache_reuses_the_train_loader(monkeypatch):
+    cfg = _digits_config()
+    data = load_dataset(cfg.dataset)
+    built = []
+
+    def counting_loader(split, *args, **kwargs):  # the real loader, counted by split
+        built.append(split)
+        return make_loader(split, *args, **kwargs)
+
+    torch.manual_seed(0)
+    teacher = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    student = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=8)
+    monkeypatch.setattr(trainer_module, "make_loader", counting_loader)
+    fit(student, data, phase="student", epochs=3, train_cfg=cfg.train, device=CPU, teacher=teacher,
+        distill_cfg=cfg.distill, callback=no_callback)
+    # train once (its device tensors also serve the teacher-logit cache), val once for 3 epochs and the teacher
+    assert [s is data.train for s in built].count(True) == 1
+    assert [s is data.val for s in built].count(True) == 1
+    assert len(built) == 2
+
+
+def test_an_in_order_view_shares_the_loaders_device_tensors_and_predicts_like_the_split():
+    d = load_dataset(DatasetConfig(name="digits", val_fraction=0.15))
+    loader = make_loader(d.train, 64, shuffle=True, augment=AugmentConfig(flip=True), seed=1)
+    view = loader.in_order(100)
+    assert view._x.data_ptr() == loader._x.data_ptr() and view.augment is None and not view.shuffle
+    assert loader.batch_size == 64 and loader.augment is not None  # the train loader is left as it was
+    torch.manual_seed(0)
+    model = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=8)
+    assert torch.equal(predict_logits(model, view, CPU), predict_logits(model, d.train, CPU, 100))
+    assert torch.equal(view.labels, d.train.y)
+
+
+# ---------------------------------------------------------------- 4. streamed loaders
+
+
+def test_data_workers_follow_the_cores_with_a_cap_and_the_environment(monkeypatch):
+    monkeypatch.delenv("KDCORE_DATA_WORKERS", raising=False)
+    monkeypatch.setattr(loaders_module.os, "cpu_count", lambda: 64)
+    assert _num_workers() == loaders_module.MAX_DATA_WORKERS
+    monkeypatch.setattr(loaders_module.os, "cpu_count", lambda: 4)
+    assert _num_workers() == 3  # one core left to the training process
+    monkeypatch.setattr(loaders_module.os, "cpu_count", lambda: None)
+    assert _num_workers() == 0
+    monkeypatch.setenv("KDCORE_DATA_WORKERS", "12")
+    assert _num_workers() == 12
+    monkeypatch.setenv("KDCORE_DATA_WORKERS", "two")
+    with pytest.raises(ValueError, match="KDCORE_DATA_WORKERS"):
+        _num_workers()
+
+
+def test_a_streamed_loader_keeps_one_persistent_dataloader_with_the_same_orders_and_global_rng(tmp_path, monkeypatch):
+    _write_images(tmp_path / "imgs")
+    d = load_dataset(DatasetConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=8, val_fraction=0.0))
+
+    def three_epochs(workers: str):
+        monkeypatch.setenv("KDCORE_DATA_WORKERS", workers)
+        loader = make_loader(d.train, 5, shuffle=True, seed=2, augment=AugmentConfig(flip=True))
+        torch.manual_seed(0)
+        epochs, rng_after, streams = [], [], []
+        for _ in range(3):
+            epochs.append([(x, idx) for x, _, idx in loader])
+            rng_after.append(torch.rand(1))  # dropout reads the global RNG between passes
+            streams.append(loader._stream)
+        return loader, epochs, rng_after, streams
+
+    loader, persistent, rng_p, streams = three_epochs("1")
+    assert loader._stream.persistent_workers and all(s is streams[0] for s in streams)
+    _, fresh, rng_f, _ = three_epochs("0")  # no workers: a new iterator every pass, as before
+    for a, b in zip(persistent, fresh):
+        assert all(torch.equal(xa, xb) and torch.equal(ia, ib) for (xa, ia), (xb, ib) in zip(a, b))
+    assert torch.equal(torch.cat(rng_p), torch.cat(rng_f))
+    # epoch 2's order is that of a new loader started at epoch 2
+    again = make_loader(d.train, 5, shuffle=True, seed=2)
+    again.epoch = 2
+    assert torch.equal(torch.cat([idx for _, _, idx in again]), torch.cat([idx for _, idx in persistent[2]]))
+
+
+# ---------------------------------------------------------------- 5. CUDA settings
+
+
+def test_cuda_settings_are_chosen_for_cuda_only():
+    assert cuda_settings("cpu") == {} and cuda_settings(torch.device("mps")) == {}
+    assert cuda_settings(torch.device("cuda")) == {
+        "cudnn_benchmark": True, "fp32_precision": "tf32", "channels_last": True}
+    assert cuda_settings("cuda:1")["channels_last"]
+
+
+def test_a_cpu_device_is_left_as_it_was():
+    before = (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
+    assert prepare_device(CPU) == {}
+    assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == before
+    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    conv = next(m for m in to_device_format(model, CPU).modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous()  # not channels_last
+
+
+# ---------------------------------------------------------------- 6. evaluation precision
+
+
+def test_eval_precision_names_bf16_only_for_amp_on_cuda():
+    assert eval_precision(torch.device("cuda"), amp=True) == "bf16"
+    assert eval_precision(torch.device("cuda:0"), amp=False) == "fp32"
+    assert eval_precision(CPU, amp=True) == "fp32"
+
+
+def test_a_cpu_run_summary_records_fp32_evaluation(tmp_path):
+    from kdcore.engine.run import execute_run
+
+    cfg = build_config({"dataset": {"name": "digits", "val_fraction": 0.15}, "teacher": {"arch": "mlp_tiny"},
+                        "student": {"arch": "mlp_tiny"}, "baseline": False,
+                        "train": {"epochs": 1, "batch_size": 128, "amp": True, "device": "cpu"}})
+    assert execute_run(cfg, tmp_path / "run")["eval_precision"] == "fp32"
+
+
+# ---------------------------------------------------------------- 7. a lost CUDA context
+
+
+@pytest.mark.parametrize("err", [
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported"),
+    RuntimeError("...: block: [0,0,0], thread: [3,0,0] Assertion `t >= 0 && t < n_classes` failed. device-side assert"),
+], ids=["AcceleratorError", "RuntimeError CUDA error", "RuntimeError device-side assert"])
+def test_a_cuda_device_side_error_is_a_lost_context(err):
+    assert cuda_context_lost(err)
+    try:  # also when wrapped by the code that met it
+        try:
+            raise err
+        except RuntimeError as inner:
+            raise ValueError("loading the batch failed") from inner
+    except ValueError as outer:
+        assert cuda_context_lost(outer)
+
+
+@pytest.mark.parametrize("err", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),  # the context survives an OOM
+    RuntimeError("train.device is 'cuda' but no CUDA GPU is visible to PyTorch"),
+    CheckpointError("/runs/CUDA error notes/teacher.pt is not a checkpoint"),
+    TrainingDiverged("student: the loss became nan at epoch 1, step 3"),
+    ValueError("device-side assert"),
+], ids=["OOM", "no GPU", "CheckpointError quoting a path", "diverged", "ValueError"])
+def test_other_failures_leave_the_worker_taking_runs(err):
+    assert not cuda_context_lost(err)
