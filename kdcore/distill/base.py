@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kdcore.distill.hooks import FeatureTap
 from kdcore.losses import ensemble_logits
 from kdcore.models.stages import resolve_layer
+from kdcore.spans import region
 
 
 class MethodOptions(BaseModel):
@@ -142,12 +143,12 @@ class Distiller(nn.Module):
 
         Returns the student's logits and the named, weighted loss terms whose sum is the loss.
         """
-        with FeatureTap(self.student, self.student_layers()) as s_tap:
+        with FeatureTap(self.student, self.student_layers()) as s_tap, region("kdcore.student_forward"):
             student_logits = self.student(x).float()
         each: list[Tensor] = []
         t_features: dict[str, Tensor] = {}
         if teacher_logits is None:
-            with torch.no_grad():
+            with torch.no_grad(), region("kdcore.teacher_pass"):
                 for i, teacher in enumerate(self.teachers):
                     with FeatureTap(teacher, self.teacher_layers() if i == 0 else []) as t_tap:
                         each.append(teacher(x).float())
@@ -157,7 +158,8 @@ class Distiller(nn.Module):
         step = Step(x=x, y=y, idx=idx, epoch=epoch, epochs=epochs, student_logits=student_logits,
                     teacher_logits=teacher_logits.float(), teacher_logits_each=each,
                     student_features=s_tap.features, teacher_features=t_features)
-        return student_logits, self.losses(step)
+        with region("kdcore.loss_terms"):
+            return student_logits, self.losses(step)
 
 
 def describe(cls: type[Distiller]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from kdcore.data import BatchLoader, DataSplits, Split, make_loader
 from kdcore.engine.device import prepare_device, to_device_format
 from kdcore.engine.events import Callback, Event
 from kdcore.engine.rng import global_rng_lock
+from kdcore.spans import region
 from kdcore.distill import Distiller, build_distiller
 
 REPORTS_PER_EPOCH = 10  # step events per epoch, for the live curves
@@ -215,8 +216,9 @@ def fit(
             distiller = build_distiller(distill_cfg, model, teachers, sample).to(device)
         if not augmenting and cache_teacher_logits and distiller.cacheable:
             in_order = train_loader.in_order(train_cfg.eval_batch_size)  # the train loader's device copy, reused
-            teacher_train_logits = distiller.combine(
-                [predict_logits(t, in_order, device, amp=train_cfg.amp) for t in teachers])
+            with region("kdcore.teacher_cache"):
+                teacher_train_logits = distiller.combine(
+                    [predict_logits(t, in_order, device, amp=train_cfg.amp) for t in teachers])
     if teachers and val_loader is not None:
         val_each = [predict_logits(t, val_loader, device, amp=train_cfg.amp) for t in teachers]
         teacher_val_preds = (distiller.combine(val_each) if distiller is not None else val_each[0]).argmax(1)
@@ -265,14 +267,17 @@ def fit(
                         x, y, idx, epoch=epoch, epochs=epochs,
                         teacher_logits=teacher_train_logits[idx] if teacher_train_logits is not None else None)
                 else:
-                    logits = model(x).float()
-                    parts = {"ce": F.cross_entropy(logits, y)}
+                    with region("kdcore.student_forward"):
+                        logits = model(x).float()
+                        parts = {"ce": F.cross_entropy(logits, y)}
                 loss = sum(parts.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            with region("kdcore.backward"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with region("kdcore.optimizer_step"):
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             global_step += 1
 
             batch = len(y)
@@ -285,7 +290,7 @@ def fit(
             correct += (logits.detach().argmax(1) == y).sum()
 
             if global_step % report_every == 0:
-                with _host_reads(device):
+                with _host_reads(device), region("kdcore.step_report"):
                     metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
                     if not math.isfinite(metrics["train_loss"]):
                         raise TrainingDiverged(
@@ -300,7 +305,7 @@ def fit(
                     callback(Event("step", phase=phase, epoch=epoch, step=global_step, metrics=metrics,
                                    info={"steps_per_epoch": steps_per_epoch, "epochs": epochs}))
 
-        with _host_reads(device):  # the epoch's metrics, evaluation and checkpoints
+        with _host_reads(device), region("kdcore.epoch_end"):  # the epoch's metrics, evaluation and checkpoints
             if seen == 0:  # cancelled before the epoch's first step
                 break
             epoch_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}

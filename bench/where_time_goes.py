@@ -1,0 +1,144 @@
+"""Where a distillation fit's time goes, per part of the step, measured with torch.profiler.
+
+    .venv/bin/python bench/where_time_goes.py                       # small_cnn -> tiny_cnn on MNIST, batch 128
+    .venv/bin/python bench/where_time_goes.py --markdown docs/benchmarks.md
+
+The setting is bench/throughput.py's (the MNIST training split, batch 128, Adam, soft
+targets at T = 4, alpha = 0.9), with the validation split kept this time so evaluation
+shows. Two cases: the teacher's logits cached once (no augmentation, kdcore's default)
+and the teacher run on every batch (crop and flip on, so no cache). The trainer marks
+its parts with kdcore.spans.region; each part's share is its inclusive CPU time over
+the fit's wall time, and "data and the rest" is what the marked parts leave. The
+profiler adds its own cost, so read the shares, not the seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from bench.machine import cpu_model  # noqa: E402
+from kdcore.config import build_config  # noqa: E402
+from kdcore.data import load_dataset  # noqa: E402
+from kdcore.engine.events import no_callback  # noqa: E402
+from kdcore.engine.trainer import fit  # noqa: E402
+from kdcore.models import create_model  # noqa: E402
+
+PARTS = {
+    "kdcore.teacher_cache": "teacher logits cached (once)",
+    "kdcore.teacher_pass": "teacher pass (every batch)",
+    "kdcore.student_forward": "student forward",
+    "kdcore.loss_terms": "loss terms",
+    "kdcore.backward": "backward",
+    "kdcore.optimizer_step": "optimizer step",
+    "kdcore.step_report": "step reports (host reads)",
+    "kdcore.epoch_end": "epoch end: evaluation, checkpoints",
+}
+BEGIN, END = "<!-- where_time_goes:begin -->", "<!-- where_time_goes:end -->"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--teacher", default="small_cnn")
+    p.add_argument("--student", default="tiny_cnn")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--markdown", metavar="FILE", help="write the table between the where_time_goes markers of FILE")
+    return p.parse_args(argv)
+
+
+def profile_fit(args, augment: bool) -> dict[str, float]:
+    cfg = build_config({"dataset": {"name": "mnist", "root": args.data_root,
+                                    "augment": {"crop_padding": 2, "flip": True} if augment else {}},
+                        "teacher": {"arch": args.teacher}, "student": {"arch": args.student},
+                        "train": {"batch_size": 128, "optimizer": "adam", "epochs": args.epochs, "device": "cpu"}})
+    data = load_dataset(cfg.dataset)
+    shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+    torch.manual_seed(0)
+    teacher = create_model(args.teacher, **shape).eval()
+    student = create_model(args.student, **shape)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fit(student, data, phase="student", epochs=args.epochs, train_cfg=cfg.train, device=torch.device("cpu"),
+            teacher=teacher, distill_cfg=cfg.distill, augment=cfg.dataset.augment, callback=no_callback)
+        wall = time.perf_counter() - start
+    seconds = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PARTS}
+    seconds["wall"] = wall
+    return seconds
+
+
+def layout_seconds(args, batches: int = 200) -> dict[str, float]:
+    """The teacher's forward over the same batches in NCHW and in channels_last memory layout."""
+    cfg = build_config({"dataset": {"name": "mnist", "root": args.data_root}})
+    data = load_dataset(cfg.dataset)
+    teacher = create_model(args.teacher, num_classes=data.num_classes, in_channels=data.in_channels,
+                           image_size=data.image_size).eval()
+    xs = [data.train.x[i * 128:(i + 1) * 128] for i in range(batches)]
+    out = {}
+    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        model = teacher.to(memory_format=fmt)
+        batch = [x.contiguous(memory_format=fmt) for x in xs]
+        with torch.no_grad():
+            model(batch[0])  # warm-up
+            start = time.perf_counter()
+            for x in batch:
+                model(x)
+        out[layout] = time.perf_counter() - start
+    return out
+
+
+def table(results: dict[str, dict[str, float]]) -> list[str]:
+    cases = list(results)
+    rows = [f"| part | {' | '.join(cases)} |", "|---|" + "---|" * len(cases)]
+    for key, label in PARTS.items():
+        cells = []
+        for case in cases:
+            r = results[case]
+            cells.append(f"{100 * r[key] / r['wall']:.1f}%" if r.get(key) else "-")
+        rows.append(f"| {label} | {' | '.join(cells)} |")
+    rest = [100 * (1 - sum(v for k, v in results[c].items() if k in PARTS) / results[c]["wall"]) for c in cases]
+    rows.append(f"| data and the rest | {' | '.join(f'{v:.1f}%' for v in rest)} |")
+    walls = " | ".join(f"{results[c]['wall']:.1f} s" for c in cases)
+    rows.append(f"| wall time of the fit, under the profiler | {walls} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = {
+        "teacher logits cached (no augmentation)": profile_fit(args, augment=False),
+        "teacher every batch (crop + flip)": profile_fit(args, augment=True),
+    }
+    rows = table(results)
+    layouts = layout_seconds(args)
+    rows += ["", f"The teacher's forward over 200 batches of 128 plain MNIST images: {layouts['NCHW']:.2f} s in NCHW, "
+                 f"{layouts['channels_last']:.2f} s in channels_last ({layouts['NCHW'] / layouts['channels_last']:.2f}x)."]
+    print("\n".join(rows))
+    if args.markdown:
+        command = "python bench/where_time_goes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        stamp = (f"{datetime.date.today():%Y-%m-%d}, {cpu_model()}, {os.cpu_count()} cores, "
+                 f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+                 f"{args.teacher} -> {args.student}, {args.epochs} epoch(s)")
+        command = re.sub(r"\s+", " ", command).strip()
+        block = f"{BEGIN}\n" + "\n".join(rows) + f"\n\nWritten by `{command}` ({stamp}).\n{END}"
+        path = Path(args.markdown)
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        path.write_text(text)
+        print(f"written to {args.markdown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
