@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.machine import cpu_model  # noqa: E402
+from bench.markdown import old_block, put_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"default": None, "avx2": "avx2", "avx512": "avx512"}
@@ -123,20 +124,12 @@ def write_markdown(path: Path, rows: list[str], command: str) -> None:
         stamp += f", torch {torch.__version__}"
     except ImportError:
         pass
-    block_rows, commands = rows, []
-    if BEGIN in text and END in text:
-        old = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
-        kept = [line for line in old.splitlines() if line.startswith("| ") and not line.startswith("| config")]
-        block_rows = _merge(kept, rows)
-        commands = [line for line in old.splitlines() if line.startswith("- ")]
+    old = old_block(text, BEGIN, END)
+    kept = [line for line in old if line.startswith("| ") and not line.startswith("| config")]
+    block_rows = _merge(kept, rows)
     entry = f"- `{command}` ({stamp})"
-    commands = [c for c in commands if not c.startswith(f"- `{command}`")] + [entry]
-    block = f"{BEGIN}\n{HEADER}\n" + "\n".join(block_rows) + "\n\nWritten by:\n" + "\n".join(commands) + f"\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    commands = [c for c in old if c.startswith("- ") and not c.startswith(f"- `{command}`")] + [entry]
+    put_block(path, BEGIN, END, f"{HEADER}\n" + "\n".join(block_rows) + "\n\nWritten by:\n" + "\n".join(commands))
 
 
 def _merge(kept: list[str], new: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.machine import cpu_model  # noqa: E402
+from bench.markdown import old_block, put_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- methods:begin -->", "<!-- methods:end -->"
@@ -122,21 +123,13 @@ def write_markdown(path: Path, rows: list[str], command: str, seeds: list[int], 
     import torch
 
     stamp += f", torch {torch.__version__}, seeds {','.join(map(str, seeds))}, {test_images:,} test images"
-    text = path.read_text() if path.exists() else ""
-    commands = []
-    if BEGIN in text and END in text:  # rows of other settings stay; this setting's are replaced
-        old = text[text.index(BEGIN) + len(BEGIN):text.index(END)].splitlines()
-        setting = rows[0].split("|")[1]
-        rows = [line for line in old if line.startswith("| ") and not line.startswith("| setting")
-                and line.split("|")[1] != setting] + rows
-        commands = [line for line in old if line.startswith("- ") and not line.startswith(f"- `{command}`")]
+    old = old_block(path.read_text() if path.exists() else "", BEGIN, END)
+    setting = rows[0].split("|")[1]  # rows of other settings stay; this setting's are replaced
+    rows = [line for line in old if line.startswith("| ") and not line.startswith("| setting")
+            and line.split("|")[1] != setting] + rows
+    commands = [line for line in old if line.startswith("- ") and not line.startswith(f"- `{command}`")]
     commands.append(f"- `{command}` ({stamp})")
-    block = f"{BEGIN}\n{HEADER}\n" + "\n".join(rows) + "\n\nWritten by:\n" + "\n".join(commands) + f"\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    put_block(path, BEGIN, END, f"{HEADER}\n" + "\n".join(rows) + "\n\nWritten by:\n" + "\n".join(commands))
 
 
 def main(argv=None) -> int:

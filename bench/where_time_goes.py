@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from bench.machine import cpu_model  # noqa: E402
+from bench.markdown import put_block  # noqa: E402
 from kdcore.config import build_config  # noqa: E402
 from kdcore.data import load_dataset  # noqa: E402
 from kdcore.engine.events import no_callback  # noqa: E402
@@ -128,14 +129,7 @@ def main(argv=None) -> int:
                  f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                  f"{args.teacher} -> {args.student}, {args.epochs} epoch(s)")
         command = re.sub(r"\s+", " ", command).strip()
-        block = f"{BEGIN}\n" + "\n".join(rows) + f"\n\nWritten by `{command}` ({stamp}).\n{END}"
-        path = Path(args.markdown)
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        path.write_text(text)
+        put_block(Path(args.markdown), BEGIN, END, "\n".join(rows) + f"\n\nWritten by `{command}` ({stamp}).")
         print(f"written to {args.markdown}", file=sys.stderr)
     return 0
 

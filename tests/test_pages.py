@@ -227,29 +227,28 @@ def test_home_demo_button_queues_the_demo(empty_db, manager):
     manager.cancel(run.id)
 
 
-def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
-    at = new_experiment_with(**{"ui.sweep": True})
-    at.text_input(key="ui.sweep_t").set_value("2, 4")
-    at.text_input(key="ui.sweep_alpha").set_value("0.5")
-    at.text_input(key="ui.sweep_group").set_value("grid")
+def _queue_sweep(manager, group: str, alphas: str, temperatures: str | None = None, **form):
+    """Fills the sweep fields of the New-experiment page, launches, and returns the group's stored runs."""
+    at = new_experiment_with(**{"ui.sweep": True, **form})
+    if temperatures is not None:
+        at.text_input(key="ui.sweep_t").set_value(temperatures)
+    at.text_input(key="ui.sweep_alpha").set_value(alphas)
+    at.text_input(key="ui.sweep_group").set_value(group)
     at.run()
     for run_id in manager.active():
         manager.cancel(run_id)
     _launch(at)
-    runs = Store().list_runs(group="grid")
+    return at, Store().list_runs(group=group)
+
+
+def test_a_sweep_queues_one_run_per_pair_in_one_group(empty_db, manager):
+    _, runs = _queue_sweep(manager, "grid", "0.5", temperatures="2, 4")
     assert sorted(r.temperature for r in runs) == [2.0, 4.0] and {r.alpha for r in runs} == {0.5}
 
 
 def test_a_sweep_for_a_method_without_t_sweeps_alpha_only(empty_db, manager):
-    at = new_experiment_with(**{"ui.sweep": True, "f.distill.method": "hard"})
+    at, runs = _queue_sweep(manager, "alpha only", "0.5, 0.9", **{"f.distill.method": "hard"})
     assert not [t for t in at.text_input if t.key == "ui.sweep_t"]
-    at.text_input(key="ui.sweep_alpha").set_value("0.5, 0.9")
-    at.text_input(key="ui.sweep_group").set_value("alpha only")
-    at.run()
-    for run_id in manager.active():
-        manager.cancel(run_id)
-    _launch(at)
-    runs = Store().list_runs(group="alpha only")
     assert len(runs) == 2 and {r.alpha for r in runs} == {0.5, 0.9} and len({r.temperature for r in runs}) == 1
 
 

@@ -239,14 +239,23 @@ def cmd_runs_cancel(args) -> int:
     return 0
 
 
-def cmd_runs_delete(args) -> int:
-    from kdcore.store import RunNotFound, Store
+def _stored_run(store, run_id: int):
+    """The run, or None after saying on stderr that the store has no such run."""
+    from kdcore.store import RunNotFound
 
-    store = Store(args.db)
     try:
-        run = store.get_run(args.id)
+        return store.get_run(run_id)
     except RunNotFound as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
+        return None
+
+
+def cmd_runs_delete(args) -> int:
+    from kdcore.store import Store
+
+    store = Store(args.db)
+    run = _stored_run(store, args.id)
+    if run is None:
         return 1
     if not args.yes:
         if not sys.stdin.isatty():
@@ -404,14 +413,12 @@ def cmd_runs_list(args) -> int:
 
 
 def cmd_runs_show(args) -> int:
-    from kdcore.store import DAMAGED_LABEL, RunNotFound, Store
+    from kdcore.store import DAMAGED_LABEL, Store
 
     store = Store(args.db)
     store.expire_leases()
-    try:
-        run = store.get_run(args.id)
-    except RunNotFound as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+    run = _stored_run(store, args.id)
+    if run is None:
         return 1
     if args.json:
         print(json.dumps(_run_json(run), indent=2))
@@ -455,7 +462,7 @@ def cmd_export(args) -> int:
     from kdcore.config import RunConfig
     from kdcore.engine.checkpoint import CheckpointError
     from kdcore.export import DEFAULT_CHECK_IMAGES, FORMATS, TOLERANCE, ExportError, check_images, export_checkpoint
-    from kdcore.store import RunNotFound, Store
+    from kdcore.store import Store
 
     if args.format not in FORMATS:  # argparse's choices would say it too, but not after a typo in a script's variable
         print(f"error: unknown format {args.format!r}; choose one of {', '.join(FORMATS)}", file=sys.stderr)
@@ -465,10 +472,8 @@ def cmd_export(args) -> int:
               file=sys.stderr)
         return 2
     store = Store(args.db)
-    try:
-        run = store.get_run(args.id)
-    except RunNotFound as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+    run = _stored_run(store, args.id)
+    if run is None:
         return 1
     weights = store.run_dir(run.id) / f"{args.phase}.pt"
     if not weights.is_file():
