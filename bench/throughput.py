@@ -13,8 +13,10 @@ soft targets, T=4, alpha=0.9) and device, in one process:
 * kdcore: `kdcore.engine.trainer.fit(..., phase="student")`. Its time includes the
   one-off pass that caches the teacher's logits for the training images (part of the
   cost of a fit), the loader setup and the optimizer; the validation split is left
-  empty so that neither side spends time on evaluation. On CUDA it runs with bf16
-  autocast (train.amp true), as kdcore does by default.
+  empty so that neither side spends time on evaluation. It runs kdcore's fast path as
+  by default (train.amp: bf16 autocast on CUDA and on CPUs with AVX-512 BF16 or AMX;
+  train.channels_last; train.fused_optimizer); `--set train.amp=false` and the like
+  turn parts of it off.
 * plain loop: written the way tutorials write it: torchvision.datasets.MNIST with
   per-image ToTensor/Normalize transforms, a DataLoader(shuffle=True, num_workers=2),
   fp32, the teacher's forward under torch.no_grad on every batch, and loss.item()
@@ -28,6 +30,7 @@ run starts from the same freshly initialised student.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import os
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import cpu_flags, cpu_model  # noqa: E402
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +50,20 @@ from torch.utils.data import DataLoader, Subset
 from kdcore.config import ConfigError, RunConfig, build_config
 from kdcore.data import DataSplits, Split, load_dataset
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
-from kdcore.engine.device import describe_device, resolve_device
+from kdcore.engine.device import describe_device, fast_path, resolve_device
 from kdcore.engine.events import no_callback
 from kdcore.engine.trainer import fit
 from kdcore.losses import soft_target_loss
 from kdcore.models import MODELS, create_model
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-TARGET = {"cpu": 1.5, "cuda": 3.0}  # the issue's goal for kdcore / plain loop
+
+
+def target(device_type: str, epochs: int) -> float:
+    """The goal for kdcore / plain loop: on CPU 2x for one epoch and 4x from three, on CUDA 3x."""
+    if device_type == "cuda":
+        return 3.0
+    return 2.0 if epochs < 3 else 4.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     torch.manual_seed(args.seed)
     teacher = create_model(args.teacher, **shape).to(device).eval()
+    # each side its own copy: kdcore's fit turns its teacher to channels_last, the tutorial loop keeps NCHW
+    kd_teacher, plain_teacher = copy.deepcopy(teacher), copy.deepcopy(teacher)
     torch.manual_seed(args.seed + 1)
     student_init = {k: v.clone() for k, v in create_model(args.student, **shape).state_dict().items()}
 
@@ -222,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {label}; torch {torch.__version__}; {threads} torch threads; {os.cpu_count()} cores")
     print(f"distil {args.teacher} -> {args.student} on MNIST: {n:,} training images, batch {cfg.train.batch_size}, "
           f"Adam, {args.epochs} epoch(s) per run, {args.repeats} runs per side (alternating)")
-    print(f"kdcore: fit(), {'bf16 autocast' if cuda else 'fp32'}; its time includes the one-off teacher-logit "
-          f"pass over the {n:,} images")
+    path = fast_path(device, cfg.train)
+    flags = f"precision {path.precision}, channels_last {path.channels_last}, fused optimizer {path.fused_optimizer}"
+    print(f"kdcore: fit(), {flags}; its time includes the one-off teacher-logit pass over the {n:,} images")
+    print(f"CPU flags: {cpu_flags()}")
     if args.overrides:
         print(f"config overrides: {' '.join(args.overrides)}")
     print(f"plain:  torchvision MNIST + per-image transforms, DataLoader(num_workers={args.workers}), fp32, "
@@ -232,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up: a few batches each (allocator, kernels, worker start-up, file cache)
     wb = args.warmup_batches
     warm = dataclasses.replace(kd_data, train=first_n(train, wb * cfg.train.batch_size))
-    kdcore_run(cfg, warm, teacher, fresh_student(), device, 1)
-    plain_run(plain_ds, cfg, teacher, fresh_student(), device, 1, args.workers, max_batches=wb)
+    kdcore_run(cfg, warm, kd_teacher, fresh_student(), device, 1)
+    plain_run(plain_ds, cfg, plain_teacher, fresh_student(), device, 1, args.workers, max_batches=wb)
 
     images = n * args.epochs
     kd_rates, plain_rates = [], []
@@ -244,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         secs = {}
         for side in order:
             if side == "kd":
-                secs[side] = kdcore_run(cfg, kd_data, teacher, fresh_student(), device, args.epochs)
+                secs[side] = kdcore_run(cfg, kd_data, kd_teacher, fresh_student(), device, args.epochs)
             else:
-                secs[side] = plain_run(plain_ds, cfg, teacher, fresh_student(), device, args.epochs, args.workers)
+                secs[side] = plain_run(plain_ds, cfg, plain_teacher, fresh_student(), device, args.epochs, args.workers)
         kd_rates.append(images / secs["kd"])
         plain_rates.append(images / secs["plain"])
         print(f"{r:>4} {secs['kd']:>9.2f} {kd_rates[-1]:>13,.0f} {secs['plain']:>9.2f} {plain_rates[-1]:>12,.0f} "
@@ -263,18 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'kdcore':>14} {kd_med:>13,.0f} {min(kd_rates):>9,.0f} {max(kd_rates):>9,.0f} {spread(kd_rates):>7}")
     print(f"{'plain loop':>14} {plain_med:>13,.0f} {min(plain_rates):>9,.0f} {max(plain_rates):>9,.0f} "
           f"{spread(plain_rates):>7}")
-    target = TARGET[device.type]
-    verdict = "met" if ratio >= target else "NOT met"
+    goal = target(device.type, args.epochs)
+    verdict = "met" if ratio >= goal else "NOT met"
     print(f"ratio of medians: {ratio:.2f}x (per-run ratios {min(pair):.2f}x–{max(pair):.2f}x); "
-          f"target {target:g}x on {device.type}: {verdict}")
+          f"target {goal:g}x on {device.type}: {verdict}")
     print("spread = (max - min) / median across runs")
 
     if args.markdown:
         today = datetime.date.today().isoformat()
-        print("\n| device | torch | kdcore images/s | plain loop images/s | ratio | date |")
-        print("|---|---|---|---|---|---|")
-        print(f"| {label} | {torch.__version__} | {fmt_rate(kd_rates)} | {fmt_rate(plain_rates)} | "
-              f"{ratio:.2f}x | {today} |")
+        print("\n| device | torch | epochs | kdcore fast path | kdcore images/s | plain loop images/s | ratio | date |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| {label} | {torch.__version__} | {args.epochs} | {flags} | {fmt_rate(kd_rates)} | "
+              f"{fmt_rate(plain_rates)} | {ratio:.2f}x | {today} |")
     return 0
 
 

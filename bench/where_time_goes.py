@@ -6,7 +6,10 @@
 The setting is bench/throughput.py's (the MNIST training split, batch 128, Adam, soft
 targets at T = 4, alpha = 0.9), with the validation split kept this time so evaluation
 shows. Two cases: the teacher's logits cached once (no augmentation, kdcore's default)
-and the teacher run on every batch (crop and flip on, so no cache). The trainer marks
+and the teacher run on every batch (crop and flip on, so no cache), each with the fast
+path off (fp32, NCHW, a loop over the parameters in the optimizer step: kdcore before
+the fast path) and on (train.amp, train.channels_last and train.fused_optimizer, the
+defaults; bf16 only where the CPU computes it natively). The trainer marks
 its parts with kdcore.spans.region; each part's share is its inclusive CPU time over
 the fit's wall time, and "data and the rest" is what the marked parts leave. The
 profiler adds its own cost, so read the shares, not the seconds.
@@ -44,6 +47,7 @@ PARTS = {
     "kdcore.epoch_end": "epoch end: evaluation, checkpoints",
 }
 BEGIN, END = "<!-- where_time_goes:begin -->", "<!-- where_time_goes:end -->"
+FAST_PATH_OFF = {"amp": False, "channels_last": False, "fused_optimizer": False}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,11 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def profile_fit(args, augment: bool) -> dict[str, float]:
+def profile_fit(args, augment: bool, fast: bool) -> dict[str, float]:
     cfg = build_config({"dataset": {"name": "mnist", "root": args.data_root,
                                     "augment": {"crop_padding": 2, "flip": True} if augment else {}},
                         "teacher": {"arch": args.teacher}, "student": {"arch": args.student},
-                        "train": {"batch_size": 128, "optimizer": "adam", "epochs": args.epochs, "device": "cpu"}})
+                        "train": {"batch_size": 128, "optimizer": "adam", "epochs": args.epochs, "device": "cpu",
+                                  **({} if fast else FAST_PATH_OFF)}})
     data = load_dataset(cfg.dataset)
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     torch.manual_seed(0)
@@ -77,17 +82,18 @@ def profile_fit(args, augment: bool) -> dict[str, float]:
 
 
 def layout_seconds(args, batches: int = 200) -> dict[str, float]:
-    """The teacher's forward over the same batches in NCHW and in channels_last memory layout."""
+    """The teacher's forward over the same batches in NCHW and in channels_last, fp32 and bf16."""
     cfg = build_config({"dataset": {"name": "mnist", "root": args.data_root}})
     data = load_dataset(cfg.dataset)
     teacher = create_model(args.teacher, num_classes=data.num_classes, in_channels=data.in_channels,
                            image_size=data.image_size).eval()
     xs = [data.train.x[i * 128:(i + 1) * 128] for i in range(batches)]
     out = {}
-    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+    for layout, fmt, bf16 in (("NCHW", torch.contiguous_format, False), ("channels_last", torch.channels_last, False),
+                              ("channels_last bf16", torch.channels_last, True)):
         model = teacher.to(memory_format=fmt)
         batch = [x.contiguous(memory_format=fmt) for x in xs]
-        with torch.no_grad():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             model(batch[0])  # warm-up
             start = time.perf_counter()
             for x in batch:
@@ -114,14 +120,15 @@ def table(results: dict[str, dict[str, float]]) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = {
-        "teacher logits cached (no augmentation)": profile_fit(args, augment=False),
-        "teacher every batch (crop + flip)": profile_fit(args, augment=True),
-    }
+    results = {}
+    for augment, case in ((False, "teacher logits cached"), (True, "teacher every batch (crop + flip)")):
+        for fast in (False, True):
+            results[f"{case}, fast path {'on' if fast else 'off'}"] = profile_fit(args, augment, fast)
     rows = table(results)
     layouts = layout_seconds(args)
-    rows += ["", f"The teacher's forward over 200 batches of 128 plain MNIST images: {layouts['NCHW']:.2f} s in NCHW, "
-                 f"{layouts['channels_last']:.2f} s in channels_last ({layouts['NCHW'] / layouts['channels_last']:.2f}x)."]
+    nchw = layouts["NCHW"]
+    rows += ["", "The teacher's forward over 200 batches of 128 plain MNIST images: "
+             + ", ".join(f"{s:.2f} s in {name} ({nchw / s:.2f}x)" for name, s in layouts.items()) + "."]
     print("\n".join(rows))
     if args.markdown:
         command = "python bench/where_time_goes.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -137,7 +137,10 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = Field(0, ge=0)  # epochs without validation gain before stopping; 0 = off
     seed: int = 0  # makes a CPU run repeatable
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    # the fast path (kdcore.engine.device.FastPath; speed-ups measured in docs/benchmarks.md)
+    amp: bool = True  # bf16 autocast where the device computes bf16 natively: CUDA, CPUs with AVX-512 BF16 or AMX
+    channels_last: bool = True  # conv models and batches in NHWC, on CPU and CUDA
+    fused_optimizer: bool = True  # the optimizer step as one fused kernel, on CPU and CUDA
     eval_batch_size: int = Field(256, ge=1)  # images per step when evaluating; larger batches were slower on CPU
 
 

@@ -362,10 +362,16 @@ with cols[2]:
 with cols[3]:
     v["train.seed"] = st.number_input("Seed", step=1, key=k("train.seed"))
     v["train.device"] = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=k("train.device"))
-    v["train.amp"] = st.toggle("Mixed precision (bf16, CUDA only)", key=k("train.amp"))
     v["baseline"] = st.toggle("Also train the baseline", key=k("baseline"),
                               help="The student from scratch, to measure the KD gain")
-    fields.slot("train.seed", "train.device", "train.amp", "baseline", "train")
+    v["train.amp"] = st.toggle("bf16 mixed precision", key=k("train.amp"),
+                               help="Where the device computes bf16 natively: CUDA GPUs, and CPUs with AVX-512 BF16 "
+                                    "or AMX. Elsewhere the run stays in fp32; the summary says which it used.")
+    v["train.channels_last"] = st.toggle("Channels-last layout", key=k("train.channels_last"),
+                                         help="Conv models and their images in NHWC, which CPUs and GPUs run faster")
+    v["train.fused_optimizer"] = st.toggle("Fused optimizer step", key=k("train.fused_optimizer"))
+    fields.slot("train.seed", "train.device", "baseline", "train.amp", "train.channels_last",
+                "train.fused_optimizer", "train")
 with st.expander("Augmentation"):
     a, b, c = st.columns(3)
     v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", min_value=0,

@@ -487,3 +487,26 @@ def _gone(pid: int) -> bool:
         return "zombie" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
+
+
+# ---- 6: a worker process that dies is replaced -----------------------------------------------------------
+def test_a_killed_worker_process_is_replaced_and_the_fresh_one_trains(tmp_path):
+    # a worker stops itself after a CUDA device-side error (its context is lost); SIGKILL stands in for any exit
+    from kdcore.jobs import JobManager
+
+    store = Store(_url(tmp_path / "runs" / "kdcore.db"))
+    manager = JobManager(store, devices=["cpu"], workers="process", cpu_threads=1)
+    try:
+        first = manager._children[0]
+        warm_up = manager.submit(build_config({**TINY, "name": "before"}))
+        assert manager.wait(warm_up, timeout=600) == "done"  # the first worker took runs
+        first.kill()
+        _wait(lambda: manager.restarts == 1 and manager._children[0].poll() is None,
+              "a fresh worker process", progress=lambda: (first.poll(), manager.restarts))
+        assert manager._children[0].pid != first.pid and first.returncode == -signal.SIGKILL
+        after = manager.submit(build_config({**TINY, "name": "after"}))
+        assert manager.wait(after, timeout=600) == "done"
+        assert store.get_run(after).worker.rsplit(":", 1)[1] == str(manager._children[0].pid)
+    finally:
+        manager.shutdown()
+    assert all(child.poll() is not None for child in manager._children)

@@ -5,15 +5,16 @@ import torch
 from torch import nn
 
 from kdcore.config import AugmentConfig, DatasetConfig, build_config
-from kdcore.data import load_dataset, make_loader
+from kdcore.data import Split, load_dataset, make_loader
 from kdcore.data import loaders as loaders_module
 from kdcore.data.augment import augment_batch, random_crop, random_flip, random_rotation
 from kdcore.data.loaders import _epoch_generator, _num_workers
 from kdcore.engine import trainer as trainer_module
 from kdcore.engine.checkpoint import CheckpointError
-from kdcore.engine.device import cuda_settings, prepare_device, to_device_format
+from kdcore.engine import device as device_module
+from kdcore.engine.device import fast_path, prepare_device
 from kdcore.engine.events import no_callback
-from kdcore.engine.trainer import TrainingDiverged, eval_precision, fit, predict_logits
+from kdcore.engine.trainer import TrainingDiverged, fit, predict_logits
 from kdcore.jobs.worker import cuda_context_lost
 from kdcore.models import create_model
 
@@ -156,41 +157,86 @@ def test_a_streamed_loader_keeps_one_persistent_dataloader_with_the_same_orders_
     assert torch.equal(torch.cat([idx for _, _, idx in again]), torch.cat([idx for _, idx in persistent[2]]))
 
 
-# ---------------------------------------------------------------- 5. CUDA settings
+# ---------------------------------------------------------------- 5. the fast path per device
 
 
-def test_cuda_settings_are_chosen_for_cuda_only():
-    assert cuda_settings("cpu") == {} and cuda_settings(torch.device("mps")) == {}
-    assert cuda_settings(torch.device("cuda")) == {
-        "cudnn_benchmark": True, "fp32_precision": "tf32", "channels_last": True}
-    assert cuda_settings("cuda:1")["channels_last"]
+def test_the_fast_path_is_chosen_per_device(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_runs_bf16", lambda: True)
+    cuda = fast_path(torch.device("cuda"))
+    assert (cuda.bf16, cuda.channels_last, cuda.fused_optimizer, cuda.cudnn_benchmark, cuda.tf32) == (True,) * 5
+    cpu = fast_path(CPU)
+    assert (cpu.bf16, cpu.channels_last, cpu.fused_optimizer) == (True, True, True)
+    assert not cpu.cudnn_benchmark and not cpu.tf32
+    mps = fast_path(torch.device("mps"))
+    assert not (mps.bf16 or mps.channels_last or mps.fused_optimizer)
+    monkeypatch.setattr(device_module, "cpu_runs_bf16", lambda: False)
+    assert fast_path(CPU).precision == "fp32" and fast_path("cuda:1").precision == "bf16"
+    off = _digits_config(amp=False, channels_last=False, fused_optimizer=False).train
+    for device in (CPU, torch.device("cuda")):
+        assert fast_path(device, off).describe() == {"precision": "fp32", "channels_last": False,
+                                                      "fused_optimizer": False}
 
 
-def test_a_cpu_device_is_left_as_it_was():
+def test_bf16_on_cpu_needs_the_hardware_and_an_avx512_kernel_set(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert device_module.cpu_runs_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not device_module.cpu_runs_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not device_module.cpu_runs_bf16()
+
+
+def test_a_cpu_process_keeps_its_backend_settings_and_gets_conv_models_in_channels_last():
     before = (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
-    assert prepare_device(CPU) == {}
+    path = fast_path(CPU)
+    prepare_device(path)
     assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == before
-    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
-    conv = next(m for m in to_device_format(model, CPU).modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous()  # not channels_last
+    model = create_model("small_cnn", num_classes=10, in_channels=3, image_size=8)
+    conv = next(m for m in path.format_model(model).modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain = create_model("small_cnn", num_classes=10, in_channels=3, image_size=8)
+    off = fast_path(CPU, _digits_config(channels_last=False).train)
+    assert next(m for m in off.format_model(plain).modules() if isinstance(m, nn.Conv2d)).weight.is_contiguous()
+
+
+def test_a_channels_last_loader_delivers_nhwc_batches_of_the_same_values():
+    d = load_dataset(DatasetConfig(name="digits", val_fraction=0.15))
+    rgb = d.train.x[:40].repeat(1, 3, 1, 1)  # three channels, where NCHW and NHWC strides differ
+    split = Split(rgb, d.train.y[:40])
+    plain = list(make_loader(split, 16, shuffle=True, seed=3))
+    nhwc = list(make_loader(split, 16, shuffle=True, seed=3, channels_last=True))
+    for (xa, ya, ia), (xb, yb, ib) in zip(plain, nhwc):
+        assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_fused_optimizers_are_made_for_each_kind():
+    cfg = _digits_config().train
+    params = [nn.Parameter(torch.zeros(3))]
+    for kind in ("sgd", "adam", "adamw"):
+        opt = trainer_module.make_optimizer(params, cfg.model_copy(update={"optimizer": kind}), fused=True)
+        assert opt.defaults["fused"] is True
+        assert not trainer_module.make_optimizer(params, cfg.model_copy(update={"optimizer": kind})).defaults["fused"]
 
 
 # ---------------------------------------------------------------- 6. evaluation precision
 
 
-def test_eval_precision_names_bf16_only_for_amp_on_cuda():
-    assert eval_precision(torch.device("cuda"), amp=True) == "bf16"
-    assert eval_precision(torch.device("cuda:0"), amp=False) == "fp32"
-    assert eval_precision(CPU, amp=True) == "fp32"
-
-
-def test_a_cpu_run_summary_records_fp32_evaluation(tmp_path):
+def test_a_cpu_run_summary_records_its_precision_and_layout(tmp_path):
     from kdcore.engine.run import execute_run
 
     cfg = build_config({"dataset": {"name": "digits", "val_fraction": 0.15}, "teacher": {"arch": "mlp_tiny"},
                         "student": {"arch": "mlp_tiny"}, "baseline": False,
                         "train": {"epochs": 1, "batch_size": 128, "amp": True, "device": "cpu"}})
-    assert execute_run(cfg, tmp_path / "run")["eval_precision"] == "fp32"
+    summary = execute_run(cfg, tmp_path / "run")
+    expected = "bf16" if device_module.cpu_runs_bf16() else "fp32"
+    assert summary["eval_precision"] == expected
+    assert summary["fast_path"] == {"precision": expected, "channels_last": True, "fused_optimizer": True}
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"amp": False})})
+    assert execute_run(cfg, tmp_path / "fp32")["eval_precision"] == "fp32"
 
 
 # ---------------------------------------------------------------- 7. a lost CUDA context

@@ -78,6 +78,7 @@ class BatchLoader:
         augment: augmentations applied on the device; None or all-off disables them.
         seed: seed for shuffling and augmentation.
         drop_last: drop the final incomplete batch.
+        channels_last: deliver image batches in NHWC, for models in that layout.
 
     Attributes:
         num_samples: images in the split.
@@ -95,6 +96,7 @@ class BatchLoader:
         augment: "AugmentConfig | None" = None,
         seed: int = 0,
         drop_last: bool = False,
+        channels_last: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -105,6 +107,7 @@ class BatchLoader:
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = int(seed)
         self.drop_last = drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.num_samples = len(split)
         self.epoch = 0
         self._stream: Optional[DataLoader] = None  # a streamed split's DataLoader, made at the first pass
@@ -112,9 +115,12 @@ class BatchLoader:
         self._labels: Optional[Tensor] = None
         if split.x is not None:
             # moved once per loader, not per batch
-            self._x = split.x.to(self.device)
+            self._x = self._formatted(split.x.to(self.device))  # batches indexed from it keep its layout
             self._y = split.y.to(self.device)
             self._labels = self._y
+
+    def _formatted(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -140,9 +146,17 @@ class BatchLoader:
         view._stream = view._sampler = None  # a streamed view batches differently: its own DataLoader
         return view
 
+    def epoch_view(self, epoch: int) -> "BatchLoader":
+        """A one-pass iterable of epoch `epoch`'s batches, unaugmented, sharing this loader's device tensors."""
+        if self.split.x is None:
+            raise ValueError("epoch_view needs a split held in memory")
+        view = copy.copy(self)
+        view.augment, view.epoch = None, epoch
+        return view
+
     def sample(self, count: int) -> Tensor:
         """The split's first `count` images on the device, as batches deliver them (to size a model's parts)."""
-        return self.split.images(range(min(count, self.num_samples))).to(self.device)
+        return self._formatted(self.split.images(range(min(count, self.num_samples))).to(self.device))
 
     def _order(self, epoch: int) -> Tensor:
         if self.shuffle:
@@ -192,7 +206,7 @@ class BatchLoader:
             torch.empty((), dtype=torch.int64).random_()
         self._sampler.order = order.tolist()
         for x, y, idx in self._stream:
-            x = x.to(self.device, non_blocking=True)
+            x = self._formatted(x.to(self.device, non_blocking=True))
             y = y.to(self.device, dtype=torch.long, non_blocking=True)
             idx = idx.to(self.device, dtype=torch.long, non_blocking=True)
             if self.augment is not None:

@@ -1,5 +1,8 @@
-"""Device choice: cuda, then mps, then cpu."""
+"""Device choice (cuda, then mps, then cpu) and how a fit uses it (FastPath)."""
 from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -53,37 +56,88 @@ def cpu_threads_from_env() -> int:
     return torch.get_num_threads()
 
 
-def cuda_settings(device: torch.device | str) -> dict:
-    """What `prepare_device` sets for `device`; empty for anything but CUDA (a CPU run is left as it is).
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX) and PyTorch may use it.
 
-    Keys: "cudnn_benchmark" (pick the fastest conv algorithm per input shape, which the fixed
-    batch shapes of training repay), "fp32_precision" ("tf32": matmuls and convs in TF32 on
-    tensor cores) and "channels_last" (conv models in NHWC, the layout tensor cores use).
+    Elsewhere bf16 is emulated and slower than fp32. A kernel set capped below AVX-512
+    ($ATEN_CPU_CAPABILITY=avx2) counts as a CPU without it, so that run stands for such a machine.
     """
-    if torch.device(device).type != "cuda":
-        return {}
-    return {"cudnn_benchmark": True, "fp32_precision": "tf32", "channels_last": True}
+    capable = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(capable) and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def prepare_device(device: torch.device | str) -> dict:
-    """Applies `cuda_settings(device)` to this process's backends; returns them."""
-    settings = cuda_settings(device)
-    if settings:
-        torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+@dataclass(frozen=True)
+class FastPath:
+    """How a fit runs on its device: what the run's `train` section asks for, kept where the device gains.
+
+    bf16: autocast to bfloat16 for training, the teacher's pass and evaluation (weights stay fp32).
+    channels_last: conv models and their batches in NHWC, the layout oneDNN and tensor cores are fastest in.
+    fused_optimizer: the optimizer step as one fused kernel instead of a loop over parameters.
+    cudnn_benchmark, tf32: CUDA only (fastest conv algorithm per shape; fp32 matmuls on tensor cores).
+    """
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    cudnn_benchmark: bool = False
+    tf32: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def format_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Moves `model` to the device, in channels_last if asked and it has 2-D convs."""
+        model.to(self.device)
+        if self.channels_last and has_conv2d(model):
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def describe(self) -> dict:
+        """What a run's summary records, so runs made differently can be told apart."""
+        return {"precision": self.precision, "channels_last": self.channels_last,
+                "fused_optimizer": self.fused_optimizer}
+
+
+def has_conv2d(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def fast_path(device: torch.device | str, train_cfg=None) -> FastPath:
+    """The FastPath for `device` under a TrainConfig (None: all options on, as by default).
+
+    bf16 needs train.amp and a device that computes it natively: CUDA, or a CPU per `cpu_runs_bf16`.
+    channels_last and fused optimizers apply on CPU and CUDA; MPS keeps PyTorch's defaults.
+    """
+    device = torch.device(device)
+    amp = True if train_cfg is None else train_cfg.amp
+    channels_last = True if train_cfg is None else train_cfg.channels_last
+    fused = True if train_cfg is None else train_cfg.fused_optimizer
+    cpu, cuda = device.type == "cpu", device.type == "cuda"
+    return FastPath(
+        device=device,
+        bf16=amp and (cuda or (cpu and cpu_runs_bf16())),
+        channels_last=channels_last and (cpu or cuda),
+        fused_optimizer=fused and (cpu or cuda),
+        cudnn_benchmark=cuda,
+        tf32=cuda,
+    )
+
+
+def prepare_device(path: FastPath) -> None:
+    """Applies a CUDA FastPath's backend settings to this process; a CPU process is left as it is."""
+    if path.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if path.tf32:
         if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
             # the newer API; mixing it with allow_tf32 is refused by recent PyTorch
-            torch.backends.cuda.matmul.fp32_precision = settings["fp32_precision"]
-            torch.backends.cudnn.conv.fp32_precision = settings["fp32_precision"]
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
         else:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-    return settings
-
-
-def to_device_format(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """Moves `model` to `device`, in channels_last when that device's settings ask for it and it has 2-D convs."""
-    model.to(device)
-    if cuda_settings(device).get("channels_last") and any(
-            isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=torch.channels_last)
-    return model

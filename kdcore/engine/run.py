@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from kdcore.config import RunConfig, TeacherConfig
-from kdcore.data import DatasetError, DataSplits, load_dataset
+from kdcore.data import DatasetError, DataSplits, load_dataset, make_loader
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.checkpoint import classifier_head, load_model_from_checkpoint, load_pretrained, save_checkpoint
-from kdcore.engine.device import describe_device, resolve_device
+from kdcore.engine.device import describe_device, fast_path, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
-from kdcore.engine.trainer import accuracy, eval_precision, fit, freeze_early_layers, predict_logits
+from kdcore.engine.trainer import accuracy, fit, freeze_early_layers, predict_logits
 from kdcore.latency import cpu_model, phase_latency
 from kdcore.losses import ensemble_logits
 from kdcore.models import create_model, profile_model
@@ -224,8 +224,10 @@ def execute_run(
             raise DatasetError(f"dataset {config.dataset.name!r} has no {split} images after splitting; add images "
                                "or lower dataset.val_fraction")
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
-    # bf16 (AMP on a GPU) and fp32 evaluations may share one runs table: say which this was
-    summary: dict = {"device": describe_device(device), "eval_precision": eval_precision(device, config.train.amp),
+    path = fast_path(device, config.train)
+    # bf16 and fp32 runs may share one runs table: say how this one was trained and evaluated
+    summary: dict = {"device": describe_device(device), "eval_precision": path.precision,
+                     "fast_path": path.describe(),
                      "num_classes": data.num_classes,
                      "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}
     summary.update({f"{phase}_key": teacher_key(config, i) for i, phase in enumerate(t_phases)})
@@ -243,12 +245,15 @@ def execute_run(
         torch.save(test_logits, tmp)
         tmp.replace(run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
 
+    # the test split goes to the device once per run, not once per evaluation
+    test_loader = make_loader(data.test, config.train.eval_batch_size, shuffle=False, device=device,
+                              channels_last=path.channels_last)
+
     def test_accuracy(model: nn.Module) -> float:
-        return accuracy(predict_logits(model, data.test, device, config.train.eval_batch_size, config.train.amp),
-                        data.test.y)
+        return accuracy(predict_logits(path.format_model(model), test_loader, device, path=path), data.test.y)
 
     def finish_phase(phase: str, model: nn.Module, result=None) -> None:
-        logits = predict_logits(model, data.test, device, config.train.eval_batch_size, config.train.amp)
+        logits = predict_logits(path.format_model(model), test_loader, device, path=path)
         test_logits[phase] = logits.cpu()
         summary[f"{phase}_test_acc"] = accuracy(logits, data.test.y)
         if result is not None:

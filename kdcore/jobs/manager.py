@@ -39,7 +39,14 @@ class JobManager:
             as long); "none" runs nothing here, for runs executed by `kdcore worker` elsewhere.
         cpu_threads: training threads per CPU worker; default all cores but one, to leave one
             for a UI in the same process or machine ($KDCORE_CPU_THREADS overrides).
+
+    A worker process that exits while this manager runs (killed, out of memory, or stopped
+    after a CUDA device-side error, which leaves its process unable to use the GPU) is
+    replaced by a fresh one, whose new CUDA context can train again. `restarts` counts them.
     """
+
+    RESTART_CHECK_S = 1.0  # how often worker processes are checked
+    RESTART_BACKOFF_S = (1.0, 60.0)  # the wait before replacing one that died young, doubling up to the cap
 
     def __init__(self, store: Optional[Store] = None, devices: Optional[list[str]] = None,
                  workers: str = "thread", cpu_threads: Optional[int] = None):
@@ -58,6 +65,7 @@ class JobManager:
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
         self._children: list[subprocess.Popen] = []
+        self.restarts = 0
         threads = cpu_threads or int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
         self.cpu_threads = threads
         if workers == "thread":
@@ -71,12 +79,12 @@ class JobManager:
                 t.start()
             atexit.register(self.shutdown)  # a run still training at exit ends interrupted, not 'running'
         elif workers == "process":
-            env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
-                       KDCORE_ARTEFACT_ROOT=str(self.store.artefact_root.resolve()))
-            self._children = [subprocess.Popen(
-                [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", "--devices", d,
-                 "--parent", str(os.getpid())], env=env, stdin=subprocess.DEVNULL) for d in devices]
-            atexit.register(self._stop_children)
+            self._env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
+                             KDCORE_ARTEFACT_ROOT=str(self.store.artefact_root.resolve()))
+            self._children = [self._spawn(d) for d in devices]
+            self._threads = [threading.Thread(target=self._supervise, daemon=True, name="kdcore-worker-supervisor")]
+            self._threads[0].start()
+            atexit.register(self.shutdown)
 
     def describe_workers(self) -> str:
         """Who executes this process's runs, in a few words."""
@@ -87,6 +95,30 @@ class JobManager:
         on_cpu = any(d in ("auto", "cpu") for d in self.devices) and not torch.cuda.is_available()
         threads = f", {self.cpu_threads} CPU thread{'s' if self.cpu_threads != 1 else ''}" if on_cpu else ""
         return f"{count} on {', '.join('CPU' if d == 'auto' and on_cpu else d for d in self.devices)}{threads}"
+
+    def _spawn(self, device: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", "--devices", device,
+             "--parent", str(os.getpid())], env=self._env, stdin=subprocess.DEVNULL)
+
+    def _supervise(self) -> None:
+        """Replaces worker processes that exit before shutdown; waits longer each time one dies young."""
+        started = [time.monotonic()] * len(self._children)
+        backoff = [0.0] * len(self._children)
+        while not self._stop.wait(self.RESTART_CHECK_S):
+            for i, child in enumerate(self._children):
+                if child.poll() is None or self._stop.is_set():
+                    continue
+                lived = time.monotonic() - started[i]
+                first, cap = self.RESTART_BACKOFF_S
+                backoff[i] = first if lived > cap else min(cap, max(first, 2 * backoff[i]))
+                print(f"kdcore: the worker on {self.devices[i]} exited with code {child.returncode} after "
+                      f"{lived:.0f} s; a fresh one starts in {backoff[i]:.0f} s", file=sys.stderr)
+                if self._stop.wait(backoff[i]):
+                    return
+                self._children[i] = self._spawn(self.devices[i])
+                started[i] = time.monotonic()
+                self.restarts += 1
 
     def _stop_children(self) -> None:
         for child in self._children:

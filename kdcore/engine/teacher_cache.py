@@ -1,0 +1,123 @@
+"""The teachers' logits for every training image, computed once over the first epoch's batches.
+
+Without augmentation a logit method's teacher outputs never change, so they are computed
+once and read from memory after that. They are computed over the batches of the first epoch
+(the loader's epoch 0: its order and batch size), which fixes each image's batch, so a
+resumed fit recomputes exactly the same values. On a CPU with two or more threads a second
+Python thread runs the teachers one batch ahead of the student, each with half the threads:
+the student's small kernels barely use a second core, and the teachers' pass then costs
+little more than the student's first epoch.
+
+For the teachers' pass each teacher is a copy with its batch norms folded into the
+convolutions before them (inference only; the same logits to float rounding).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdcore.data import BatchLoader
+from kdcore.engine.device import FastPath
+from kdcore.spans import region
+
+
+def folded_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with each Conv2d -> BatchNorm2d pair folded into one conv.
+
+    Models that torch.fx cannot trace are copied as they are.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).eval())
+    except Exception:  # untraceable control flow: the plain copy computes the same logits
+        return copy.deepcopy(model).eval()
+
+
+class TeacherLogitCache:
+    """(N, K) combined teacher logits for a training loader's split, filled over its epoch 0.
+
+    Args:
+        teachers: the teacher models (eval mode).
+        combine: several teachers' logits for one batch -> one (a distiller's `combine`).
+        loader: the training loader (in memory, unaugmented).
+        path: the fit's FastPath (bf16 autocast, channels_last).
+        background: run the teachers in a second thread, one batch ahead of the student.
+    """
+
+    def __init__(self, teachers: Sequence[nn.Module], combine: Callable[[list[Tensor]], Tensor],
+                 loader: BatchLoader, path: FastPath, background: bool):
+        self._teachers = [path.format_model(folded_for_inference(t)) for t in teachers]
+        self._combine = combine
+        self._path = path
+        self._batches = iter(loader.epoch_view(0))
+        self.batches = len(loader)
+        self.logits: Optional[Tensor] = None  # allocated at the first batch, when K is known
+        self._rows = loader.num_samples
+        self._done = 0  # batches filled so far
+        self._error: Optional[BaseException] = None
+        self._filled = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._threads_before = torch.get_num_threads()
+        if background:
+            # the student's thread and this one each get half of the threads while both run
+            torch.set_num_threads(max(1, self._threads_before // 2))
+            self._thread = threading.Thread(target=self._fill_all, name="kdcore-teacher-pass", daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def overlaps(path: FastPath) -> bool:
+        """Whether the teachers' pass can run beside the student: a CPU with at least two threads."""
+        return path.device.type == "cpu" and torch.get_num_threads() >= 2
+
+    def _fill_next(self) -> None:
+        x, _, idx = next(self._batches)
+        with torch.inference_mode(), self._path.autocast(), region("kdcore.teacher_cache"):
+            logits = self._combine([t(x).float() for t in self._teachers])
+        with self._filled:
+            if self.logits is None:
+                self.logits = torch.empty(self._rows, logits.shape[1], dtype=torch.float32, device=logits.device)
+            self.logits[idx] = logits
+            self._done += 1
+            self._filled.notify_all()
+
+    def _fill_all(self) -> None:
+        try:
+            while self._done < self.batches and not self._stop.is_set():
+                self._fill_next()
+        except BaseException as err:  # handed to the student's thread, which raises it
+            with self._filled:
+                self._error = err
+                self._filled.notify_all()
+
+    def wait_for(self, batches: int) -> Tensor:
+        """The logits tensor once the first `batches` batches of epoch 0 are in it (filling them here without a thread)."""
+        batches = min(batches, self.batches)
+        if self._thread is None:
+            while self._done < batches:
+                self._fill_next()
+            return self.logits
+        with self._filled:
+            self._filled.wait_for(lambda: self._done >= batches or self._error is not None)
+        if self._error is not None:
+            raise self._error
+        if self._done >= self.batches:
+            self.close()
+        return self.logits
+
+    def complete(self) -> Tensor:
+        """The logits of the whole split."""
+        return self.wait_for(self.batches)
+
+    def close(self) -> None:
+        """Stops the second thread (a cancelled fit) and gives the student's thread all threads again."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            torch.set_num_threads(self._threads_before)
