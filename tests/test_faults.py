@@ -499,13 +499,13 @@ def test_a_killed_worker_process_is_replaced_and_the_fresh_one_trains(tmp_path):
     try:
         first = manager._children[0]
         warm_up = manager.submit(build_config({**TINY, "name": "before"}))
-        assert manager.wait(warm_up, timeout=600) == "done"  # the first worker took runs
+        assert manager.wait(warm_up, timeout=600) == "completed"  # the first worker took runs
         first.kill()
         _wait(lambda: manager.restarts == 1 and manager._children[0].poll() is None,
               "a fresh worker process", progress=lambda: (first.poll(), manager.restarts))
         assert manager._children[0].pid != first.pid and first.returncode == -signal.SIGKILL
         after = manager.submit(build_config({**TINY, "name": "after"}))
-        assert manager.wait(after, timeout=600) == "done"
+        assert manager.wait(after, timeout=600) == "completed"
         assert store.get_run(after).worker.rsplit(":", 1)[1] == str(manager._children[0].pid)
     finally:
         manager.shutdown()
