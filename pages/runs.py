@@ -49,6 +49,8 @@ COLUMNS = {
     "ensemble_test_acc": st.column_config.NumberColumn("Ensemble test acc.", format="percent",
                                                        help="Several teachers combined, as the student saw them"),
     "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
+    "precision": st.column_config.TextColumn("Precision", help="bf16 or fp32: what the run trained and was evaluated "
+                                                               "in (train.amp, where the device computes bf16)"),
     "tags": st.column_config.ListColumn("Tags"),
     "group": "Group",
     "shares": st.column_config.TextColumn("Reuses", help="A teacher or baseline trained by another run of the same "

@@ -327,6 +327,14 @@ def test_runs_filters_narrow_the_table(seeded_db):
     assert list(at.dataframe[0].value["name"]) == ["real tiny run"]
 
 
+def test_the_runs_table_says_in_which_precision_each_run_trained(seeded_db):
+    from kdcore.engine.device import cpu_runs_bf16
+
+    table = open_page("pages/runs.py").dataframe[0].value
+    real = table[table["name"] == "real tiny run"]
+    assert list(real["precision"]) == ["bf16" if cpu_runs_bf16() else "fp32"]
+
+
 def test_selecting_runs_shows_comparisons_and_the_detail(seeded_db):
     at = open_page("pages/runs.py")
     _select_rows(at, [0, 1, 2])  # newest first: the real run, the failed one, a seeded one

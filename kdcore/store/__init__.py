@@ -380,6 +380,7 @@ FRAME_FROM_SUMMARY = {
     "student_latency_ms_b1": lambda s: s.get("student_latency_ms_b1"),
     "teacher_latency_ms_b1": lambda s: s.get("teacher_latency_ms_b1"),
 }
+TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision")}  # bf16 or fp32
 
 
 class RunNotFound(KeyError):
@@ -568,6 +569,8 @@ class Store:
         configs = frame.pop("config_json").map(_loads)
         for column, read in FRAME_FROM_SUMMARY.items():
             frame[column] = pd.to_numeric(summaries.map(read), errors="coerce")
+        for column, read in TEXT_FROM_SUMMARY.items():
+            frame[column] = summaries.map(lambda s: read(s) if isinstance(read(s), str) else None)
         seeds = configs.map(lambda c: c["train"].get("seed") if isinstance(c.get("train"), dict) else None)
         frame["seed"] = pd.to_numeric(seeds, errors="coerce").astype("Int64")
         return frame
