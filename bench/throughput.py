@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": {"arch": args.teacher},
             "student": {"arch": args.student},
             "train": {"batch_size": args.batch_size, "optimizer": "adam", "epochs": args.epochs,
-                      "device": device.type, "amp": cuda, "seed": args.seed},
+                      "device": device.type, "seed": args.seed},
         }, args.overrides)
     except ConfigError as err:
         print(f"bad --set: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -59,6 +60,8 @@ class TeacherLogitCache:
         self.logits: Optional[Tensor] = None  # allocated at the first batch, when K is known
         self._rows = loader.num_samples
         self._done = 0  # batches filled so far
+        self.busy_s = 0.0  # time spent filling, in whichever thread
+        self.background = background
         self._error: Optional[BaseException] = None
         self._filled = threading.Condition()
         self._stop = threading.Event()
@@ -76,9 +79,11 @@ class TeacherLogitCache:
         return path.device.type == "cpu" and torch.get_num_threads() >= 2
 
     def _fill_next(self) -> None:
+        start = time.perf_counter()
         x, _, idx = next(self._batches)
         with torch.inference_mode(), self._path.autocast(), region("kdcore.teacher_cache"):
             logits = self._combine([t(x).float() for t in self._teachers])
+        self.busy_s += time.perf_counter() - start
         with self._filled:
             if self.logits is None:
                 self.logits = torch.empty(self._rows, logits.shape[1], dtype=torch.float32, device=logits.device)
@@ -102,7 +107,7 @@ class TeacherLogitCache:
             while self._done < batches:
                 self._fill_next()
             return self.logits
-        with self._filled:
+        with self._filled, region("kdcore.teacher_wait"):
             self._filled.wait_for(lambda: self._done >= batches or self._error is not None)
         if self._error is not None:
             raise self._error
