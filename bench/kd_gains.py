@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
             rows.append(row(label, kernel, result))
             print(rows[-1], flush=True)
     if args.markdown:
-        command = "python bench/kd_gains.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python bench/kd_gains.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         write_markdown(Path(args.markdown), rows, re.sub(r"\s+", " ", command).strip())
         print(f"written to {args.markdown}", file=sys.stderr)
     return 0
