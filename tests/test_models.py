@@ -12,6 +12,7 @@ from kdcore.models import (
     profile_model,
     register_model,
 )
+from kdcore.models.dropout import Dropout
 
 # (in_channels, image_size): MNIST-like, CIFAR-like, and the 8x8 digits data set.
 SHAPES = [(1, 28), (3, 32), (1, 8)]
@@ -95,7 +96,7 @@ def test_mlp_convenience_names():
     assert widths("mlp_1200x2") == [1200, 1200, 10]
     assert widths("mlp_800x2") == [800, 800, 10]
     assert widths("mlp_tiny") == [64, 10]
-    assert any(isinstance(m, nn.Dropout) and m.p == 0.2 for m in create_model("mlp_1200x2").modules())
+    assert any(isinstance(m, Dropout) and m.p == 0.2 for m in create_model("mlp_1200x2").modules())
 
 
 def test_unknown_name_raises_keyerror_listing_names():

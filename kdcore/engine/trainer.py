@@ -26,6 +26,7 @@ from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
 from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.teacher_cache import TeacherLogitCache
+from kdcore.models.dropout import use_generator
 from kdcore.spans import region
 from kdcore.distill import Distiller, build_distiller
 
@@ -120,18 +121,20 @@ def freeze_early_layers(model: nn.Module, fraction: float) -> int:
     return count
 
 
-def _rng_state() -> dict:
+def _rng_state(dropout_rng: torch.Generator) -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "dropout": dropout_rng.get_state(),
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, dropout_rng: torch.Generator) -> None:
     with global_rng_lock:
         torch.set_rng_state(state["torch"])
+    if "dropout" in state:
+        dropout_rng.set_state(state["dropout"].cpu())
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -180,7 +183,9 @@ def fit(
     start = time.perf_counter()
     seed = train_cfg.seed if seed is None else seed
     with global_rng_lock:
-        torch.manual_seed(seed)  # dropout draws; data order and augmentation have their own generators
+        torch.manual_seed(seed)  # torch's own dropout modules; data order and augmentation have their own generators
+    dropout_rng = torch.Generator(device=device).manual_seed(seed)  # kdcore's Dropout: this fit's draws only
+    use_generator(model, dropout_rng)
     path = fast_path(device, train_cfg)
     prepare_device(path)  # cudnn autotuning and TF32 on CUDA; nothing elsewhere
     path.format_model(model).train()
@@ -245,7 +250,7 @@ def fit(
             scheduler.load_state_dict(saved["scheduler"])
         best_acc, best_epoch, best_state = saved["best_acc"], saved["best_epoch"], saved["best_state"]
         epochs_without_gain, global_step, done_epochs = saved["epochs_without_gain"], saved["global_step"], saved["epoch"]
-        _set_rng_state(saved["rng"])
+        _set_rng_state(saved["rng"], dropout_rng)
     train_loader.epoch = done_epochs  # the data order and augmentation of epoch k depend on (seed, k) only
     epoch = done_epochs
     callback(Event("phase", phase=phase, epoch=done_epochs, step=global_step, info={
@@ -344,12 +349,13 @@ def fit(
                         distiller=distiller.state_dict() if distiller is not None else None, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
                         best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
-                        global_step=global_step, rng=_rng_state()))
+                        global_step=global_step, rng=_rng_state(dropout_rng)))
                 if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
                     break
     finally:
         if cache is not None:
             cache.close()  # a cancelled or failed fit stops the teachers' thread
+        use_generator(model, None)  # the model may be copied or used outside this fit
 
     if best_state is not None and not cancelled:
         model.load_state_dict(best_state)

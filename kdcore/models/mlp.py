@@ -6,6 +6,7 @@ from typing import Sequence
 from torch import nn
 
 from kdcore.models.base import register_model
+from kdcore.models.dropout import Dropout
 
 
 class MLP(nn.Sequential):
@@ -22,7 +23,7 @@ class MLP(nn.Sequential):
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)

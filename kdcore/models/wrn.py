@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
 from torch import nn
 
 from kdcore.models.base import register_model
+from kdcore.models.dropout import Dropout
 
 
 class WideBasicBlock(nn.Module):
@@ -20,7 +20,7 @@ class WideBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, padding=1, bias=False)
-        self.drop_rate = drop_rate
+        self.dropout = Dropout(drop_rate)
         self.equal_in_out = in_planes == out_planes
         self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
@@ -29,8 +29,7 @@ class WideBasicBlock(nn.Module):
         # As in the reference code, a projecting shortcut sees the pre-activated input.
         shortcut = x if self.equal_in_out else self.shortcut(pre)
         out = self.relu2(self.bn2(self.conv1(pre)))
-        if self.drop_rate > 0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.dropout(out)
         return shortcut + self.conv2(out)
 
 
