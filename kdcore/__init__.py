@@ -3,9 +3,24 @@
 Headless by design: nothing here imports Streamlit.
 """
 import os
+import sys
 
-# OpenMP threads that spin while waiting make a busy CPU pathological: on 2 cores shared
-# with other work, a small model's step went from 16 ms to ~400 ms. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from kdcore.cpu_load import BUSY_CORE, others_busy_now
+
+# The thread policy. OpenMP threads that spin between kernels made the Hinton MNIST example's
+# phases about 30% faster on an idle 2-core CPU than sleeping ones (OMP_WAIT_POLICY=PASSIVE),
+# and 2.4x slower beside another busy process, where sleeping threads lost nothing.
+# So threads spin only if the CPU is idle when kdcore loads (0.1 s of /proc/stat), and the
+# trainer gives cores back if others take them later (kdcore.engine.cpu_watch). The policy
+# is read when torch loads: set here, before it, and never over the user's own (a child
+# process, a worker, decides again rather than inherit its parent's choice).
+_CHOSEN = "KDCORE_CHOSE_OMP_WAIT_POLICY"
+if "torch" not in sys.modules and ("OMP_WAIT_POLICY" not in os.environ or os.environ.get(_CHOSEN) == "1"):
+    _others = others_busy_now()
+    if _others is None or _others >= BUSY_CORE:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    os.environ[_CHOSEN] = "1"
 
 __version__ = "0.1.0"

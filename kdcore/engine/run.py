@@ -23,6 +23,7 @@ from kdcore.config import RunConfig, TeacherConfig
 from kdcore.data import DatasetError, DataSplits, load_dataset, make_loader
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.checkpoint import classifier_head, load_model_from_checkpoint, load_pretrained, save_checkpoint
+from kdcore.engine.cpu_watch import threads_wait
 from kdcore.engine.device import describe_device, fast_path, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.rng import global_rng_lock
@@ -229,6 +230,7 @@ def execute_run(
     summary: dict = {"device": describe_device(device), "eval_precision": path.precision,
                      "fast_path": path.describe(),
                      "num_classes": data.num_classes,
+                     **({"cpu_threads_wait": threads_wait()} if device.type == "cpu" else {}),
                      "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test)}
     summary.update({f"{phase}_key": teacher_key(config, i) for i, phase in enumerate(t_phases)})
     summary["baseline_key"] = baseline_key(config)

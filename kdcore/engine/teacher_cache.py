@@ -78,6 +78,11 @@ class TeacherLogitCache:
         """Whether the teachers' pass can run beside the student: a CPU with at least two threads."""
         return path.device.type == "cpu" and torch.get_num_threads() >= 2
 
+    @property
+    def beside(self) -> bool:
+        """Whether the second thread is still running beside the student."""
+        return self._thread is not None
+
     def _fill_next(self) -> None:
         start = time.perf_counter()
         x, _, idx = next(self._batches)

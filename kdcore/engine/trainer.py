@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
+from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
 from kdcore.engine.rng import global_rng_lock
@@ -217,6 +218,7 @@ def fit(
     if teachers and val_loader is not None:
         val_each = [predict_logits(t, val_loader, device, path=path) for t in teachers]
         teacher_val_preds = (distiller.combine(val_each) if distiller is not None else val_each[0]).argmax(1)
+    watch = CpuWatch(device)  # before the teachers' thread takes half of the threads
     cache: Optional[TeacherLogitCache] = None
     if distiller is not None and not augmenting and cache_teacher_logits and distiller.cacheable:
         if data.train.x is not None:  # filled over the first epoch's batches, beside the student where it can
@@ -289,6 +291,8 @@ def fit(
                     if scheduler is not None:
                         scheduler.step()
                 global_step += 1
+                if cache is None or not cache.beside:  # the teachers' thread splits the threads its own way
+                    watch.check()
 
                 batch = len(y)
                 seen += batch
@@ -356,6 +360,7 @@ def fit(
         if cache is not None:
             cache.close()  # a cancelled or failed fit stops the teachers' thread
         use_generator(model, None)  # the model may be copied or used outside this fit
+        watch.close()
 
     if best_state is not None and not cancelled:
         model.load_state_dict(best_state)
