@@ -14,10 +14,14 @@ from kdcore.cpu_load import BUSY_CORE, others_busy_now
 # trainer gives cores back if others take them later (kdcore.engine.cpu_watch). The policy
 # is read when torch loads: set here, before it, and never over the user's own (a child
 # process, a worker, decides again rather than inherit its parent's choice).
+# KDCORE_THREADS_WAIT=spin or sleep fixes the choice (for measuring; the default is auto).
 _CHOSEN = "KDCORE_CHOSE_OMP_WAIT_POLICY"
 if "torch" not in sys.modules and ("OMP_WAIT_POLICY" not in os.environ or os.environ.get(_CHOSEN) == "1"):
-    _others = others_busy_now()
-    if _others is None or _others >= BUSY_CORE:
+    _wait = os.environ.get("KDCORE_THREADS_WAIT", "auto")
+    if _wait == "auto":
+        _others = others_busy_now()
+        _wait = "sleep" if _others is None or _others >= BUSY_CORE else "spin"
+    if _wait == "sleep":
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
         os.environ.pop("OMP_WAIT_POLICY", None)

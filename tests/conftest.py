@@ -10,6 +10,10 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Tests compare fits with each other: the thread count must not follow whatever else the machine
+# runs (tests/test_cpu_watch.py turns the watch back on where it tests it). Workers inherit it.
+os.environ["KDCORE_CPU_WATCH"] = "0"
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -47,6 +47,7 @@ def test_the_load_of_another_busy_process_is_seen(busy_core):
 @pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs two CPUs to give one back")
 def test_a_spinning_process_gives_a_core_back_to_a_busy_process(busy_core, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # spinning threads: the watch acts
+    monkeypatch.delenv("KDCORE_CPU_WATCH", raising=False)
     cores = len(usable_cpus())
     before = torch.get_num_threads()
     torch.set_num_threads(cores)
@@ -65,7 +66,11 @@ def test_a_spinning_process_gives_a_core_back_to_a_busy_process(busy_core, monke
         torch.set_num_threads(before)
 
 
-def test_sleeping_threads_or_one_thread_are_left_alone(monkeypatch):
+def test_sleeping_threads_one_thread_or_a_watch_turned_off_are_left_alone(monkeypatch):
+    monkeypatch.setenv("KDCORE_CPU_WATCH", "0")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert not CpuWatch(CPU, configured=2).active
+    monkeypatch.delenv("KDCORE_CPU_WATCH")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert not CpuWatch(CPU, configured=2).active
     monkeypatch.delenv("OMP_WAIT_POLICY")
@@ -84,3 +89,29 @@ def test_kdcore_decides_the_wait_policy_before_torch_loads_and_a_child_decides_a
                           env={"PATH": "/usr/bin:/bin", "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
                           text=True, check=True)
     assert mine.stdout.strip() == "ACTIVE"  # the user's own is kept
+
+
+@needs_proc_stat
+@pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs two CPUs to give one back")
+def test_a_fit_gives_a_core_back_while_another_process_is_busy_and_says_so(busy_core, monkeypatch):
+    from kdcore.config import build_config
+    from kdcore.data import load_dataset
+    from kdcore.engine.trainer import fit
+    from kdcore.models import create_model
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("KDCORE_CPU_WATCH", raising=False)
+    config = build_config({"dataset": {"name": "digits"}, "teacher": {"arch": "mlp_tiny"},
+                           "student": {"arch": "mlp_tiny"}, "train": {"epochs": 1000, "batch_size": 32}})
+    data = load_dataset(config.dataset)
+    model = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=data.image_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(usable_cpus()))
+    started = time.monotonic()
+    try:  # three of the watch's windows with the other process busy, then stop
+        result = fit(model, data, phase="baseline", epochs=1000, train_cfg=config.train, device=CPU,
+                     callback=lambda event: None, should_stop=lambda: time.monotonic() - started > 3 * WINDOW_S + 0.5)
+        assert result.cancelled and result.threads_lowered >= 1
+        assert torch.get_num_threads() == len(usable_cpus())  # given back when the fit ends
+    finally:
+        torch.set_num_threads(before)

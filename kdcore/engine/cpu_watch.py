@@ -37,9 +37,11 @@ class CpuWatch:
     def __init__(self, device: torch.device, configured: Optional[int] = None):
         self.configured = configured or torch.get_num_threads()
         spinning = threads_wait() == "spin"
-        self.active = device.type == "cpu" and self.configured > 1 and spinning and can_watch()
+        wanted = os.environ.get("KDCORE_CPU_WATCH", "1") != "0"  # 0 turns it off, for measuring
+        self.active = device.type == "cpu" and self.configured > 1 and spinning and wanted and can_watch()
         self.threads = self.configured
         self.changes = 0
+        self.lowered = 0  # changes to fewer threads than configured
         self._cpus = usable_cpus()
         self._mark = self._sample() if self.active else None
 
@@ -63,6 +65,7 @@ class CpuWatch:
         wanted = threads_for(self.configured, len(self._cpus), others)
         if wanted != self.threads:
             torch.set_num_threads(wanted)
+            self.lowered += wanted < self.threads
             self.threads = wanted
             self.changes += 1
         return self.threads

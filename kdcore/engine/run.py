@@ -262,6 +262,8 @@ def execute_run(
             summary[f"{phase}_best_val_acc"] = result.best_val_acc
             summary[f"{phase}_epochs"] = result.epochs_run
             summary[f"{phase}_seconds"] = round(result.seconds, 2)
+            if result.threads_lowered:  # other processes took cores: this phase's time is not comparable
+                summary[f"{phase}_threads_lowered"] = result.threads_lowered
         profile = profile_model(model, data.in_channels, data.image_size)
         summary[f"{phase}_params"] = profile.params
         summary[f"{phase}_size_mb"] = round(profile.size_mb, 4)

@@ -45,6 +45,7 @@ class FitResult:
     epochs_run: int
     cancelled: bool
     seconds: float
+    threads_lowered: int = 0  # times the thread policy gave a core back to other processes
 
 
 @contextmanager
@@ -371,4 +372,5 @@ def fit(
         epochs_run=epoch,
         cancelled=cancelled,
         seconds=time.perf_counter() - start,
+        threads_lowered=watch.lowered,
     )
