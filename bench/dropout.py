@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.fast_path_parts import best_seconds, training_step  # noqa: E402
 from bench.machine import cpu_flags, cpu_model  # noqa: E402
 from bench.markdown import put_block  # noqa: E402
 from kdcore.engine.device import cpu_runs_bf16  # noqa: E402
@@ -33,15 +33,7 @@ BEGIN, END = "<!-- dropout:begin -->", "<!-- dropout:end -->"
 
 
 def best_ms(step, loops: int, repeats: int) -> float:
-    for _ in range(5):
-        step()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(loops):
-            step()
-        best = min(best, (time.perf_counter() - start) / loops)
-    return best * 1000
+    return best_seconds(step, loops, repeats, warmup=5) * 1000
 
 
 def teacher_step(torch_dropout: bool, bf16: bool):
@@ -54,15 +46,7 @@ def teacher_step(torch_dropout: bool, bf16: bool):
     use_generator(model, torch.Generator().manual_seed(0))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+    return training_step(model, optimizer, torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,)), bf16)
 
 
 def main() -> None:

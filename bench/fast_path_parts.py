@@ -94,8 +94,11 @@ def step_fn(name: str, channels_last: bool, bf16: bool, fused: bool, compiled: b
     if compiled:
         model.compile()
     x = torch.randn(128, 1, 28, 28).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (128,))
+    return training_step(model, optimizer, x, torch.randint(0, 10, (128,)), bf16)
 
+
+def training_step(model, optimizer, x, y, bf16: bool):
+    """One forward, backward and optimizer step on the batch (x, y), as a function to time."""
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
