@@ -54,6 +54,10 @@ def _check_arch(arch: str) -> str:
     return arch
 
 
+TEACHER_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
+                      "early_stopping_patience")  # train.* settings a teacher may set for itself
+
+
 class TeacherConfig(_Strict):
     arch: str = "small_cnn"  # a registered model name
     source: Literal["train", "run", "checkpoint"] = "train"  # where the teacher's weights come from
@@ -64,8 +68,24 @@ class TeacherConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
     finetune_epochs: int = Field(0, ge=0, le=10_000)  # source=run or checkpoint: epochs of fine-tuning on this dataset before distilling (transfer); a new head when the class count differs
     finetune_last_stage_only: bool = False  # fine-tuning trains only the last stage and the head
+    augment: Optional[AugmentConfig] = None  # this teacher's own augmentation; default dataset.augment (every phase alike)
+    train: dict[str, Any] = Field(default_factory=dict)  # this teacher's own train.* settings (lr, optimizer, batch_size, ...); the rest as train
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @field_validator("train")
+    @classmethod
+    def _own_training(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(settings) - set(TEACHER_TRAIN_KEYS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a setting a teacher trains with on its own; "
+                             f"choose from {', '.join(TEACHER_TRAIN_KEYS)} (epochs and seed are teacher.epochs and "
+                             "teacher.seed)")
+        try:
+            checked = TrainConfig.model_validate(settings)
+        except ValidationError as err:
+            raise ValueError(_format_errors(err)) from None
+        return {key: getattr(checked, key) for key in settings}
 
     @model_validator(mode="after")
     def _source_has_its_reference(self) -> "TeacherConfig":
@@ -180,6 +200,16 @@ class RunConfig(_Strict):
     @property
     def teacher_seed(self) -> int:
         return self.train.seed if self.teacher.seed is None else self.teacher.seed
+
+    def teacher_train(self, index: int = 0) -> "TrainConfig":
+        """The training settings of the index-th teacher: train, with what the teacher sets for itself."""
+        own = self.all_teachers[index].train
+        return self.train.model_copy(update=own) if own else self.train
+
+    def teacher_augment(self, index: int = 0) -> AugmentConfig:
+        """The augmentation the index-th teacher trains with: its own, else dataset.augment."""
+        own = self.all_teachers[index].augment
+        return self.dataset.augment if own is None else own
 
 
 class ConfigError(ValueError):

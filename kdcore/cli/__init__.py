@@ -186,6 +186,10 @@ def cmd_worker(args) -> int:
                     interrupt.set()
         threading.Thread(target=watch_parent, daemon=True).start()
     results: list = []
+    if not args.no_studies:  # asks the trials of any running study no other live process drives
+        from kdcore.studies import StudyDrivers
+
+        StudyDrivers(store, interrupt).start()
     with _interrupt_on_signals(interrupt):
         threads = [threading.Thread(target=lambda w=w: results.extend(
             w.run(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle,
@@ -569,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
     worker.add_argument("--resume-interrupted", action="store_true",
                         help="put interrupted runs back in the queue and resume them from their last saved epoch")
+    worker.add_argument("--no-studies", action="store_true",
+                        help="do not drive studies (by default a worker asks the trials of running studies that no "
+                             "live `kdcore tune` drives)")
     worker.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)  # the dashboard that started it
     worker.set_defaults(func=cmd_worker)
 
@@ -623,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the distillation methods and their options (distill.options)")
     methods.add_argument("--json", action="store_true", help="a list of objects with name, options and formula")
     methods.set_defaults(func=cmd_methods)
+    from kdcore.cli.studies import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)
     ds = sub.add_parser("datasets", help="list datasets and whether they are ready")
     ds.add_argument("--root", default=None, help="data folder (default $KDCORE_DATA_ROOT or ./data)")
     ds.set_defaults(func=cmd_datasets)
@@ -631,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "worker") or getattr(args, "runs_command", None) == "resume":
+    if args.command in ("train", "worker", "tune") or "resume" == getattr(args, "runs_command", None) or \
+            "confirm" == getattr(args, "studies_command", None):
         from kdcore.engine.device import cpu_threads_from_env
 
         cpu_threads_from_env()

@@ -55,7 +55,8 @@ def fine_tuned(teacher: TeacherConfig) -> bool:
     return teacher.source != "train" and teacher.finetune_epochs > 0
 
 
-def _read_finished(run_dir: Path) -> dict:
+def read_finished(run_dir: Path) -> dict:
+    """What each phase a run finished reported ({phase: {phase_key: ..., phase_test_acc: ...}}); {} when none."""
     try:
         return json.loads((run_dir / FINISHED_FILE).read_text())
     except (OSError, ValueError):
@@ -95,8 +96,9 @@ class Reused:
 def teacher_key(config: RunConfig, index: int = 0) -> str:
     """Equal for two configs exactly when their index-th teachers would end with the same weights."""
     t = config.all_teachers[index]
-    train = config.train.model_dump(mode="json", exclude={"epochs", "seed"})
+    train = config.teacher_train(index).model_dump(mode="json", exclude={"epochs", "seed"})
     dataset = config.dataset.model_dump(mode="json", exclude={"student_fraction"})
+    dataset["augment"] = config.teacher_augment(index).model_dump(mode="json")  # dataset.augment unless its own
     if t.source == "train":  # the fields of the key before several teachers and fine-tuning: old runs still match
         teacher = t.model_dump(mode="json", include={"arch", "options", "epochs"})
     else:
@@ -175,9 +177,7 @@ def execute_run(
     should_stop: Callable[[], bool] = lambda: False,
     device: Optional[torch.device] = None,
     teacher_sources: Sequence[Optional[Path | Reused]] = (),
-    reuse_teachers: Sequence[Optional[Reused]] = (),
-    reuse_baseline: Optional[Reused] = None,
-    teacher_checkpoint: Optional[Path | Reused] = None,
+    find_sibling: Callable[[str, str], Optional[Reused]] = lambda phase, key: None,
 ) -> dict:
     """Runs every phase of `config`, saving weights and test logits under `run_dir`.
 
@@ -185,12 +185,10 @@ def execute_run(
         teacher_sources: per teacher, in order, the weights a teacher with source "run" or
             "checkpoint" starts from (loaded as they are, or fine-tuned); the job layer resolves a
             stored run to its file. A missing entry for source "checkpoint" is its teacher.checkpoint.
-        reuse_teachers: per teacher, a sibling run's finished teacher with the same teacher_key, used
-            instead of training (or fine-tuning) an identical one again.
-        reuse_baseline: a sibling run's baseline with the same baseline_key, used
-            instead of training an identical one again.
-        teacher_checkpoint: the first teacher's source (source "run" or "checkpoint") or sibling
-            (source "train"), as before several teachers.
+        find_sibling: `(phase, key) -> Reused or None`: a sibling run's finished phase that trained to
+            the weights this run's phase would (the same teacher_key or baseline_key), used instead of
+            training it again. Asked just before the phase would train, so a sibling that finished it
+            meanwhile counts.
 
     Returns:
         The summary: test accuracies, KD gain with its paired interval and p-value,
@@ -198,7 +196,8 @@ def execute_run(
         P_test_acc, P_params, P_size_mb, P_flops, P_key; P_best_val_acc and P_epochs when
         trained or fine-tuned here (or carried from the run that did, P_from_run); when
         fine-tuned, P_pretrained_test_acc (before), P_finetune_epochs, P_new_head and
-        P_finetuned_from. `teachers` lists them in order; with several, ensemble_test_acc and
+        P_finetuned_from; P_train and P_augment when the teacher trains with settings of its own.
+        `teachers` lists them in order; with several, ensemble_test_acc and
         the normalized teacher_weights. compression and flops_ratio divide the teachers' sum
         by the student's. A student started from a checkpoint adds student_init and
         student_init_new_head.
@@ -209,12 +208,15 @@ def execute_run(
     t_phases = [teacher_phase(i) for i in range(len(t_cfgs))]
     as_reused = lambda r: Reused(Path(r)) if isinstance(r, (str, Path)) else r  # noqa: E731
     sources = [as_reused(r) for r in teacher_sources] + [None] * (len(t_cfgs) - len(teacher_sources))
-    reused = list(reuse_teachers) + [None] * (len(t_cfgs) - len(reuse_teachers))
-    if teacher_checkpoint is not None:
-        if t_cfgs[0].source == "train":
-            reused[0] = as_reused(teacher_checkpoint)
-        else:
-            sources[0] = as_reused(teacher_checkpoint)
+
+    def sibling_teacher(index: int) -> Optional[Reused]:
+        if t_cfgs[index].source != "train" and not fine_tuned(t_cfgs[index]):
+            return None  # used as loaded: nothing to train, nothing to share
+        return find_sibling(t_phases[index], teacher_key(config, index))
+
+    def sibling_baseline() -> Optional[Reused]:
+        return find_sibling("baseline", baseline_key(config))
+
     for i, t_cfg in enumerate(t_cfgs):
         if sources[i] is None and t_cfg.source == "checkpoint":
             sources[i] = Reused(Path(t_cfg.checkpoint).expanduser())
@@ -298,18 +300,19 @@ def execute_run(
     s_data = student_data(data, config.dataset.student_fraction)
     batches = lambda n: -(-n // config.train.batch_size)  # noqa: E731
     phases = t_phases + ["student"] + (["baseline"] if config.baseline else [])
-    finished = _read_finished(run_dir)
+    finished = read_finished(run_dir)
 
     def teacher_steps(index: int) -> int:
         t_cfg = t_cfgs[index]
         epochs = t_cfg.epochs if t_cfg.source == "train" else t_cfg.finetune_epochs
-        trained_here = reused[index] is None and t_phases[index] not in finished
-        return epochs * batches(len(data.train)) if trained_here else 0
+        trained_here = t_phases[index] not in finished and sibling_teacher(index) is None
+        return epochs * -(-len(data.train) // config.teacher_train(index).batch_size) if trained_here else 0
 
     callback(Event("plan", info={"phases": phases, "steps": {
         **{phase: teacher_steps(i) for i, phase in enumerate(t_phases)},
         "student": config.train.epochs * batches(len(s_data.train)),
-        "baseline": config.train.epochs * batches(len(s_data.train)) if reuse_baseline is None else 0}}))
+        "baseline": config.train.epochs * batches(len(s_data.train))
+        if config.baseline and "baseline" not in finished and sibling_baseline() is None else 0}}))
 
     # A run resumed after an interruption takes its finished phases as they are and goes on with
     # the unfinished one from its last epoch's saved state.
@@ -327,10 +330,10 @@ def execute_run(
         (run_dir / f"{phase}{STATE_SUFFIX}").unlink(missing_ok=True)
 
     def train_phase(phase: str, model: nn.Module, phase_data: DataSplits, epochs: int, arch: str, options: dict,
-                    seed: int, **distill) -> bool:
+                    seed: int, train_cfg=config.train, augment=config.dataset.augment, **distill) -> bool:
         """Trains `model` as `phase` and records it; False when cancelled."""
-        result = fit(model, phase_data, phase=phase, epochs=epochs, train_cfg=config.train, device=device,
-                     augment=config.dataset.augment, callback=callback, should_stop=should_stop,
+        result = fit(model, phase_data, phase=phase, epochs=epochs, train_cfg=train_cfg, device=device,
+                     augment=augment, callback=callback, should_stop=should_stop,
                      on_checkpoint=saver(phase, arch, options), seed=seed,
                      state_path=run_dir / f"{phase}{STATE_SUFFIX}", **distill)
         if result.cancelled:
@@ -344,6 +347,11 @@ def execute_run(
     def prepare_teacher(index: int) -> Optional[nn.Module]:
         """The index-th teacher, trained, loaded or fine-tuned, and recorded; None when cancelled."""
         t_cfg, phase, seed = t_cfgs[index], t_phases[index], teacher_seed(config, index)
+        own = dict(train_cfg=config.teacher_train(index), augment=config.teacher_augment(index))
+        if t_cfg.train:  # settings of its own, shown beside its accuracy
+            summary[f"{phase}_train"] = dict(t_cfg.train)
+        if t_cfg.augment is not None:
+            summary[f"{phase}_augment"] = t_cfg.augment.model_dump(mode="json")
         earlier = done_earlier(phase, t_cfg.arch, t_cfg.options)
         if earlier is not None:
             finish_phase(phase, earlier)
@@ -357,14 +365,14 @@ def execute_run(
             finish_phase(phase, model)
             return model
 
-        sibling = reused[index]
+        sibling = sibling_teacher(index)
         if sibling is not None:
             model, _, options = load_pretrained(sibling.checkpoint, arch=t_cfg.arch, options=t_cfg.options or None,
                                                 **shape)
             return adopt(model, options, sibling)
         if t_cfg.source == "train":
             model = _build(t_cfg.arch, t_cfg.options, data, seed)
-            return model if train_phase(phase, model, data, t_cfg.epochs, t_cfg.arch, t_cfg.options, seed) else None
+            return model if train_phase(phase, model, data, t_cfg.epochs, t_cfg.arch, t_cfg.options, seed, **own) else None
 
         source = sources[index]
         if source is None:
@@ -382,7 +390,7 @@ def execute_run(
         hooks = (freeze_all_but_last_stage(model, data.train.images(range(2)).to(device), data.num_classes)
                  if t_cfg.finetune_last_stage_only else [])
         try:
-            done = train_phase(phase, model, data, t_cfg.finetune_epochs, t_cfg.arch, options, seed)
+            done = train_phase(phase, model, data, t_cfg.finetune_epochs, t_cfg.arch, options, seed, **own)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -425,9 +433,10 @@ def execute_run(
 
     for phase in phases[len(t_phases):]:
         student = done_earlier(phase, s_cfg.arch, s_cfg.options)
+        reuse_baseline = sibling_baseline() if student is None and phase == "baseline" else None
         if student is not None:
             finish_phase(phase, student)
-        elif phase == "baseline" and reuse_baseline is not None:
+        elif reuse_baseline is not None:
             student = load_model_from_checkpoint(reuse_baseline.checkpoint, arch=s_cfg.arch,
                                                  options=s_cfg.options or None, **shape)
             save_checkpoint(run_dir / "baseline.pt", student, arch=s_cfg.arch, options=s_cfg.options, **shape)

@@ -19,8 +19,7 @@ from kdcore.config import ConfigError, RunConfig, build_config
 from kdcore.engine.checkpoint import CheckpointError
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
-from kdcore.engine.run import (TEACHER_PHASE, TEST_LOGITS_FILE, Reused, baseline_key, execute_run, fine_tuned,
-                               teacher_key, teacher_phase)
+from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_run, read_finished
 from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
@@ -50,30 +49,37 @@ def _teacher_source(store: Store, config: RunConfig, index: int) -> Optional[Reu
     return Reused(path, teacher.run_id, source.summary, phase="teacher")
 
 
-def _teacher_weights(store: Store, config: RunConfig) -> tuple[list[Optional[Reused]], list[Optional[Reused]]]:
-    """Per teacher, in order: (the weights it starts from, a sibling's identical finished teacher)."""
-    sources = [_teacher_source(store, config, i) for i in range(len(config.all_teachers))]
-    siblings = [_sibling_phase(store, config, teacher_phase(i), teacher_key(config, i))
-                if t.source == "train" or fine_tuned(t) else None
-                for i, t in enumerate(config.all_teachers)]
-    return sources, siblings
+def _teacher_sources(store: Store, config: RunConfig) -> list[Optional[Reused]]:
+    """Per teacher, in order, the weights it starts from when not trained here."""
+    return [_teacher_source(store, config, i) for i in range(len(config.all_teachers))]
 
 
-def _sibling_phase(store: Store, config: RunConfig, phase: str, key: str) -> Optional[Reused]:
-    """A completed run of the same group with a phase that trained to the weights this run's `phase` would.
+def sibling_finder(store: Store, config: RunConfig, run_id: int) -> Callable[[str, str], Optional[Reused]]:
+    """`(phase, key) -> Reused or None`: a finished phase of another run of the same group that trained to the
+    weights this run's `phase` would (the same key), for execute_run to use instead of training it again.
 
-    A teacher may come from any of the sibling's teacher phases (its teacher2 as our teacher).
+    A completed sibling's summary says what each phase was; a sibling still running (or stopped) counts with
+    the phases it finished, from its run folder. A teacher may come from any of the sibling's teacher phases
+    (its teacher2 as our teacher).
     """
-    if not config.group:
+    def find(phase: str, key: str) -> Optional[Reused]:
+        if not config.group:
+            return None
+        for run in sorted(store.list_runs(group=config.group), key=lambda r: r.id):
+            if run.id == run_id:
+                continue
+            folder = store.run_dir(run.id)
+            if run.status == "completed":
+                record = run.summary
+            else:
+                record = {k: v for phase_record in read_finished(folder).values() for k, v in phase_record.items()}
+            theirs = _teacher_phases(record) if TEACHER_PHASE.fullmatch(phase) else [phase]
+            for their_phase in theirs:
+                path = folder / f"{their_phase}.pt"
+                if record.get(f"{their_phase}_key") == key and path.is_file():
+                    return Reused(path, record.get(f"{their_phase}_from_run", run.id), record, phase=their_phase)
         return None
-    for run in sorted(store.list_runs(status=["completed"], group=config.group), key=lambda r: r.id):
-        summary = run.summary
-        theirs = _teacher_phases(summary) if TEACHER_PHASE.fullmatch(phase) else [phase]
-        for their_phase in theirs:
-            path = store.run_dir(run.id) / f"{their_phase}.pt"
-            if summary.get(f"{their_phase}_key") == key and path.is_file():
-                return Reused(path, summary.get(f"{their_phase}_from_run", run.id), summary, phase=their_phase)
-    return None
+    return find
 
 
 def _teacher_phases(summary: dict) -> list[str]:
@@ -143,11 +149,13 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     interrupt = interrupt or threading.Event()
     run = store.get_run(run_id)
     live = LiveState(run_id=run_id, status="running", run_started=time.time())
-    recorder = Recorder(store, live, listener)
+    pruning = _trial_pruning(store, run_id)
+    recorder = Recorder(store, live, _listeners(listener, pruning))
     status, summary, error = "failed", None, None
     with Heartbeat(store, run_id, worker, recorder) as beat:
         recorder.on_phase = beat.poke
-        stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set()  # noqa: E731
+        pruned = lambda: pruning is not None and pruning.pruned_epoch is not None  # noqa: E731
+        stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set() or pruned()  # noqa: E731
         try:
             if "config_json" in run.damaged:  # never train the defaults in place of an unreadable config
                 raise ConfigError(f"run {run_id}'s stored config is damaged and cannot be read; "
@@ -156,13 +164,14 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
             device = choose_device(device, resolve_device(config.train.device))
             store.set_device(run_id, describe_device(device))
             run_dir = store.run_dir(run_id)
-            reuse_baseline = _sibling_phase(store, config, "baseline", baseline_key(config)) if config.baseline else None
-            sources, siblings = _teacher_weights(store, config)
             summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
-                                  teacher_sources=sources, reuse_teachers=siblings, reuse_baseline=reuse_baseline)
+                                  teacher_sources=_teacher_sources(store, config),
+                                  find_sibling=sibling_finder(store, config, run_id))
             if summary.get("cancelled"):
-                status = "cancelled" if beat.cancel.is_set() else "interrupted"
-                if status == "interrupted":
+                status = "cancelled" if beat.cancel.is_set() or pruned() else "interrupted"
+                if pruned() and not beat.cancel.is_set():
+                    error = pruning.reason
+                elif status == "interrupted":
                     error = "the worker was stopped (SIGTERM, Ctrl-C or a shutdown) before the run finished"
             else:
                 status = "completed"
@@ -182,6 +191,26 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
     store.finish_run(run_id, status, summary, error, worker=worker)
     return status
+
+
+def _trial_pruning(store: Store, run_id: int):
+    """The study's pruning for a run that trains one of its trials; None for any other run."""
+    if store.trial_of_run(run_id) is None:
+        return None
+    from kdcore.studies import TrialPruning  # Optuna is loaded by runs of studies only
+
+    return TrialPruning.for_run(store, run_id)
+
+
+def _listeners(*listeners: Optional[Callable[[Event], None]]) -> Optional[Callable[[Event], None]]:
+    chosen = [f for f in listeners if f is not None]
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
+
+    def each(event: Event) -> None:
+        for f in chosen:
+            f(event)
+    return each
 
 
 def _record_files(store: Store, run_id: int) -> None:
@@ -229,11 +258,14 @@ class Worker:
         store: the queue.
         device: "auto", "cpu", "cuda", "cuda:1", ...: where its runs train.
         name: told apart from other workers of the same process in the lease.
+        groups: take only runs of these groups (`kdcore tune` runs its own study's trials); default any.
     """
 
     def __init__(self, store: Store, device: str = "auto", *, name: str = "", poll_s: float = 1.0,
-                 listener_for: Optional[Callable[[int], Callable[[Event], None]]] = None):
+                 listener_for: Optional[Callable[[int], Callable[[Event], None]]] = None,
+                 groups: Optional[list[str]] = None):
         self.store = store
+        self.groups = groups  # claim runs of these groups only (a study's trials); None: any run
         self.device = resolve_device(device)
         self.id = this_worker(name)
         self.poll_s = poll_s
@@ -260,7 +292,7 @@ class Worker:
                 if resume_interrupted:
                     for run in self.store.list_runs(status=["interrupted"]):
                         self.store.requeue(run.id, statuses=("interrupted",))
-                run_id = self.store.claim(self.id)
+                run_id = self.store.claim(self.id, groups=self.groups)
             except Exception as err:  # the store is briefly unreachable: keep polling
                 print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)
                 run_id = None

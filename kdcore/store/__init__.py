@@ -28,8 +28,9 @@ from sqlalchemy import event, func, insert, inspect, or_, text, update
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlmodel import Session, create_engine, delete, select
 
+from kdcore.store.studies import StudyExists, StudyNotFound, StudyRecords  # noqa: F401
 from kdcore.store.tables import (ACTIVE, DAMAGED_LABEL, FINISHED, JSON_COLUMNS, STATUSES, Artefact,  # noqa: F401
-                                 Metric, Run, unreadable, utcnow)
+                                 Metric, Run, Study, Trial, unreadable, utcnow)
 
 DEFAULT_URL = "sqlite:///runs/kdcore.db"
 SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
@@ -387,7 +388,7 @@ class RunNotFound(KeyError):
     pass
 
 
-class Store:
+class Store(StudyRecords):
     """Reads and writes runs; the queue of runs to execute. Safe to share between threads.
 
     Args:
@@ -418,25 +419,30 @@ class Store:
             worker: claim it for this worker at once (`kdcore train` runs what it submits), so no
                 other worker on the same queue can take it first.
         """
-        cfg = config.model_dump(mode="json")
-        run_uuid = uuidlib.uuid4().hex
-        lease = {}
-        if worker is not None:
-            now = utcnow()
-            status, lease = "running", dict(worker=worker, heartbeat_at=now, started_at=now, attempt=1)
-        run = Run(**lease,
-            uuid=run_uuid, folder=run_uuid, name=config.display_name(), status=status, config_json=json.dumps(cfg),
-            group=config.group, tags=json.dumps(list(config.tags)), dataset=config.dataset.name,
-            teacher_arch=" + ".join(t.arch for t in config.all_teachers),  # "small_cnn + mlp" for several
-            student_arch=config.student.arch, method=config.distill.method,
-            temperature=config.distill.temperature, alpha=config.distill.alpha,
-        )
+        run = self._new_run(config, status, worker)
         with Session(self.engine) as s:
             s.add(run)
             s.commit()
             s.refresh(run)
             self._folders[run.id] = run.folder
             return run.id
+
+    @staticmethod
+    def _new_run(config, status: str = "queued", worker: Optional[str] = None) -> Run:
+        """The row of a new run of `config`, not yet added to any session."""
+        cfg = config.model_dump(mode="json")
+        run_uuid = uuidlib.uuid4().hex
+        lease = {}
+        if worker is not None:
+            now = utcnow()
+            status, lease = "running", dict(worker=worker, heartbeat_at=now, started_at=now, attempt=1)
+        return Run(**lease,
+            uuid=run_uuid, folder=run_uuid, name=config.display_name(), status=status, config_json=json.dumps(cfg),
+            group=config.group, tags=json.dumps(list(config.tags)), dataset=config.dataset.name,
+            teacher_arch=" + ".join(t.arch for t in config.all_teachers),  # "small_cnn + mlp" for several
+            student_arch=config.student.arch, method=config.distill.method,
+            temperature=config.distill.temperature, alpha=config.distill.alpha,
+        )
 
     def get_run(self, run_id: int) -> Run:
         with Session(self.engine) as s:
@@ -509,6 +515,9 @@ class Store:
         run = self.get_run(run_id)
         if run.status in ACTIVE:
             raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting")
+        held = self.study_holding(run)
+        if held:  # a study's answer is read from its runs: they go with the study or not at all
+            raise ValueError(f"{held}; it can be deleted only with the study (`kdcore studies delete NAME`)")
         folder = self.run_dir(run_id)
         with Session(self.engine) as s:
             s.exec(delete(Metric).where(Metric.run_id == run_id))
@@ -516,6 +525,9 @@ class Store:
             s.exec(delete(Run).where(Run.id == run_id))
             s.commit()
         self._folders.pop(run_id, None)
+        self._remove_folder(folder)
+
+    def _remove_folder(self, folder: Path) -> None:
         if folder.resolve() != self.artefact_root.resolve():
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -536,11 +548,12 @@ class Store:
             return runs
 
     def list_groups(self) -> list[dict]:
-        """Every group with its run count, newest first."""
+        """Every seed group and sweep with its run count, newest first (studies' trials are listed as studies)."""
+        trial_groups = self.study_groups()
         with Session(self.engine) as s:
             rows = s.exec(select(Run.group, func.count(), func.max(Run.id)).where(Run.group.is_not(None))
                           .group_by(Run.group).order_by(func.max(Run.id).desc())).all()
-        return [{"group": g, "runs": n} for g, n, _ in rows]
+        return [{"group": g, "runs": n} for g, n, _ in rows if g not in trial_groups]
 
     def count_runs(self) -> int:
         with Session(self.engine) as s:
@@ -576,8 +589,9 @@ class Store:
         return frame
 
     # ---- the queue ------------------------------------------------------------------------
-    def claim(self, worker: str, run_id: Optional[int] = None) -> Optional[int]:
-        """Takes the oldest queued run (or `run_id` if still queued) for `worker`, atomically.
+    def claim(self, worker: str, run_id: Optional[int] = None, groups: Optional[Iterable[str]] = None) -> Optional[int]:
+        """Takes the oldest queued run (or `run_id` if still queued; of `groups` only, if given) for `worker`,
+        atomically.
 
         PostgreSQL locks the row with FOR UPDATE SKIP LOCKED, so concurrent workers take
         different runs; SQLite serialises claims with a short BEGIN IMMEDIATE transaction.
@@ -589,6 +603,8 @@ class Store:
         values = dict(status="running", worker=worker, heartbeat_at=now, started_at=now, finished_at=None,
                       cancel_requested=False, attempt=Run.attempt + 1, live_json="{}")
         pick = select(Run.id).where(Run.status == "queued")
+        if groups is not None:
+            pick = pick.where(Run.group.in_(list(groups)))
         pick = pick.where(Run.id == run_id) if run_id is not None else pick.order_by(Run.id).limit(1)
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as conn:

@@ -5,6 +5,7 @@ import json
 from datetime import datetime, timezone
 from typing import Optional
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -107,6 +108,67 @@ class Artefact(SQLModel, table=True):
     run_id: int = Field(foreign_key="runs.id", index=True)
     kind: str  # teacher_weights, student_weights, baseline_weights, test_logits, ...
     path: str  # relative to the artefact root
+
+
+STUDY_STATUSES = ("running", "stopped", "finished")
+
+
+class Study(SQLModel, table=True):
+    """A search over config keys; each of its trials is an ordinary run (see Trial)."""
+
+    __tablename__ = "studies"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    objective: str = ""  # a registered objective (kdcore.studies.objectives), read from validation only
+    space_json: str = "{}"  # dotted config key -> {low, high, log, step} or {choices}
+    config_json: str = "{}"  # the config every trial starts from
+    sampler: str = "tpe"  # tpe | random | grid
+    pruner: str = "median"  # median | hyperband | none
+    n_trials: int = 0
+    parallel: int = 1  # trials in the queue or running at once
+    seed: int = 0  # the sampler's seed
+    trial_seed: int = 0  # train.seed of every trial; confirmation seeds must differ
+    group: str = ""  # the trials' runs form this group, so they share a teacher and baselines
+    status: str = Field(default="running", index=True)
+    reason: Optional[str] = None  # why it stopped or finished early
+    driver: Optional[str] = None  # host:pid of the process asking its trials
+    driver_heartbeat_at: Optional[datetime] = None
+    confirm_seeds: Optional[str] = None  # confirm the best trial over these seeds once the trials are done
+    confirm_group: Optional[str] = None  # the confirmation's seed group, once queued
+    confirm_trial: Optional[int] = None  # the trial it confirms
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+
+    @property
+    def space(self) -> dict:
+        return _loads(self.space_json)
+
+    @property
+    def config(self) -> dict:
+        return _loads(self.config_json)
+
+
+class Trial(SQLModel, table=True):
+    """Which run trains which trial of a study. What the study made of the trial (its parameters, state,
+    value, intermediate values) is Optuna's, in the journal below; what was trained is the run's."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("study_id", "number", name="uq_trials_study_number"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="studies.id", index=True)
+    number: int  # Optuna's trial number within the study: 0, 1, 2, …
+    run_id: int = Field(foreign_key="runs.id", index=True, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OptunaLog(SQLModel, table=True):
+    """Optuna's journal storage, one operation a row, read back in order (kdcore.studies.journal)."""
+
+    __tablename__ = "optuna_journal"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Optional[int] = Field(default=None, primary_key=True)
+    log: str  # one JSON operation
 
 
 metadata = SQLModel.metadata
