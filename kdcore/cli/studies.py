@@ -82,11 +82,12 @@ def _value(value: Optional[float], objective: dict) -> str:
 
 
 def cmd_tune(args) -> int:
-    from kdcore.cli import _interrupt_on_signals, _ProgressBars
-    from kdcore.jobs import Worker
+    if args.trials is not None and args.trials < 1:  # before anything loads
+        return _refused(ValueError(f"--trials must be at least 1, not {args.trials}"))
+    if args.workers < 0:
+        return _refused(ValueError(f"--workers must be 0 or more, not {args.workers}"))
     from kdcore.store import StudyExists, StudyNotFound
-    from kdcore.studies import StudyDriver, StudyError, confirm_group, resume_study, trials_group
-    from kdcore.studies.view import describe_study
+    from kdcore.studies import StudyError, resume_study
 
     store = _store(args)
     try:
@@ -95,11 +96,19 @@ def cmd_tune(args) -> int:
                 raise StudyError("--resume continues a stored study with its own config and space; give only its name")
             name = resume_study(store, args.resume, trials=args.trials).name
         else:
-            if args.trials is not None and args.trials < 1:
-                raise StudyError(f"--trials must be at least 1, not {args.trials}")
             name = _new_study(args, store)
     except (ConfigError, StudyError, StudyExists, StudyNotFound) as err:
         return _refused(err)
+    return _drive(args, store, name)
+
+
+def _drive(args, store, name: str) -> int:
+    """Drives the study and runs its trials here until it is done, stopped, or Ctrl-C."""
+    from kdcore.cli import _interrupt_on_signals, _ProgressBars
+    from kdcore.jobs import Worker
+    from kdcore.studies import StudyDriver, confirm_group, trials_group
+    from kdcore.studies.view import describe_study
+
     study = store.get_study(name)
     _warn_about(study)
     print(f"study {name!r}: {study.n_trials} trials ({study.sampler} sampler, {study.pruner} pruner), "

@@ -41,7 +41,8 @@ def setting_words(params: dict, base: dict) -> str:
     method = params.get("distill.method", (base.get("distill") or {}).get("method", "soft"))
     uses_t = method in METHODS and METHODS.get(method).uses_temperature
     words = [str(method)]
-    for key, value in params.items():
+    first = list(SHORT)  # T, then α, then the training settings, then the rest as the space lists them
+    for key, value in sorted(params.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)):
         if key == "distill.method" or (key == "distill.temperature" and not uses_t):
             continue
         label = SHORT.get(key, key.rsplit(".", 1)[-1].replace("_", " "))
