@@ -14,6 +14,7 @@ page = st.navigation([
     st.Page("pages/new_experiment.py", title="New experiment", icon=":material/add_circle:"),
     st.Page("pages/live.py", title="Live", icon=":material/monitoring:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("pages/studies.py", title="Studies", icon=":material/travel_explore:"),
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
     st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
 ])

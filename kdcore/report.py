@@ -37,15 +37,21 @@ class ReportError(ValueError):
 
 # ---- what to report ------------------------------------------------------------------------------------
 def resolve(store, target) -> tuple[str, list]:
-    """("run", [run]) or ("group", runs) for a run id (an int or a string of digits) or a group name.
+    """("run", [run]), ("study", [name]) or ("group", runs) for a run id (an int or a string of digits), a study's
+    name or a group's name.
 
-    A string of digits that names a group is that group: a group name is never mistaken for a run.
+    A string of digits that names a study or a group is that one: a name is never mistaken for a run.
 
     Raises:
-        ReportError: an unknown run or group, a run that did not complete, a group with no completed run.
+        ReportError: an unknown run, study or group, a run that did not complete, a group with no completed run.
     """
-    from kdcore.store import RunNotFound
+    from kdcore.store import RunNotFound, StudyNotFound
 
+    if isinstance(target, str):
+        try:
+            return "study", [store.get_study(target).name]
+        except StudyNotFound:
+            pass
     digits_only_group = isinstance(target, str) and target.strip().isdigit() and store.list_runs(group=target)
     if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit() and not digits_only_group):
         run_id = int(target)
@@ -58,8 +64,8 @@ def resolve(store, target) -> tuple[str, list]:
         return "run", [run]
     runs = sorted(store.list_runs(group=str(target)), key=lambda r: r.id)
     if not runs:
-        raise ReportError(f"no group named {target!r} (and it is not a run id); see `kdcore groups list` "
-                          "and `kdcore runs list`")
+        raise ReportError(f"no study or group named {target!r} (and it is not a run id); see `kdcore studies "
+                          "list`, `kdcore groups list` and `kdcore runs list`")
     if not any(r.status == "completed" for r in runs):
         raise ReportError(f"group {target!r} has no completed run yet ({len(runs)} run(s)): nothing to report")
     return "group", runs
@@ -70,7 +76,7 @@ def build_report(store, target, *, presentation: bool = False, latency: bool = T
 
     Args:
         store: a kdcore.store.Store.
-        target: a run id, or the name of a seed group or sweep.
+        target: a run id, or the name of a study, a seed group or a sweep.
         presentation: bigger type and numbers, for a screen in a meeting.
         latency: measure latency now (kdcore.latency) when the run's summary holds none.
 
@@ -81,6 +87,8 @@ def build_report(store, target, *, presentation: bool = False, latency: bool = T
     page = _Page(presentation)
     if kind == "run":
         _run_report(page, store, runs[0], latency=latency)
+    elif kind == "study":
+        _study_report(page, store, runs[0])
     else:
         _group_report(page, store, runs, latency=latency)
     return page.render()
@@ -212,6 +220,9 @@ def _setup_sentences(run, seeds: Optional[Sequence[int]] = None) -> list[str]:
     how = f"The student trained for {epochs} epochs" if epochs is not None else "The student trained"
     if teacher_epochs and (cfg.get("teacher") or {}).get("source") == "train":
         how += f", the teacher for {teacher_epochs}"
+    own = text.own_settings(run.summary or {}, "teacher")
+    if own:
+        how += f"; the teacher alone trained with {own}"
     if seeds is not None and len(seeds) > 1:
         how += f"; {len(seeds)} seeds ({format_seeds(seeds)}), each a full repeat of the experiment"
     else:
@@ -567,3 +578,62 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
     page.figures_row([charts.averaged_curves(curves, "val_acc"), charts.averaged_curves(curves, "train_loss")])
     page.h2(f"The config (run #{first.id}; the seeds differ only in train.seed)")
     _config(page, first)
+
+
+def _study_report(page: _Page, store, name: str) -> None:
+    from kdcore.studies import charts as study_charts
+    from kdcore.studies.space import describe_spec
+    from kdcore.studies.view import describe_study
+
+    d = describe_study(store, name, importance=True)
+    objective, base = d["objective"], store.get_study(name).config
+    page.title = f"kdcore report · study {name}"
+    page.add(f"<h1>Study: {esc(name)}</h1>")
+    counts = ", ".join(f"{n} {k}" for k, n in d["counts"].items())
+    page.p(f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}; {len(d['trials'])} of {d['n_trials']} trials "
+           f"({counts or 'none yet'}); the study is {d['status']}.", "meta")
+    page.h2("The question and the search")
+    teacher, student = (base.get("teacher") or {}).get("arch"), (base.get("student") or {}).get("arch")
+    page.p(f"Which setting of {', '.join(d['space'])} makes distilling {teacher} into {student} on {d['dataset']} pay "
+           f"off? Each trial is an ordinary kdcore run, trained with seed {d['trial_seed']}; Optuna's {d['sampler']} "
+           f"sampler chose the next setting and the {d['pruner']} pruner stopped trials that lagged. Trials were "
+           f"compared by the {objective['label']}: {objective['description']}. No test image steered the search; "
+           "only the confirmation below reads test accuracy, on seeds the search never used.")
+    page.add(_table(["key", "range searched"], [[k, describe_spec(v)] for k, v in d["space"].items()]))
+    page.h2("The answer")
+    confirmation = d["confirmation"] or {}
+    gain = (confirmation.get("aggregate") or {}).get("kd_gain") or {}
+    ci = gain.get("ci95") or [None, None]
+    cls = "good" if ci[0] is not None and ci[0] > 0 else "bad" if ci[1] is not None and ci[1] < 0 else ""
+    best = d["best"]
+    best_value = "—" if best is None else (text.points(best["value"]) if objective["in_points"]
+                                           else text.pct(best["value"], 2))
+    page.add('<div class="headline">'
+             + _big(f"best {objective['label']}", best_value)
+             + _big("confirmed KD gain on test", text.points(gain.get("mean")))
+             + _big("95% interval across fresh seeds", text.points_range(*ci) + " pts" if ci[0] is not None else "—")
+             + _big("fresh seeds", str(gain.get("n", 0)))
+             + "</div>")
+    page.add(f'<div class="verdict {cls}" id="gain"><b>Answer:</b> {esc(d["answer"])}.</div>')
+    page.h2("How the search went")
+    page.figures_row([study_charts.history(d)])
+    page.figures_row([study_charts.parallel(d)])
+    page.figures_row([study_charts.importance(d)])
+    rows = [[t["number"], t["state"] + (f" (epoch {t['pruned_at_epoch']})" if t["pruned_at_epoch"] else ""),
+             "—" if t["value"] is None else (text.points(t["value"]) if objective["in_points"]
+                                             else text.pct(t["value"], 2)),
+             t["setting"], f"#{t['run_id']}" if t["run_id"] else "—"] for t in d["trials"]]
+    page.add(_table(["trial", "state", f"{objective['label']} (validation)", "setting", "run"], rows))
+    if confirmation.get("run_ids"):
+        page.h2(f"The confirmation: trial {confirmation['trial']} over seeds {confirmation['seeds']}")
+        runs = [store.get_run(r) for r in confirmation["run_ids"]]
+        frame = _group_frame(store, runs)
+        page.figures_row([charts.group_dots(frame[frame["status"] == "completed"], confirmation["aggregate"])])
+        page.add(_table(["run", "seed", "status", "teacher", "baseline", "student", "KD gain"],
+                        [[f"#{r.id}", r.config.get("train", {}).get("seed", "?"), r.status,
+                          text.pct(r.teacher_test_acc), text.pct(r.baseline_test_acc), text.pct(r.student_test_acc),
+                          text.points(r.kd_gain)] for r in runs]))
+    page.h2("The config every trial started from")
+    import yaml
+
+    page.add(f"<pre>{esc(yaml.safe_dump(base, sort_keys=False))}</pre>")

@@ -162,3 +162,19 @@ def macs_of(summary: dict, phase: str) -> Optional[float]:
 def ms(value: Optional[float]) -> str:
     """A latency in milliseconds: 0.0123 -> '0.012 ms', 12.3 -> '12.3 ms'."""
     return "—" if missing(value) else f"{value:.3g} ms"
+
+
+def own_settings(summary: dict, phase: str) -> Optional[str]:
+    """A teacher's training settings of its own, in words ('lr 0.0005; crop padding 2 px, flip'); None if it
+    trained as the students did."""
+    parts = []
+    train = summary.get(f"{phase}_train") or {}
+    if train:
+        parts.append(", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in train.items()))
+    augment = summary.get(f"{phase}_augment")
+    if isinstance(augment, dict):
+        shown = [f"crop padding {augment['crop_padding']} px" if augment.get("crop_padding") else "",
+                 "flip" if augment.get("flip") else "",
+                 f"rotation up to {number(augment['rotation'])}°" if augment.get("rotation") else ""]
+        parts.append(", ".join(p for p in shown if p) or "no augmentation")
+    return "; ".join(parts) or None

@@ -145,6 +145,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
     checkpoint = problem_key = None
     if source == "train":
         t["epochs"] = st.number_input("Teacher epochs", min_value=1, key=k(f"{prefix}.epochs"))
+        t.update(own_training(i, prefix))
     elif source == "run":
         finished = stored_weights("teacher")
         if st.session_state.get(k(f"{prefix}.run_id")) not in finished:
@@ -199,6 +200,30 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
         st.button(f"Remove teacher {i + 1}", key=f"ui.remove_teacher.{i}", icon=":material/remove:",
                   on_click=lambda: st.session_state.update({form.TEACHERS: count - 1}))
     return t, profile
+
+
+def own_training(i: int, prefix: str) -> dict:
+    """A teacher's own augmentation and learning rate, apart from the student's and its baseline's."""
+    own = st.toggle("Train it with settings of its own", key=form.own_training_key(i),
+                    help="Hinton et al. (2015) trained their teacher on images jittered by up to 2 pixels and the "
+                         "small nets without: here the teacher alone gets these settings, the distilled student and "
+                         "its baseline keep the Training and Augmentation settings below.")
+    if not own:
+        return {"augment": None, "train": {}}
+    for name, value in (("augment.crop_padding", v["dataset.augment.crop_padding"]),
+                        ("augment.flip", v["dataset.augment.flip"]), ("augment.rotation", v["dataset.augment.rotation"]),
+                        ("train.lr", v["train.lr"]), ("train.weight_decay", v["train.weight_decay"])):
+        st.session_state.setdefault(k(f"{prefix}.{name}"), value)  # it starts from what the others get
+    a, b, c = st.columns(3)
+    augment = {"crop_padding": a.number_input("Its crop padding (pixels)", min_value=0, max_value=16,
+                                              key=k(f"{prefix}.augment.crop_padding")),
+               "flip": b.toggle("Its random flip", key=k(f"{prefix}.augment.flip")),
+               "rotation": c.slider("Its rotation (degrees)", 0.0, 45.0, step=1.0, key=k(f"{prefix}.augment.rotation"))}
+    a, b = st.columns(2)
+    train = {"lr": a.number_input("Its learning rate", format="%.5f", step=0.0005, key=k(f"{prefix}.train.lr")),
+             "weight_decay": b.number_input("Its weight decay", format="%.5f", step=0.0001,
+                                            key=k(f"{prefix}.train.weight_decay"))}
+    return {"augment": augment, "train": train}
 
 
 def student_start(arch: str, options: dict) -> None:
@@ -423,8 +448,52 @@ if sweep:
         fields.add("sweep", "give at least one T, one α and a group name")
     fields.slot("sweep")
 
+search = st.toggle("Search for a setting that pays off (a study of many runs)", key="ui.search",
+                   help="Optuna tries settings over the keys you list, each as an ordinary run in the queue, chooses on "
+                        "the validation split only, and can confirm the best over seeds it never saw.")
+study_settings: dict = {}
+if search:
+    if seeds or sweep:
+        fields.add("search", "a study picks its own settings and seeds: clear Seeds and turn the sweep off")
+    st.caption("The form above is where every trial starts; the space below says which keys vary and over what. "
+               "`kdcore methods` lists each method's options (write them as distill.options.NAME).")
+    st.session_state.setdefault("ui.search_space", form.default_space(method, uses_t))
+    space_text = st.text_area("Search space (YAML)", key="ui.search_space", height=150)
+    a, b, c, d = st.columns(4)
+    study_settings = dict(
+        trials=int(a.number_input("Trials", min_value=1, max_value=1000, value=20, key="ui.search_trials")),
+        objective=b.selectbox("Objective (validation)", list(state.objectives()), key="ui.search_objective",
+                              index=list(state.objectives()).index(state.DEFAULT_OBJECTIVE),
+                              format_func=lambda o: state.objectives()[o]),
+        sampler=c.selectbox("Sampler", state.SAMPLERS, key="ui.search_sampler",
+                            help="tpe: Optuna's default, learns where good settings lie; random; grid: every "
+                                 "combination once (choices, int ranges or ranges with step:)"),
+        pruner=d.selectbox("Pruner", state.PRUNERS, key="ui.search_pruner",
+                           help="Stops a trial whose student's validation accuracy lags the others' at the same "
+                                "epoch"))
+    a, b, c = st.columns([1, 1, 2])
+    study_settings["parallel"] = int(a.number_input("Trials at once", min_value=1, max_value=64, value=1,
+                                                    key="ui.search_parallel",
+                                                    help="More than 1 only helps with several workers on this store"))
+    confirm_text = b.text_input("Confirm over seeds", value="0-4", key="ui.search_confirm",
+                                help="At the end, the best trial runs again over these seeds (the trials train with "
+                                     "seed 1000) and the study answers with its gain on test and a 95% interval. "
+                                     "Empty: confirm later from the Studies page.")
+    study_name = c.text_input("Study name", key="ui.search_name",
+                              value=f"{v['dataset.name']} study {dt.datetime.now():%Y-%m-%d %H:%M}").strip()
+    study_settings["confirm_seeds"] = confirm_text.strip() or None
+    problem = state.study_problem(study_name, study_settings["confirm_seeds"])
+    if problem:
+        fields.add("search", problem)
+    fields.slot("search")
+
 config, errors = form.validate(form.nest(v))
 fields.update(errors)
+space = None
+if search and config is not None:
+    space, problem = state.check_space(space_text, config)
+    if problem:
+        fields.add("search", problem)
 if config is not None:
     try:
         for path, message in state.runnable_problems(config):  # kdcore's refusals, shared with the CLI
@@ -442,11 +511,16 @@ for message in fields.show():
 
 count = (len(temperatures) * len(alphas) if sweep else 1) * (len(seeds) if seeds else 1)
 label = f"Queue {count} runs" if count > 1 else "Launch"
-if count > 1 and config is not None:
+if search:
+    label = f"Start the study ({study_settings['trials']} trials)"
+elif count > 1 and config is not None:
     trained = sum(t.source == "train" for t in config.all_teachers) * (len(seeds) if seeds and teacher_per_seed else 1)
     st.caption(f"{count} runs in one group: {trained} teacher(s) trained, and one baseline per seed, shared by "
                "the runs that differ only in T and α.")
 if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
+    if search:
+        st.session_state["ui.study"] = state.start_study(study_name, config, space, **study_settings)
+        st.switch_page("pages/studies.py")
     if sweep or seeds:
         state.manager().submit_many(expand(config, seeds=seeds, temperatures=temperatures or None,
                                            alphas=alphas or None, group=group or None,

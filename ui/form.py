@@ -94,6 +94,7 @@ def widget_values(config: dict) -> dict[str, Any]:
     values = {key(path): _as_widget_value(path, value) for path, value in flat.items()}
     for i, teacher in enumerate(teachers):
         values[finetune_key(i)] = bool(teacher.get("finetune_epochs"))
+        values[own_training_key(i)] = teacher.get("augment") is not None or bool(teacher.get("train"))
     values.update({TEACHERS: len(teachers), COMBINE: "weights" if weights else "average",
                    OPTIONS_OF: distill.get("method", "soft"),
                    STUDENT_START: "checkpoint" if (config.get("student") or {}).get("checkpoint") else "scratch"})
@@ -107,6 +108,11 @@ def teacher_prefix(i: int) -> str:
 
 def finetune_key(i: int) -> str:
     return "ui.finetune" if i == 0 else f"ui.finetune.{i}"
+
+
+def own_training_key(i: int) -> str:
+    """Teacher i's toggle for training with settings of its own (teacher.augment, teacher.train)."""
+    return "ui.own_training" if i == 0 else f"ui.own_training.{i}"
 
 
 def teacher_base(i: int) -> dict[str, Any]:
@@ -309,3 +315,13 @@ class FieldErrors:
         for placeholder, messages in by_placeholder.values():
             placeholder.error("  \n".join(messages), icon=":material/error:")
         return unplaced
+
+
+def default_space(method: str, uses_temperature: bool) -> str:
+    """A first search space for the form's method: a few methods, T where it counts, and α."""
+    methods = [method] + [m for m in ("soft", "dist") if m != method]
+    lines = [f"distill.method: {{choices: [{', '.join(methods)}]}}"]
+    if uses_temperature or any(m in ("soft", "dist") for m in methods):
+        lines.append("distill.temperature: {low: 1.0, high: 8.0, log: true}")
+    lines.append("distill.alpha: {low: 0.3, high: 0.95}")
+    return "\n".join(lines) + "\n"

@@ -104,6 +104,7 @@ def summary_card(summary: dict) -> None:
     finetuned = [t for t in teachers if not text.missing(t.get("pretrained_test_acc"))]
     if several or finetuned:
         teacher_row(teachers)
+    own_training_note(summary)
     if not text.missing(gain):
         gain_verdict(summary)
 
@@ -128,6 +129,16 @@ def teacher_row(teachers: list[dict]) -> None:
                          + (f" {epochs} epoch{'s' if epochs != 1 else ''} on this dataset" if epochs else ""))
     if lines:
         st.caption("Fine-tuned on this dataset before teaching: " + "; ".join(lines) + ".")
+
+
+def own_training_note(summary: dict) -> None:
+    """Which teachers trained with settings of their own (augmentation, learning rate), in a caption."""
+    phases = [t.get("phase", "teacher") for t in teachers_of(summary)]
+    notes = [f"{charts.phase_label(p).capitalize()}: {text.own_settings(summary, p)}" for p in phases
+             if text.own_settings(summary, p)]
+    if notes:
+        st.caption("Trained with settings of its own, which the distilled student and its baseline did not get: "
+                   + "; ".join(notes) + ".")
 
 
 def gain_verdict(summary: dict) -> None:

@@ -414,3 +414,112 @@ def config_table(run_ids) -> pd.DataFrame:
             columns[f"#{run_id}"] = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
                                      for k, v in flatten(run.config).items()}
     return pd.DataFrame(columns)
+
+
+# ---- studies ----------------------------------------------------------------------------------
+@st.cache_data(ttl=2.0, show_spinner=False)
+def _study_names(url: str) -> list[str]:
+    return _store(url).study_names()
+
+
+@_shows_store_faults
+def study_names() -> list[str]:
+    """Every study's name, newest first."""
+    return _study_names(default_url())
+
+
+@st.cache_data(ttl=2.0, show_spinner=False, max_entries=16)
+def _study(url: str, name: str) -> Optional[dict]:
+    from kdcore.store import StudyNotFound
+    from kdcore.studies.view import describe_study
+
+    try:
+        return describe_study(_store(url), name, importance=True)
+    except StudyNotFound:
+        return None
+
+
+@_shows_store_faults
+def study(name: str) -> Optional[dict]:
+    """A study described (kdcore.studies.view.describe_study, with importance); None when it is gone."""
+    return _study(default_url(), name)
+
+
+def studies_changed() -> None:
+    _study_names.clear()
+    _study.clear()
+    runs_changed()
+
+
+@_shows_store_faults
+def start_study(name: str, config: RunConfig, space: dict, **settings) -> str:
+    """Stores a new study; the dashboard's worker (or any `kdcore worker`) asks and runs its trials."""
+    from kdcore.studies import create_study
+
+    try:
+        create_study(_store(default_url()), name, config, space, **settings)
+    except StoreError as err:
+        show_store_error(err)
+    manager().wake()
+    studies_changed()
+    return name
+
+
+def study_action(action: str, name: str, **kwargs):
+    """confirm, stop, resume or delete a study (kdcore.studies); the store's faults show as their line."""
+    import kdcore.studies as studies
+
+    do = {"confirm": studies.confirm, "stop": studies.stop_study, "resume": studies.resume_study,
+          "delete": studies.delete_study}[action]
+    try:
+        return do(_store(default_url()), name, **kwargs)
+    except StoreError as err:
+        show_store_error(err)
+    finally:
+        manager().wake()
+        studies_changed()
+
+
+from kdcore.studies.objectives import DEFAULT_OBJECTIVE  # noqa: E402,F401  (names only: no Optuna loaded here)
+from kdcore.studies.space import PRUNERS, SAMPLERS  # noqa: E402,F401
+
+
+@st.cache_data(show_spinner=False)
+def objectives() -> dict[str, str]:
+    """Objective name -> what it is, for a picker."""
+    from kdcore.studies.objectives import OBJECTIVES
+
+    return {name: OBJECTIVES.get(name).label for name in OBJECTIVES.names()}
+
+
+def study_problem(name: str, confirm_seeds: Optional[str]) -> Optional[str]:
+    """Why a study of this name and these confirmation seeds cannot start; None when it can."""
+    from kdcore.studies.study import SEARCH_SEED_BASE, StudyError, fresh_seeds
+
+    if not name:
+        return "give the study a name"
+    if name in _store(default_url()).study_names():  # not the cached list: a name taken a second ago counts
+        return f"a study named “{name}” exists already; choose another name"
+    if confirm_seeds:
+        try:
+            fresh_seeds(confirm_seeds, SEARCH_SEED_BASE)
+        except (StudyError, ValueError) as err:
+            return f"confirmation seeds: {err}"
+    return None
+
+
+def check_space(text_: str, config: RunConfig) -> tuple[Optional[dict], Optional[str]]:
+    """A space typed as YAML, checked against the form's config: (the space, None) or (None, why not)."""
+    import yaml
+
+    from kdcore.studies import SpaceError, parse_space
+
+    try:
+        data = yaml.safe_load(text_) if text_.strip() else None
+    except yaml.YAMLError as err:
+        return None, f"not valid YAML: {str(err).splitlines()[0]}"
+    try:
+        parse_space(data, config)
+    except SpaceError as err:
+        return None, str(err)
+    return data, None

@@ -279,6 +279,7 @@ def cmd_runs_delete(args) -> int:
 
 def _print_summary(run) -> None:
     from kdcore.stats import describe_paired
+    from kdcore.text import own_settings
 
     s = run.summary
     print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else ""))
@@ -292,6 +293,9 @@ def _print_summary(run) -> None:
         origin = f"  (trained by run {s[f'{phase}_from_run']})" if f"{phase}_from_run" in s else ""
         print(f"  {phase:<8} {t['arch']:<20} test acc {_pct(s.get(f'{phase}_test_acc'))}  "
               f"params {s.get(f'{phase}_params', 0):,}{origin}")
+        own = own_settings(s, phase)
+        if own:
+            print(f"  {'':<8} trained with settings of its own: {own} (the student and baseline without them)")
         if f"{phase}_pretrained_test_acc" in s:
             head = ", new classification head" if s.get(f"{phase}_new_head") else ""
             print(f"  {'':<8} fine-tuned {s.get(f'{phase}_finetune_epochs')} epoch(s) from "

@@ -176,10 +176,10 @@ def _print_study(d: dict) -> None:
           f"with seed {d['trial_seed']}")
     print(f"  objective: {objective['label']} ({objective['name']}): {objective['description']}")
     print("  space:")
-    for key, spec in d["space"].items():
-        from kdcore.studies.space import Dimension
+    from kdcore.studies.space import describe_spec
 
-        print(f"    {key:<32} {Dimension(key=key, target=key, **{k: (tuple(v) if k == 'choices' else v) for k, v in spec.items()}).describe()}")
+    for key, spec in d["space"].items():
+        print(f"    {key:<32} {describe_spec(spec)}")
     print(f"  {'#':>4} {'state':<12} {'value':>14} {'run':>5}  setting")
     for t in d["trials"]:
         value = _value(t["value"], objective) if t["state"] == "complete" else (

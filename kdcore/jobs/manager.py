@@ -77,6 +77,9 @@ class JobManager:
                                               name=f"kdcore-worker-{w.device}") for w in self.workers]
             for t in self._threads:
                 t.start()
+            from kdcore.studies import StudyDrivers  # a worker process drives studies itself (kdcore worker)
+
+            StudyDrivers(self.store, self._stop).start()
             atexit.register(self.shutdown)  # a run still training at exit ends interrupted, not 'running'
         elif workers == "process":
             self._env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
@@ -131,6 +134,10 @@ class JobManager:
                 child.kill()
 
     # ---- submitting ------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Tells local worker threads to look at the queue now rather than at their next poll."""
+        self._wake.set()
+
     def submit(self, config: RunConfig) -> int:
         """Queues a validated config; returns its run number at once."""
         run_id = self.store.create_run(config)

@@ -12,13 +12,17 @@ from kdcore.models.dropout import Dropout
 class MLP(nn.Sequential):
     """Flatten, then Linear-ReLU(-Dropout) per hidden size, then a Linear to the classes."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (512, 256), dropout: float = 0.0):
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (512, 256), dropout: float = 0.0,
+                 input_dropout: float = 0.0):
         hidden = list(hidden)
         if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
             raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
         layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout > 0:  # Hinton et al.'s teachers dropped a fifth of the pixels too
+            layers.append(Dropout(input_dropout))
         width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
@@ -29,14 +33,16 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def _mlp(num_classes: int, in_channels: int, image_size: int, hidden: Sequence[int], dropout: float) -> MLP:
-    return MLP(in_channels * image_size * image_size, num_classes, hidden, dropout)
+def _mlp(num_classes: int, in_channels: int, image_size: int, hidden: Sequence[int], dropout: float,
+         input_dropout: float = 0.0) -> MLP:
+    return MLP(in_channels * image_size * image_size, num_classes, hidden, dropout, input_dropout)
 
 
 @register_model("mlp")
-def mlp(num_classes=10, in_channels=3, image_size=32, *, hidden: Sequence[int] = (512, 256), dropout: float = 0.0):
+def mlp(num_classes=10, in_channels=3, image_size=32, *, hidden: Sequence[int] = (512, 256), dropout: float = 0.0,
+        input_dropout: float = 0.0):
     """MLP on flattened pixels, hidden sizes from the `hidden` option (default 512-256)"""
-    return _mlp(num_classes, in_channels, image_size, hidden, dropout)
+    return _mlp(num_classes, in_channels, image_size, hidden, dropout, input_dropout)
 
 
 @register_model("mlp_1200x2")

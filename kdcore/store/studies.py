@@ -59,6 +59,11 @@ class StudyRecords:
                 s.expunge(study)
             return studies
 
+    def study_names(self) -> list[str]:
+        """Every study's name, newest first."""
+        with Session(self.engine) as s:
+            return list(s.exec(select(Study.name).order_by(Study.id.desc())))
+
     def update_study(self, study_id: int, **values) -> None:
         with Session(self.engine) as s:
             s.execute(update(Study).where(Study.id == study_id).values(**values))

@@ -89,10 +89,7 @@ class Dimension:
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
     def describe(self) -> str:
-        if self.choices is not None:
-            return ", ".join(map(str, self.choices))
-        text = f"{self.low:g} to {self.high:g}" + (f" in steps of {self.step:g}" if self.step else "")
-        return text + (" (log scale)" if self.log else "")
+        return describe_spec(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -134,6 +131,14 @@ class SearchSpace:
                 spec["choices"] = list(d.choices)
             out[d.key] = spec
         return out
+
+
+def describe_spec(spec: dict) -> str:
+    """A key's range in words, as a space file gives it: '1 to 8 (log scale)', 'soft, dist'."""
+    if spec.get("choices") is not None:
+        return ", ".join(map(str, spec["choices"]))
+    text = f"{spec['low']:g} to {spec['high']:g}" + (f" in steps of {spec['step']:g}" if spec.get("step") else "")
+    return text + (" (log scale)" if spec.get("log") else "")
 
 
 def _set(data: dict, dotted: str, value: Any) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -81,7 +82,7 @@ def create_study(store: Store, name: str, config: RunConfig, space: dict, *, tri
         trials = min(trials, len(points))  # a grid is tried once through
     trial_seed = SEARCH_SEED_BASE + seed
     if confirm_seeds is not None:
-        confirm_seeds = format_seeds(_fresh_seeds(confirm_seeds, trial_seed))
+        confirm_seeds = format_seeds(fresh_seeds(confirm_seeds, trial_seed))
     base = config.model_copy(deep=True)
     base.baseline = OBJECTIVES.get(objective).needs_baseline or config.baseline
     store.check_writable()
@@ -98,7 +99,7 @@ def create_study(store: Store, name: str, config: RunConfig, space: dict, *, tri
     return store.get_study(name)
 
 
-def _fresh_seeds(text: str, trial_seed: int) -> list[int]:
+def fresh_seeds(text: str, trial_seed: int) -> list[int]:
     seeds = parse_seeds(text)
     if trial_seed in seeds:
         raise StudyError(f"--confirm-seeds {text} includes seed {trial_seed}, which the trials train with; "
@@ -113,8 +114,10 @@ def _sampler(study: Study, asked: int):
     seed = study.seed * 100_003 + asked  # a driver that restarts does not repeat the first random settings
     if study.sampler == "random" or study.sampler == "grid":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                      n_startup_trials=min(10, max(2, study.n_trials // 3)))
+    with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna, and what TPE needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # for options tied to a method
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, study.n_trials // 3)))
 
 
 def _pruner(study: Study):
@@ -380,7 +383,7 @@ def confirm(store: Store, name: str, seeds: str, trial: Optional[int] = None) ->
         trial = chosen.number
     if trial not in numbers:
         raise StudyError(f"study {name!r} has no trial {trial}")
-    seed_list = _fresh_seeds(seeds, study.trial_seed)
+    seed_list = fresh_seeds(seeds, study.trial_seed)
     group = confirm_group(name)
     if study.confirm_group and store.list_runs(group=study.confirm_group):
         raise StudyError(f"study {name!r} was confirmed already (group {study.confirm_group!r}); start a new study "

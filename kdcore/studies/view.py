@@ -38,8 +38,11 @@ def setting_words(params: dict, base: dict) -> str:
     """'dist, T 4, α 0.5, lr 0.003': the method, then each parameter a trial set."""
     from kdcore.distill import METHODS
 
-    method = params.get("distill.method", (base.get("distill") or {}).get("method", "soft"))
+    distill = base.get("distill") or {}
+    method = params.get("distill.method", distill.get("method", "soft"))
     uses_t = method in METHODS and METHODS.get(method).uses_temperature
+    fixed = {"distill.temperature": distill.get("temperature"), "distill.alpha": distill.get("alpha")}
+    params = {**{k: v for k, v in fixed.items() if v is not None}, **params}  # T and α always say where they were
     words = [str(method)]
     first = list(SHORT)  # T, then α, then the training settings, then the rest as the space lists them
     for key, value in sorted(params.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)):
@@ -80,11 +83,12 @@ def answer(study: dict) -> str:
     return f"no setting tried makes distillation pay off: the best, {setting}, gives {spread}"
 
 
-def describe_study(store: Store, name: str) -> dict:
+def describe_study(store: Store, name: str, *, importance: bool = False) -> dict:
     """Everything about a study: its settings, each trial, the best, the confirmation and the answer.
 
     The JSON of `kdcore studies show --json`. Trials' `value` is the objective on validation; only the
-    confirmation reads test images, after the search has chosen.
+    confirmation reads test images, after the search has chosen. With `importance`, each parameter's share
+    of the objective's variation (Optuna's default evaluator), or why there is none yet.
     """
     study = store.get_study(name)
     objective = OBJECTIVES.get(study.objective)
@@ -92,7 +96,8 @@ def describe_study(store: Store, name: str) -> dict:
     numbers = store.trial_runs(study.id)
     runs = {r.id: r for r in store.list_runs(group=study.group)}
     trials = []
-    for t in optuna_study(store, study).get_trials(deepcopy=False):
+    ostudy = optuna_study(store, study)
+    for t in ostudy.get_trials(deepcopy=False):
         run_id = numbers.get(t.number)
         run = runs.get(run_id)
         trials.append({
@@ -118,7 +123,25 @@ def describe_study(store: Store, name: str) -> dict:
         "trials": trials, "best": best, "confirmation": _confirmation(store, study, trials),
     }
     out["answer"] = answer(out)
+    if importance:
+        out["importance"], out["importance_note"] = _importance(ostudy, len(complete))
     return out
+
+
+def _importance(ostudy, complete: int) -> tuple[Optional[dict], Optional[str]]:
+    if complete < 3:
+        return None, "needs three complete trials"
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "some regimes have less than 2 trials": the chart says so itself
+            shares = optuna.importance.get_param_importances(ostudy)
+    except (RuntimeError, ValueError) as err:
+        return None, f"not measurable yet ({err})"
+    return {k: float(v) for k, v in shares.items()}, None
 
 
 def _confirmation(store: Store, study: Study, trials: list[dict]) -> Optional[dict]:
