@@ -115,7 +115,8 @@ def across_seeds(values: Iterable[Optional[float]], level: float = 0.95) -> Opti
     return SeedSpread(mean=mean, std=std, n=int(x.size), ci95=[mean - half, mean + half])
 
 
-def _pts(fraction: float) -> str:
+def signed_points(fraction: float) -> str:
+    """A fraction in signed percentage points with a true minus sign: -0.0334 -> '−3.34'."""
     return f"{100 * fraction:+.2f}".replace("-", "−")
 
 
@@ -128,10 +129,10 @@ def describe_paired(gain: Optional[float], ci95: Optional[Sequence[float]], p_va
     """One run's gain in words: the interval, how many images, and whether it is more than chance."""
     if gain is None or not math.isfinite(gain):
         return "no KD gain (no baseline was trained)"
-    words = f"{_pts(gain)} points"
+    words = f"{signed_points(gain)} points"
     details = []
     if ci95 and all(v is not None and math.isfinite(v) for v in ci95):
-        details.append(f"95% interval {_pts(ci95[0])} to {_pts(ci95[1])}")
+        details.append(f"95% interval {signed_points(ci95[0])} to {signed_points(ci95[1])}")
     if test_images:
         net = net_images if net_images is not None else round(gain * test_images)
         details.append(f"net {net:+d} of {test_images:,} test images".replace("-", "−"))
@@ -152,10 +153,10 @@ def describe_spread(spread: Optional[dict | SeedSpread]) -> str:
         return "no completed seeds yet"
     s = spread.as_dict() if isinstance(spread, SeedSpread) else spread
     if s["n"] < 2:
-        return f"{_pts(s['mean'])} points from one seed: add seeds for an interval"
+        return f"{signed_points(s['mean'])} points from one seed: add seeds for an interval"
     low, high = s["ci95"]
-    words = (f"{_pts(s['mean'])} ± {100 * s['std']:.2f} points over {s['n']} seeds "
-             f"(95% interval {_pts(low)} to {_pts(high)})")
+    words = (f"{signed_points(s['mean'])} ± {100 * s['std']:.2f} points over {s['n']} seeds "
+             f"(95% interval {signed_points(low)} to {signed_points(high)})")
     if low > 0:
         return f"{words}: above zero"
     if high < 0:

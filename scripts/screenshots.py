@@ -1,14 +1,16 @@
 """Takes a screenshot of each dashboard page into docs/screenshots/.
 
 Starts the app on a temporary database, clicks the demo's seed group and then the demo
-once through the UI, and visits every page in headless Chromium, the Report page also in
-presentation mode. Waits follow the runs' state in the store.
+once through the UI, runs a 12-trial study of the demo from the CLI, and visits every page
+in headless Chromium, the Report page also in presentation mode. Waits follow the runs'
+state in the store.
 
     .venv/bin/python scripts/screenshots.py                          # all of them
     .venv/bin/python scripts/screenshots.py report presentation      # only these (the same runs are made)
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +90,15 @@ def main(only: list[str]) -> None:
             page.get_by_role("button", name="Leave presentation mode").wait_for(timeout=600_000)
             _report_drawn(page)
             shot(page, "presentation")
+            page.get_by_role("button", name="Leave presentation mode").click()
+            _settle(page)
+            if not only or "studies" in only:  # a study of the demo, run from the CLI beside the dashboard's worker
+                subprocess.run([sys.executable, "-m", "kdcore", "--db", db, "tune", "examples/digits.yaml", "--space",
+                                "examples/spaces/digits.yaml", "--trials", "12", "--confirm-seeds", "0-2", "--name",
+                                "digits study"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                page.get_by_role("link", name="Studies").first.click()
+                _settle(page, 6)
+                shot(page, "studies")
             browser.close()
     print("wrote", ", ".join(sorted(only) if only else sorted(p.name for p in OUT.glob("*.png"))))
 

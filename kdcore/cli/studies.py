@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 import threading
-import time
 from datetime import datetime
 from typing import Optional
 

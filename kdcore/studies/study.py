@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Optional
 
 import optuna

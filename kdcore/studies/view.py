@@ -7,6 +7,7 @@ from typing import Any, Optional
 from optuna.trial import TrialState
 
 from kdcore.experiments import group_report
+from kdcore.stats import signed_points
 from kdcore.store import Run, Store, Study
 from kdcore.studies.objectives import OBJECTIVES
 from kdcore.studies.study import optuna_study
@@ -53,17 +54,13 @@ def setting_words(params: dict, base: dict) -> str:
     return ", ".join(words)
 
 
-def _pts(fraction: float) -> str:
-    return f"{100 * fraction:+.2f}".replace("-", "−")
-
-
 def answer(study: dict) -> str:
     """The study's answer in one sentence, with the confirmation's interval across fresh seeds."""
     best, confirmation = study["best"], study["confirmation"]
     if confirmation is None:
         if best is None:
             return "no trial has completed yet"
-        value = (f"{_pts(best['value'])} points" if study["objective"]["in_points"]
+        value = (f"{signed_points(best['value'])} points" if study["objective"]["in_points"]
                  else f"{100 * best['value']:.2f}%")
         return (f"not confirmed yet: the best trial so far (#{best['number']}, {best['setting']}) has a "
                 f"{study['objective']['label']} of {value}; confirm it over fresh seeds before trusting it")
@@ -74,8 +71,8 @@ def answer(study: dict) -> str:
         done = 0 if gain is None else gain["n"]
         return f"confirming trial {confirmation['trial']} ({setting}) over {planned} fresh seeds: {done} done"
     low, high = gain["ci95"]
-    spread = (f"{_pts(gain['mean'])} points over scratch (95% interval {_pts(low)} to {_pts(high)}, "
-              f"{gain['n']} fresh seeds)")
+    spread = (f"{signed_points(gain['mean'])} points over scratch (95% interval {signed_points(low)} to "
+              f"{signed_points(high)}, {gain['n']} fresh seeds)")
     if low > 0:
         return f"{setting}: {spread}"
     if high < 0:
