@@ -42,7 +42,7 @@ if done.empty:
     st.title("Report")
     st.info("No completed run yet. Run the demo from **Home**, then come back here for its report.")
     st.stop()
-groups = list(dict.fromkeys(done["group"].dropna()))  # newest first
+groups = state.seed_groups(dict.fromkeys(done["group"].dropna()))  # newest first; a study's report is on Studies
 run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in done.itertuples()}
 
 # what to show: the address (?run=ID or ?group=NAME) first, then this session's pick, then the newest run

@@ -165,7 +165,7 @@ with diff_tab:
         else:
             st.caption("Their configs are identical.")
 with groups_tab:
-    groups = list(dict.fromkeys(view["group"].dropna()))  # newest first
+    groups = state.seed_groups(dict.fromkeys(view["group"].dropna()))  # newest first; studies have their page
     if not groups:
         st.caption("No seed groups or sweeps among these runs; queue one from **New experiment** (Seeds, or a "
                    "sweep over T and α).")

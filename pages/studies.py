@@ -111,6 +111,12 @@ def _actions(d: dict) -> None:
         if left.button("Resume the study", icon=":material/play_circle:", key="ui.study_resume", disabled=read_only):
             state.study_action("resume", name)
             st.rerun()
+    with left:
+        st.download_button("Download the study's report (HTML)", data=lambda: state.study_report(name),
+                           file_name=f"kdcore-study-{name}.html", mime="text/html", icon=":material/download:",
+                           key="ui.study_report", on_click="ignore",
+                           help="The study as one self-contained file (`kdcore report NAME`), for people who will "
+                                "not open the dashboard")
     sure = middle.checkbox("Delete it with its runs", key="ui.study_delete_sure", disabled=read_only)
     if right.button("Delete the study", icon=":material/delete:", key="ui.study_delete", disabled=not sure):
         try:

@@ -73,12 +73,16 @@ def test_search_mode_starts_a_study_that_the_dashboards_worker_asks_runs_and_con
         return len(runs) == 2 and all(r.status == "completed" for r in runs)
 
     wait_while_progressing(store, confirmed, "the study's trials and its confirmation")
+    study = store.get_study("from the form")
     page = open_page("pages/studies.py")
     assert page.selectbox(key="ui.study").value == "from the form"
     shown = [m.value for m in page.success] + [m.value for m in page.warning]
     assert any("over scratch (95% interval" in m and "2 fresh seeds" in m for m in shown), shown
     assert len(page.get("plotly_chart")) >= 4  # best so far, parallel coordinates, importance, the seeds' dots
     assert "4 of 4 trials finished" in page.get("progress")[0].proto.text
+    runs_page = open_page("pages/runs.py")  # the confirmation is a seed group; the trials are not repeats of one
+    offered = runs_page.selectbox(key="runs_group").options
+    assert study.confirm_group in offered and study.group not in offered, offered
 
 
 def test_a_teachers_own_training_reaches_its_config_its_summary_and_back_into_the_form(store):

@@ -422,6 +422,18 @@ def _study_names(url: str) -> list[str]:
     return _store(url).study_names()
 
 
+@st.cache_data(ttl=2.0, show_spinner=False)
+def _study_groups(url: str) -> set[str]:
+    return _store(url).study_groups()
+
+
+@_shows_store_faults
+def seed_groups(groups) -> list[str]:
+    """The groups to show as seed groups or sweeps: a study's trials (settings that differ) are shown as a study."""
+    trials = _study_groups(default_url())
+    return [g for g in groups if g not in trials]
+
+
 @_shows_store_faults
 def study_names() -> list[str]:
     """Every study's name, newest first."""
@@ -447,6 +459,7 @@ def study(name: str) -> Optional[dict]:
 
 def studies_changed() -> None:
     _study_names.clear()
+    _study_groups.clear()
     _study.clear()
     runs_changed()
 
@@ -523,3 +536,10 @@ def check_space(text_: str, config: RunConfig) -> tuple[Optional[dict], Optional
     except SpaceError as err:
         return None, str(err)
     return data, None
+
+
+def study_report(name: str) -> bytes:
+    """The study's self-contained HTML report (kdcore report NAME), built when it is downloaded."""
+    from kdcore.report import build_report
+
+    return build_report(_store(default_url()), name).encode("utf-8")
