@@ -33,13 +33,14 @@ def errors(acc: float, images: int) -> int:
     return round((1 - acc) * images)
 
 
-def _spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+def _spread(values: list[float], scale: float = 1.0, digits: int = 1, sign: str = "") -> str:
     s = across_seeds(values)
     if s is None:
         return "-"
-    text = f"{scale * s.mean:.{digits}f}"
+    text = f"{scale * s.mean:{sign}.{digits}f}"
     if s.std is not None:
-        text += f" ± {scale * s.std:.{digits}f} [{scale * s.ci95[0]:.{digits}f}, {scale * s.ci95[1]:.{digits}f}]"
+        text += (f" ± {scale * s.std:.{digits}f} [{scale * s.ci95[0]:{sign}.{digits}f}, "
+                 f"{scale * s.ci95[1]:{sign}.{digits}f}]")
     return text
 
 
@@ -64,7 +65,7 @@ def table(result: dict) -> str:
         *rows,
         f"| mean ± std [95% interval] over {len(runs)} seeds | {_spread(per_model['teacher'])} | "
         f"{_spread(per_model['baseline'])} | {_spread(per_model['student'])} | | {_spread(gaps, 100, 0)}% | "
-        f"{_spread([r['kd_gain'] for r in runs], 100, 2)} |",
+        f"{_spread([r['kd_gain'] for r in runs], 100, 2, sign='+')} |",
     ]
     return "\n".join(lines)
 
