@@ -71,10 +71,26 @@ def _ok(tmp_path):
 def test_every_example_config_is_valid():
     from pathlib import Path
 
-    examples = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))  # recipes/ too
+    root = Path(__file__).resolve().parents[1] / "examples"
+    examples = sorted(p for p in root.rglob("*.yaml") if "spaces" not in p.parts)  # recipes/ too
     assert examples, "examples/ holds no configs"
     for path in examples:
         load_config(path)
+
+
+def test_every_example_space_fits_the_config_its_command_names():
+    import re
+    from pathlib import Path
+
+    from kdcore.studies import load_space, parse_space
+
+    root = Path(__file__).resolve().parents[1]
+    spaces = sorted((root / "examples" / "spaces").glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        command = re.search(r"kdcore tune (\S+\.yaml) --space (\S+\.yaml)", path.read_text())
+        assert command and root / command[2] == path, f"{path.name} names no `kdcore tune CONFIG --space` for itself"
+        parse_space(load_space(path), load_config(root / command[1]))
 
 
 def test_overrides_leave_the_callers_dict_untouched():

@@ -126,7 +126,7 @@ def test_unknown_run_or_group_is_a_clear_error(stored, tmp_path):
     run = _kdcore(stored["db"], "report", "9999", "-o", str(tmp_path / "x.html"))
     assert run.returncode == 1 and "no run #9999" in run.stderr, run.stderr
     group = _kdcore(stored["db"], "report", "no such group", "-o", str(tmp_path / "x.html"))
-    assert group.returncode == 1 and "no group named 'no such group'" in group.stderr, group.stderr
+    assert group.returncode == 1 and "no study or group named 'no such group'" in group.stderr, group.stderr
     assert "Traceback" not in run.stderr + group.stderr
     assert not (tmp_path / "x.html").exists()
 
