@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import warnings
 from typing import Optional
@@ -339,6 +340,13 @@ class TrialPruning:
     def __call__(self, event: Event) -> None:
         if event.kind != "epoch" or event.phase != "student" or "val_acc" not in event.metrics:
             return
+        try:
+            self._check(event)
+        except Exception as err:  # the study out of reach for a moment: the trial runs on, unpruned
+            print(f"kdcore: trial {self.number} of study {self.study.name!r} could not be checked for pruning "
+                  f"after epoch {event.epoch}: {err}", file=sys.stderr)
+
+    def _check(self, event: Event) -> None:
         ostudy = optuna_study(self.store, self.study)
         if self._trial is None:
             storage = ostudy._storage
