@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdcore.inputs import InputRefused, load_yaml, read_yaml_file
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -231,8 +233,13 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _parse_value(text: str, key: str = "value") -> Any:
+    if text == "":
+        return ""
+    try:
+        return load_yaml(text, f"the value of {key}")
+    except InputRefused as err:
+        raise ConfigError(str(err)) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -248,7 +255,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(value, key.strip())
     return data
 
 
@@ -269,7 +276,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_file(path) or {}
+    except InputRefused as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ import streamlit as st
 import yaml
 
 from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.inputs import InputRefused, load_yaml
 
 PREFIX = "f."
 BASE = "f.base"
@@ -223,7 +224,10 @@ def option_input(option: dict) -> Any:
         return st.text_input(name, key=widget_key, help=help_)
     typed = st.text_input(f"{name} (YAML)", key=widget_key, help=help_)
     try:
-        return yaml.safe_load(typed) if typed.strip() else None
+        return load_yaml(typed, name) if typed.strip() else None
+    except InputRefused as err:
+        st.error(str(err))
+        return typed  # fails validation too, so Launch stays disabled
     except yaml.YAMLError:
         return typed  # validation names the option and says what it takes
 
@@ -249,7 +253,9 @@ def parse_options(text: str) -> dict:
     if not text.strip():
         return {}
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text, "the options")
+    except InputRefused as err:
+        raise ValueError(str(err)) from None
     except yaml.YAMLError as err:
         raise ValueError(f"not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(value, dict):

@@ -525,10 +525,13 @@ def check_space(text_: str, config: RunConfig) -> tuple[Optional[dict], Optional
     """A space typed as YAML, checked against the form's config: (the space, None) or (None, why not)."""
     import yaml
 
+    from kdcore.inputs import InputRefused, load_yaml
     from kdcore.studies import SpaceError, parse_space
 
     try:
-        data = yaml.safe_load(text_) if text_.strip() else None
+        data = load_yaml(text_, "the space") if text_.strip() else None
+    except InputRefused as err:
+        return None, str(err)
     except yaml.YAMLError as err:
         return None, f"not valid YAML: {str(err).splitlines()[0]}"
     try:

@@ -358,7 +358,11 @@ def load_space(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"space file not found: {path}")
+    from kdcore.inputs import InputRefused, read_yaml_file
+
     try:
-        return yaml.safe_load(path.read_text())
+        return read_yaml_file(path)
+    except InputRefused as err:
+        raise SpaceError(str(err)) from None
     except yaml.YAMLError as err:
         raise SpaceError(f"{path} is not valid YAML: {err}") from None
