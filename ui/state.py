@@ -23,7 +23,7 @@ from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager, get_manager
-from kdcore.store import ACTIVE, DAMAGED_LABEL, Run, RunNotFound, Store, StoreError, default_url
+from kdcore.store import ACTIVE, DAMAGED_LABEL, FolderOutsideRoot, Run, RunNotFound, Store, StoreError, default_url
 from kdcore import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,13 +190,14 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
 @_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
     """{"labels", "teacher", "teacher2"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
-    path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
-    return _test_logits(str(path), _stamp(path))
+    path = _run_file(run_id, TEST_LOGITS_FILE)
+    return _test_logits(str(path), _stamp(path)) if path else None
 
 
 @_shows_store_faults
 def has_test_logits(run_id: int) -> bool:
-    return (store().run_dir(int(run_id)) / TEST_LOGITS_FILE).is_file()
+    path = _run_file(run_id, TEST_LOGITS_FILE)
+    return bool(path and path.is_file())
 
 
 ENSEMBLE = "ensemble"
@@ -250,7 +251,9 @@ def temperature_curves(run_id: int, phase: str = "teacher",
                        weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
     """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
     ("teacher", "teacher2", … or "ensemble", whose teachers are averaged with `weights`)."""
-    path = store().run_dir(int(run_id)) / TEST_LOGITS_FILE
+    path = _run_file(run_id, TEST_LOGITS_FILE)
+    if path is None:
+        return None
     return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
 
 
@@ -269,8 +272,16 @@ def frontier_points_of(dataset: str) -> pd.DataFrame:
 
 @_shows_store_faults
 def weights_path(run_id: int, phase: str) -> Optional[Path]:
-    path = store().run_dir(int(run_id)) / f"{phase}.pt"
-    return path if path.is_file() else None
+    path = _run_file(run_id, f"{phase}.pt")
+    return path if path and path.is_file() else None
+
+
+def _run_file(run_id: int, name: str) -> Optional[Path]:
+    """A file in the run's folder; None when the run's folder leads outside the artefact root."""
+    try:
+        return store().run_dir(int(run_id)) / name
+    except FolderOutsideRoot:
+        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

@@ -269,11 +269,11 @@ def cmd_runs_delete(args) -> int:
             print("kept")
             return 1
     try:
-        store.delete_run(args.id)
+        kept = store.delete_run(args.id)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"run {args.id} deleted")
+    print(f"run {args.id} deleted" + (f"; {kept}" if kept else ""))
     return 0
 
 

@@ -70,6 +70,14 @@ class StoreReadOnly(StoreError):
     """A write asked of a store that this process can only read."""
 
 
+class FolderOutsideRoot(StoreError):
+    """A run's folder column leads outside the artefact root: kdcore neither reads nor deletes there.
+
+    A store can come from someone else (a file handed over, a shared PostgreSQL), so its rows are not trusted
+    to name folders on this machine.
+    """
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ELSEWHERE = "point --db (or KDCORE_DB_URL) at another file or move this one away"
 CHECK_MAX_BYTES = 256 << 20  # SQLite's quick_check reads about 300 MB/s: stores up to this size are checked on open
@@ -509,8 +517,12 @@ class Store(StudyRecords):
             values["notes"] = notes
         self._update(run_id, **values)
 
-    def delete_run(self, run_id: int) -> None:
-        """Deletes a finished run, its metrics, artefact rows and its own folder (nothing of any other run)."""
+    def delete_run(self, run_id: int) -> Optional[str]:
+        """Deletes a finished run, its metrics, artefact rows and its own folder (nothing of any other run).
+
+        Returns why its folder was kept, if it was: a 0.1.0 folder another store in the same place may own.
+        Raises FolderOutsideRoot, deleting nothing, when the run's folder leads outside the artefact root.
+        """
         self.expire_leases(force=True)
         run = self.get_run(run_id)
         if run.status in ACTIVE:
@@ -519,17 +531,48 @@ class Store(StudyRecords):
         if held:  # a study's answer is read from its runs: they go with the study or not at all
             raise ValueError(f"{held}; it can be deleted only with the study (`kdcore studies delete NAME`)")
         folder = self.run_dir(run_id)
+        shared = self._shared_number_folder(folder)
         with Session(self.engine) as s:
             s.exec(delete(Metric).where(Metric.run_id == run_id))
             s.exec(delete(Artefact).where(Artefact.run_id == run_id))
             s.exec(delete(Run).where(Run.id == run_id))
             s.commit()
         self._folders.pop(run_id, None)
+        if shared:
+            return f"its folder {folder} was kept: {shared}"
         self._remove_folder(folder)
+        return None
 
     def _remove_folder(self, folder: Path) -> None:
-        if folder.resolve() != self.artefact_root.resolve():
+        if self._inside_root(folder) and not self._shared_number_folder(folder):
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _inside_root(self, path: Path) -> bool:
+        root = self.artefact_root.resolve()
+        return root in Path(path).resolve().parents
+
+    def _shared_number_folder(self, folder: Path) -> Optional[str]:
+        """Why a 0.1.0 folder, named by the run's number, may belong to another store too; None if it cannot.
+
+        0.1.0 put every store's run 1 in `1/` beside the store file, so two stores in one folder share it.
+        """
+        if not folder.name.isdigit():
+            return None
+        own = Path(self.url.split("///", 1)[-1]).resolve() if self.url.startswith("sqlite") else None
+        others = []
+        for path in sorted(self.artefact_root.iterdir()) if self.artefact_root.is_dir() else []:
+            if path.resolve() == own or not path.is_file() or path.name.endswith(("-wal", "-shm", "-journal")):
+                continue
+            try:
+                with path.open("rb") as handle:
+                    if handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                        others.append(path.name)
+            except OSError:
+                continue
+        if not others:
+            return None
+        return (f"it is named by the run's number (a run of release 0.1.0) and another store in "
+                f"{self.artefact_root} ({', '.join(others)}) may keep its own run {folder.name} there")
 
     def list_runs(self, status: Optional[Iterable[str]] = None, group: Optional[str] = None,
                   limit: Optional[int] = None) -> list[Run]:
@@ -745,6 +788,12 @@ class Store(StudyRecords):
         if folder is None:
             with Session(self.engine) as s:
                 folder = s.execute(select(Run.folder).where(Run.id == run_id)).scalar() or str(run_id)
+            path = self.artefact_root / folder
+            if not self._inside_root(path):
+                raise FolderOutsideRoot(
+                    f"run {run_id}'s folder {folder!r} leads to {path.resolve()}, outside the artefact root "
+                    f"{self.artefact_root.resolve()}; kdcore reads and deletes run files only under that root, "
+                    "so nothing there was touched")
             self._folders[run_id] = folder
         return self.artefact_root / folder
 
@@ -761,4 +810,5 @@ class Store(StudyRecords):
     def artefacts(self, run_id: int) -> dict[str, Path]:
         with Session(self.engine) as s:
             rows = s.exec(select(Artefact).where(Artefact.run_id == run_id)).all()
-        return {a.kind: (self.artefact_root / a.path) for a in rows}
+        paths = {a.kind: (self.artefact_root / a.path) for a in rows}
+        return {kind: path for kind, path in paths.items() if self._inside_root(path)}
