@@ -6,11 +6,13 @@ mounted) and checks what the user gets and that nothing stored was lost. docs/re
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from kdcore.config import build_config  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.test_faults import STALL_S, TINY, _one_error_line, kdcore  # noqa: E402
+from tests.test_faults import TINY, _one_error_line, _wait, kdcore, read_only  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "store-0.1.0"
 
@@ -81,3 +83,95 @@ def test_two_old_stores_in_one_folder_keep_the_shared_number_folder_when_one_del
     shutil.copytree(FIXTURE, alone)
     assert kdcore("runs", "delete", "1", "--yes", db=f"sqlite:///{alone / 'kdcore.db'}").returncode == 0
     assert not (alone / "1").exists()
+
+
+# ---- a store lost under a running worker ---------------------------------------------------------------
+LONG = ["--set", "teacher.epochs=30", "--set", "train.epochs=30"]  # long enough to be caught mid-run
+
+
+def _worker_training(tmp_path: Path, **env) -> tuple[Path, subprocess.Popen, int]:
+    """A `kdcore worker` process training the digits demo on a fresh store, returned once its run has a
+    saved epoch (files in its folder to keep)."""
+    db = tmp_path / "store" / "kd.db"
+    submitted = kdcore("submit", "examples/digits.yaml", *LONG, db=f"sqlite:///{db}")
+    assert submitted.returncode == 0, submitted.stderr
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", f"sqlite:///{db}", "worker"], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    store = Store(f"sqlite:///{db}")
+    _wait(lambda: list(store.run_dir(1).glob("*_state.pt")) or worker.poll() is not None, "a saved epoch",
+          lambda: store.get_run(1).live)
+    assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+    return db, worker, 1
+
+
+def _stopped(worker: subprocess.Popen, log: Path) -> list[str]:
+    _wait(lambda: worker.poll() is not None, "the worker to stop", lambda: log.stat().st_size)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_a_worker_whose_store_is_deleted_stops_and_keeps_the_runs_files(tmp_path):
+    db, worker, run_id = _worker_training(tmp_path)
+    folder = Store(f"sqlite:///{db}").run_dir(run_id)
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    lines = _stopped(worker, tmp_path / "worker.log")
+    assert worker.returncode == 2, lines
+    assert lines[-1].startswith("error: the store") and "was deleted" in lines[-1], lines
+    assert f"kept its files in {folder}" in lines[-1]
+    assert not any("completed" in line for line in lines)
+    assert list(folder.glob("*.pt")) and not list(folder.glob("*.tmp"))
+    assert not db.exists()  # the worker wrote nothing more: no new empty store in its place
+
+
+def test_a_store_made_immutable_under_a_running_worker_stops_it_in_one_line_and_the_run_ends_interrupted(tmp_path):
+    db, worker, run_id = _worker_training(tmp_path)
+    files = [p for p in (db, Path(f"{db}-wal")) if p.exists()]
+    with read_only(*files):
+        lines = _stopped(worker, tmp_path / "worker.log")
+    assert worker.returncode == 2, lines
+    assert lines[-1].startswith("error: ") and "can no longer be written" in lines[-1], lines
+    assert "shows as running until its lease expires" in lines[-1], lines
+    _wait(lambda: _listed_status(db) == "interrupted", "the lease to expire")
+
+
+def _listed_status(db: Path) -> str:
+    """The first run's status as `runs list` gives it once a lease counts as expired after 1 s."""
+    listed = subprocess.run([sys.executable, "-m", "kdcore", "--db", f"sqlite:///{db}", "runs", "list", "--json"],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "KDCORE_LEASE_GRACE_S": "1"})
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)[0]["status"]
+
+
+# ---- a full disk ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def small_disk(path: Path, size_kb: int):
+    """A real filesystem of `size_kb` at `path` (tmpfs), or a skip saying why one cannot be mounted here."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs to fill needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["artefacts", "store and artefacts"])
+def test_a_full_disk_fails_the_run_with_no_space_left_and_leaves_no_partial_file(tmp_path, where):
+    with small_disk(tmp_path / "small", 600) as disk:
+        db = (disk if where == "store and artefacts" else tmp_path) / "kd.db"
+        env = {**os.environ, "KDCORE_ARTEFACT_ROOT": str(disk / "runs")}
+        result = subprocess.run([sys.executable, "-m", "kdcore", "--db", f"sqlite:///{db}", "train",
+                                 "examples/digits.yaml", "--set", "teacher.epochs=2", "--set", "train.epochs=2"],
+                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
+        assert "Traceback" not in result.stderr and "inline_container" not in result.stderr, result.stderr[-3000:]
+        assert result.returncode != 0
+        run = Store(f"sqlite:///{db}", artefact_root=disk / "runs").get_run(1)
+        assert run.status == "failed" and "no space left on the disk of" in run.error, run.error
+        assert not list((disk / "runs").rglob("*.tmp")), "no half-written file is left"

@@ -192,8 +192,8 @@ def cmd_worker(args) -> int:
         StudyDrivers(store, interrupt).start()
     with _interrupt_on_signals(interrupt):
         threads = [threading.Thread(target=lambda w=w: results.extend(
-            w.run(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle,
-                  resume_interrupted=args.resume_interrupted)), daemon=True)
+            w.serve(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle,
+                    resume_interrupted=args.resume_interrupted)), daemon=True)
             for w in workers]
         print(f"kdcore worker on {', '.join(str(w.device) for w in workers)}, store {store.url}", file=sys.stderr,
               flush=True)
@@ -204,6 +204,10 @@ def cmd_worker(args) -> int:
                 t.join(0.2)
     for run_id, status in results:
         print(f"run {run_id} {status}", flush=True)
+    faults = [w.store_error for w in workers if w.store_error is not None]
+    if faults:
+        print(f"error: {faults[0]}", file=sys.stderr, flush=True)
+        return 2
     return 130 if interrupt.is_set() else 0
 
 

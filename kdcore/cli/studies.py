@@ -118,7 +118,7 @@ def _drive(args, store, name: str) -> int:
     bars = _ProgressBars() if args.workers == 1 else None
     workers = [Worker(store, "auto", name=f"tune{i}", groups=groups, poll_s=POLL_S,
                       listener_for=(lambda run_id: bars) if bars else None) for i in range(args.workers)]
-    threads = [threading.Thread(target=w.run, args=(stop, interrupt), daemon=True) for w in workers]
+    threads = [threading.Thread(target=w.serve, args=(stop, interrupt), daemon=True) for w in workers]
     driver, lines = StudyDriver(store, name), _TrialLines()
     told_elsewhere = False
     with _interrupt_on_signals(interrupt):
@@ -126,6 +126,9 @@ def _drive(args, store, name: str) -> int:
             t.start()
         try:
             while not interrupt.is_set():
+                fault = next((w.store_error for w in workers if w.store_error is not None), None)
+                if fault is not None:
+                    raise fault  # its trials cannot run: say why in one line (kdcore's main prints it)
                 status = driver.step()
                 described = describe_study(store, name)
                 lines(described)

@@ -5,7 +5,10 @@ torch.load(weights_only=True), so a pickle that would run code is refused.
 """
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,6 +21,52 @@ from kdcore.models import create_model
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason in words."""
+
+
+NO_SPACE = "no space left on the disk of"  # in a run's error when a write ran out of room
+
+
+class NoSpaceLeft(OSError):
+    """A file could not be written because its disk is full; the message names the folder and what is free."""
+
+
+def no_space(folder: Path) -> NoSpaceLeft:
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MB free"
+    except OSError:
+        free = "its free space unknown"
+    return NoSpaceLeft(errno.ENOSPC, f"{NO_SPACE} {folder} ({free}): free some space there, then resume the run "
+                                     "(kdcore runs resume ID); what finished before is kept")
+
+
+def save_whole(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file renamed into place: a reader never sees half a file, and a write
+    that fails (a full disk) leaves no partial file behind, only the previous version if there was one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        # torch reports a short write on a full disk as "unexpected pos", not as ENOSPC
+        if _out_of_space(err, path.parent):
+            raise no_space(path.parent) from None
+        raise
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "file write failed" in str(err)):
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
 
 
 class Pretrained(NamedTuple):
@@ -36,9 +85,7 @@ def save_checkpoint(path: Path, model: nn.Module, *, arch: str, num_classes: int
         "options": dict(options or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # a reader never sees half a file
+    save_whole(payload, path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

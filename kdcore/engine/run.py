@@ -7,6 +7,7 @@ baseline; each keeps its own weights file, resume state and finished-phase recor
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -22,7 +23,8 @@ from torch.utils.hooks import RemovableHandle
 from kdcore.config import RunConfig, TeacherConfig
 from kdcore.data import DatasetError, DataSplits, load_dataset, make_loader
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
-from kdcore.engine.checkpoint import classifier_head, load_model_from_checkpoint, load_pretrained, save_checkpoint
+from kdcore.engine.checkpoint import (classifier_head, load_model_from_checkpoint, load_pretrained, no_space,
+                                     save_checkpoint, save_whole)
 from kdcore.engine.cpu_watch import threads_wait
 from kdcore.engine.device import describe_device, fast_path, resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
@@ -65,8 +67,14 @@ def read_finished(run_dir: Path) -> dict:
 
 def _write_finished(run_dir: Path, finished: dict) -> None:
     tmp = run_dir / (FINISHED_FILE + ".tmp")
-    tmp.write_text(json.dumps(finished, default=float))
-    tmp.replace(run_dir / FINISHED_FILE)
+    try:
+        tmp.write_text(json.dumps(finished, default=float))
+        tmp.replace(run_dir / FINISHED_FILE)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise no_space(run_dir) from None
+        raise
 
 
 def _build(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
@@ -245,9 +253,7 @@ def execute_run(
         return save
 
     def save_test_logits() -> None:
-        tmp = run_dir / (TEST_LOGITS_FILE + ".tmp")
-        torch.save(test_logits, tmp)
-        tmp.replace(run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
+        save_whole(test_logits, run_dir / TEST_LOGITS_FILE)  # the Distributions page may be reading it
 
     # the test split goes to the device once per run, not once per evaluation
     test_loader = make_loader(data.test, config.train.eval_batch_size, shuffle=False, device=device,

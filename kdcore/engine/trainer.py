@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
+from kdcore.engine.checkpoint import save_whole
 from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
@@ -145,9 +146,7 @@ def _set_rng_state(state: dict, dropout_rng: torch.Generator) -> None:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a kill mid-write leaves the previous epoch's state whole
+    save_whole(state, path)  # a kill mid-write leaves the previous epoch's state whole
 
 
 def fit(

@@ -72,7 +72,7 @@ class JobManager:
             self.workers = [Worker(self.store, d, name=f"thread{i}", poll_s=1.0) for i, d in enumerate(devices)]
             if any(w.device.type == "cpu" for w in self.workers):
                 share_cpu_with_ui(threads)
-            self._threads = [threading.Thread(target=w.run, args=(self._stop, self._interrupt),
+            self._threads = [threading.Thread(target=w.serve, args=(self._stop, self._interrupt),
                                               kwargs={"wake": self._wake}, daemon=True,
                                               name=f"kdcore-worker-{w.device}") for w in self.workers]
             for t in self._threads:

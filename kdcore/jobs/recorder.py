@@ -75,6 +75,7 @@ class Heartbeat:
         self.store, self.run_id, self.worker, self.recorder, self.interval = store, run_id, worker, recorder, interval
         self.cancel = threading.Event()  # someone asked to cancel the run
         self.lost = threading.Event()  # the lease is gone: another process marked the run interrupted
+        self.store_gone: Optional[str] = None  # why the store's file is no longer there, once it is not
         self._poke = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"kdcore-heartbeat-{run_id}")
@@ -92,6 +93,9 @@ class Heartbeat:
         self._poke.set()
 
     def beat(self) -> None:
+        self.store_gone = self.store_gone or self.store.gone()
+        if self.store_gone:
+            return  # a write now would go into a deleted file and be lost with it
         live, phase = self.recorder.stored_state()
         answer = self.store.heartbeat(self.run_id, self.worker, live, phase or None)
         if answer == "cancel":

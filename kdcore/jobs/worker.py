@@ -16,14 +16,14 @@ from typing import Callable, Optional
 import torch
 
 from kdcore.config import ConfigError, RunConfig, build_config
-from kdcore.engine.checkpoint import CheckpointError
+from kdcore.engine.checkpoint import NO_SPACE, CheckpointError
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
 from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_run, read_finished
 from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
-from kdcore.store import Store, this_worker
+from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, this_worker
 
 ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
 
@@ -155,7 +155,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     with Heartbeat(store, run_id, worker, recorder) as beat:
         recorder.on_phase = beat.poke
         pruned = lambda: pruning is not None and pruning.pruned_epoch is not None  # noqa: E731
-        stop = lambda: beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set() or pruned()  # noqa: E731
+        stop = lambda: (beat.cancel.is_set() or beat.lost.is_set() or interrupt.is_set() or pruned()  # noqa: E731
+                        or beat.store_gone is not None)
         try:
             if "config_json" in run.damaged:  # never train the defaults in place of an unreadable config
                 raise ConfigError(f"run {run_id}'s stored config is damaged and cannot be read; "
@@ -183,14 +184,39 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                     device_lost.set()
         finally:
             try:
-                recorder.flush()
-                _record_files(store, run_id)  # also a stopped or failed run's: its finished phases are usable
+                if beat.store_gone is None:
+                    recorder.flush()
+                    _record_files(store, run_id)  # also a stopped or failed run's: its finished phases are usable
             except Exception as err:  # losing some curve points must not leave the run 'running'
                 error = (error or "") + f"\nsome metrics could not be stored: {err}"
+    if beat.store_gone:
+        raise StoreGone(f"{beat.store_gone} while run {run_id} trained; the worker stopped the run and kept its "
+                        f"files in {store.run_dir(run_id)}")
     if beat.lost.is_set():
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
-    store.finish_run(run_id, status, summary, error, worker=worker)
+    _finish(store, run_id, status, summary, error, worker)
     return status
+
+
+def _finish(store: Store, run_id: int, status: str, summary: Optional[dict], error: Optional[str],
+            worker: str) -> None:
+    """Records a run's end; a full disk gets one more try, as failed, after its partial files are gone."""
+    try:
+        store.finish_run(run_id, status, summary, error, worker=worker)
+        return
+    except StoreFull as err:
+        full = err
+    except StoreError as err:
+        raise type(err)(f"{err}. Run {run_id} could not be recorded: it shows as running until its lease expires "
+                        f"(KDCORE_LEASE_GRACE_S, {lease_grace_s():.0f} s), then as interrupted") from None
+    for partial in store.run_dir(run_id).glob("*.tmp"):
+        partial.unlink(missing_ok=True)
+    try:
+        store.make_room()
+        store.finish_run(run_id, "failed", summary, f"{full}\n\n{error or ''}".strip(), worker=worker)
+    except StoreError:
+        raise StoreFull(f"{full}. Run {run_id} could not be marked failed: it shows as running until its lease "
+                        f"expires (KDCORE_LEASE_GRACE_S, {lease_grace_s():.0f} s), then as interrupted") from None
 
 
 def _trial_pruning(store: Store, run_id: int):
@@ -272,6 +298,18 @@ class Worker:
         self.listener_for = listener_for
         self.current: Optional[int] = None
         self.device_lost = False  # a CUDA device-side error ended its loop
+        self.store_error: Optional[StoreError] = None  # the store fault that ended its loop, for serve()
+
+    def serve(self, stop: threading.Event, interrupt: Optional[threading.Event] = None,
+              **options) -> list[tuple[int, str]]:
+        """`run` as a thread's target: a store fault ends the loop, is kept in `store_error` and sets `stop`,
+        so every worker of this process stops on it instead of dying with a traceback."""
+        try:
+            return self.run(stop, interrupt, **options)
+        except StoreError as err:
+            self.store_error = err
+            stop.set()
+            return []
 
     def run(self, stop: threading.Event, interrupt: Optional[threading.Event] = None, *,
             max_runs: Optional[int] = None, exit_when_idle: bool = False,
@@ -288,11 +326,14 @@ class Worker:
         device_lost = threading.Event()
         done: list[tuple[int, str]] = []
         while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
+            self.store.check_present()
             try:
                 if resume_interrupted:
                     for run in self.store.list_runs(status=["interrupted"]):
                         self.store.requeue(run.id, statuses=("interrupted",))
                 run_id = self.store.claim(self.id, groups=self.groups)
+            except (StoreFull, StoreGone):
+                raise
             except Exception as err:  # the store is briefly unreachable: keep polling
                 print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)
                 run_id = None
@@ -308,12 +349,17 @@ class Worker:
                 listener = self.listener_for(run_id) if self.listener_for else None
                 status = execute_job(self.store, run_id, worker=self.id, device=self.device, interrupt=interrupt,
                                      listener=listener, device_lost=device_lost)
+            except StoreError:
+                raise  # the store itself is gone, full or unwritable: every later run would meet it too
             except Exception as err:  # the store failed mid-run; the lease will expire and say so
                 print(f"kdcore worker {self.id}: run {run_id} could not be recorded: {err}", file=sys.stderr)
                 status = "failed"
             finally:
                 self.current = None
             done.append((run_id, status))
+            if status == "failed" and NO_SPACE in (self.store.get_run(run_id).error or ""):
+                raise StoreFull(f"run {run_id} failed: {self.store.get_run(run_id).error.splitlines()[0]}; "
+                                "this worker stops rather than fail every run after it")
             if device_lost.is_set():
                 # its CUDA context cannot run anything more: taking runs would only fail them
                 print(f"kdcore worker {self.id}: run {run_id} hit a CUDA device-side error on {self.device}; "

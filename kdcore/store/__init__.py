@@ -70,6 +70,18 @@ class StoreReadOnly(StoreError):
     """A write asked of a store that this process can only read."""
 
 
+class StoreFull(StoreError):
+    """The store's disk is full: nothing more can be written to it until space is freed."""
+
+
+class StoreUnwritable(StoreError):
+    """A write the store accepted before now fails: the file was made read-only or immutable, or its disk failed."""
+
+
+class StoreGone(StoreError):
+    """The store's file was deleted or replaced under this process: writing on would write into nothing."""
+
+
 class FolderOutsideRoot(StoreError):
     """A run's folder column leads outside the artefact root: kdcore neither reads nor deletes there.
 
@@ -117,6 +129,12 @@ def _as_store_error(where, err: BaseException, read_only_why: Optional[str] = No
         return _damaged(where, message)
     if name.startswith("SQLITE_READONLY") or "readonly database" in message:
         return _read_only_error(where, read_only_why or f"SQLite refused to write it ({message})")
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in message:
+        return StoreFull(f"no space left on the disk of the store {where}: free some space there; runs stopped "
+                         "by it can be resumed (kdcore runs resume ID)")
+    if name.startswith("SQLITE_IOERR") or "disk I/O error" in message:
+        return StoreUnwritable(f"{where} can no longer be written (SQLite: {message}): it was made read-only or "
+                               "immutable, or its disk failed; get write access back, then resume its runs")
     return None
 
 
@@ -413,6 +431,40 @@ class Store(StudyRecords):
         self._last_expiry = 0.0
         # opened with SQLite's mode=ro where this process may not write the file or its folder
         self.read_only = self.url in _read_only_why
+        path = _sqlite_path(self.url)
+        try:
+            stat = os.stat(path) if path is not None else None
+        except OSError:
+            stat = None
+        self._identity = (stat.st_dev, stat.st_ino) if stat is not None else None
+
+    def gone(self) -> Optional[str]:
+        """Why this store's file is no longer the one it opened (deleted, or replaced by another); None if it is."""
+        path = _sqlite_path(self.url)
+        if path is None or self._identity is None:
+            return None
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return f"the store {path} was deleted"
+        except OSError:
+            return None  # cannot tell: the next write says what is wrong
+        if (now.st_dev, now.st_ino) != self._identity:
+            return f"the store {path} was replaced by another file"
+        return None
+
+    def check_present(self) -> None:
+        """Raises StoreGone when the store's file was deleted or replaced since it was opened."""
+        why = self.gone()
+        if why:
+            raise StoreGone(f"{why}; this process stops rather than write into a file nobody can open again")
+
+    def make_room(self) -> None:
+        """Frees the space SQLite's write-ahead log holds, so a disk that filled up may take one more write."""
+        if _sqlite_path(self.url) is None:
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def check_writable(self) -> None:
         """Raises StoreReadOnly, saying why, when this store was opened read-only (before work that would write)."""
