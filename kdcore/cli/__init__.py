@@ -277,12 +277,19 @@ def cmd_runs_delete(args) -> int:
     return 0
 
 
+def _lease_suffix(run) -> str:
+    """After a running run's status: when a killed worker's run will be marked interrupted."""
+    from kdcore.store import lease_note
+
+    return f"; {lease_note(run)}" if run.status == "running" else ""
+
+
 def _print_summary(run) -> None:
     from kdcore.stats import describe_paired
     from kdcore.text import own_settings
 
     s = run.summary
-    print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else ""))
+    print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else "") + _lease_suffix(run))
     if run.error:
         print(f"error: {run.error.split(chr(10) + chr(10))[0]}")
     if not s:

@@ -23,7 +23,7 @@ from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_r
 from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
-from kdcore.store import Store, this_worker
+from kdcore.store import Store, lease_grace_s, lease_note, this_worker
 
 ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
 
@@ -231,7 +231,8 @@ DIVERGED = "the loss became"  # in a diverged run's error: resuming it would div
 def resumable(run) -> Optional[str]:
     """Why a stored run cannot be resumed, or None when it can."""
     if run.status not in ("interrupted", "cancelled", "failed"):
-        return f"run {run.id} is {run.status}; only an interrupted, cancelled or failed run can be resumed"
+        lease = f" ({lease_note(run)})" if run.status == "running" else ""
+        return f"run {run.id} is {run.status}{lease}; only an interrupted, cancelled or failed run can be resumed"
     if run.status == "failed" and DIVERGED in (run.error or ""):
         return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
                 "would diverge again: start a new run from it with a lower train.lr or temperature")
@@ -289,6 +290,7 @@ class Worker:
         done: list[tuple[int, str]] = []
         while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
             try:
+                self._expire_stale()
                 if resume_interrupted:
                     for run in self.store.list_runs(status=["interrupted"]):
                         self.store.requeue(run.id, statuses=("interrupted",))
@@ -321,6 +323,12 @@ class Worker:
                 self.device_lost = True
                 break
         return done
+
+    def _expire_stale(self) -> None:
+        """Marks runs of dead workers interrupted, so none stays `running` when nobody lists runs."""
+        for run_id in self.store.expire_leases():  # at most every few seconds, as readers do
+            print(f"kdcore worker {self.id}: run {run_id} had no heartbeat for {lease_grace_s():g} s "
+                  "(KDCORE_LEASE_GRACE_S): marked interrupted", file=sys.stderr, flush=True)
 
 
 def run_here(store: Store, config: RunConfig, *, interrupt: Optional[threading.Event] = None,
