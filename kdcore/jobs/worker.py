@@ -228,22 +228,38 @@ def _record_files(store: Store, run_id: int) -> None:
 DIVERGED = "the loss became"  # in a diverged run's error: resuming it would diverge again
 
 
-def resumable(run) -> Optional[str]:
-    """Why a stored run cannot be resumed, or None when it can."""
+def folder_lost(store: Store, run) -> Optional[str]:
+    """Why a run cannot go on from its folder: the folder is gone although the run saved work in it; else None.
+
+    Resuming then would silently train every phase again, the teacher included.
+    """
+    folder = store.run_dir(run.id)
+    if folder.is_dir():
+        return None
+    saved = store.artefacts(run.id) or len(store.metrics_frame([run.id], kind="epoch"))
+    if not saved:  # it stopped before finishing an epoch: nothing was lost, it starts over as it would anyway
+        return None
+    return (f"run {run.id}'s folder {folder} is gone (deleted or moved), and with it the weights and state it saved; "
+            "resuming would train everything again, its teacher included: start a new run from its config instead "
+            f"(save the config `kdcore runs show {run.id}` prints as a YAML file and run `kdcore train FILE`)")
+
+
+def resumable(run, store: Optional[Store] = None) -> Optional[str]:
+    """Why a stored run cannot be resumed, or None when it can; with `store`, its folder is checked too."""
     if run.status not in ("interrupted", "cancelled", "failed"):
         lease = f" ({lease_note(run)})" if run.status == "running" else ""
         return f"run {run.id} is {run.status}{lease}; only an interrupted, cancelled or failed run can be resumed"
     if run.status == "failed" and DIVERGED in (run.error or ""):
         return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
                 "would diverge again: start a new run from it with a lower train.lr or temperature")
-    return None
+    return folder_lost(store, run) if store is not None else None
 
 
 def resume_here(store: Store, run_id: int, *, interrupt: Optional[threading.Event] = None,
                 listener: Optional[Callable[[Event], None]] = None) -> str:
     """Claims a stopped run for this process and goes on from its last saved epoch; returns its final status."""
     run = store.get_run(run_id)
-    problem = resumable(run)
+    problem = resumable(run, store)
     if problem:
         raise ValueError(problem)
     worker = this_worker("resume")
@@ -273,6 +289,7 @@ class Worker:
         self.listener_for = listener_for
         self.current: Optional[int] = None
         self.device_lost = False  # a CUDA device-side error ended its loop
+        self._left: set[int] = set()  # interrupted runs not resumed (their folder is gone), already said
 
     def run(self, stop: threading.Event, interrupt: Optional[threading.Event] = None, *,
             max_runs: Optional[int] = None, exit_when_idle: bool = False,
@@ -292,8 +309,7 @@ class Worker:
             try:
                 self._expire_stale()
                 if resume_interrupted:
-                    for run in self.store.list_runs(status=["interrupted"]):
-                        self.store.requeue(run.id, statuses=("interrupted",))
+                    self._requeue_interrupted()
                 run_id = self.store.claim(self.id, groups=self.groups)
             except Exception as err:  # the store is briefly unreachable: keep polling
                 print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)
@@ -323,6 +339,16 @@ class Worker:
                 self.device_lost = True
                 break
         return done
+
+    def _requeue_interrupted(self) -> None:
+        """Puts interrupted runs back in the queue, except those whose folder is gone (said once per run)."""
+        for run in self.store.list_runs(status=["interrupted"]):
+            lost = folder_lost(self.store, run)
+            if lost is None:
+                self.store.requeue(run.id, statuses=("interrupted",))
+            elif run.id not in self._left:
+                self._left.add(run.id)
+                print(f"kdcore worker {self.id}: not resuming {lost}", file=sys.stderr, flush=True)
 
     def _expire_stale(self) -> None:
         """Marks runs of dead workers interrupted, so none stays `running` when nobody lists runs."""
