@@ -1,9 +1,10 @@
-"""What a resume refuses: no silent retraining when the run's folder is gone.
+"""What a resume keeps and refuses: every attempt recorded, and no silent retraining when the run's folder is gone.
 
 Real worker processes stopped with SIGTERM, real SQLite stores, real training on the digits dataset.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -65,3 +66,49 @@ def test_resuming_a_run_whose_folder_is_gone_is_refused_and_changes_nothing(tmp_
     assert worker.stderr.count(f"not resuming run {run_id}'s folder") == 1, worker.stderr
     assert _row(store, run_id) == before and not store.run_dir(run_id).exists()
 
+
+def test_a_run_resumed_on_another_thread_count_records_both_attempts_and_their_total_time(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/runs.db")
+    run_id = _stopped_in_the_student_phase(store)
+    resumed = _kdcore(store, "runs", "resume", str(run_id), threads=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = store.get_run(run_id)
+    assert run.status == "completed" and run.attempt == 2
+    first, second = run.summary["attempts"]
+    assert (first["attempt"], first["status"], first["device"], first["threads"]) == \
+        (1, "interrupted", "CPU (1 thread)", 1)
+    assert (second["attempt"], second["status"], second["device"], second["threads"]) == \
+        (2, "completed", "CPU (2 threads)", 2)
+    assert first["seconds"] > 0 and second["seconds"] > 0
+    assert first["ended_at"] <= second["started_at"]
+    assert run.summary["seconds"] == round(first["seconds"] + second["seconds"], 2)
+    shown = _kdcore(store, "runs", "show", str(run_id))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "attempts: 2" in shown.stdout
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert ["1", "interrupted", "on", "CPU", "(1", "thread),", "1", "CPU", "thread(s),"] in [li[:9] for li in lines]
+    assert ["2", "completed", "on", "CPU", "(2", "threads),", "2", "CPU", "thread(s),"] in [li[:9] for li in lines]
+    listed = json.loads(_kdcore(store, "runs", "show", str(run_id), "--json").stdout)
+    assert len(listed["summary"]["attempts"]) == 2
+
+
+def test_an_attempt_whose_worker_was_killed_is_listed_with_its_device_and_no_time(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/runs.db")
+    run_id = store.create_run(build_config(CONFIG))
+    worker = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "worker", "--max-runs", "1"],
+                              cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_while_progressing(store, lambda: store.get_run(run_id).phase == "student", "the teacher finishing")
+    worker.send_signal(signal.SIGKILL)  # it records nothing more
+    worker.wait()
+    store.expire_leases(grace_s=0, force=True)  # as any process does once the grace period is over
+    resumed = _kdcore(store, "runs", "resume", str(run_id), threads=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = store.get_run(run_id)
+    killed, second = run.summary["attempts"]
+    assert (killed["attempt"], killed["status"], killed["device"], killed["seconds"]) == \
+        (1, "interrupted", "CPU (1 thread)", None)
+    assert "its worker died before recording it" in killed["note"]
+    assert (second["attempt"], second["status"], second["device"]) == (2, "completed", "CPU (2 threads)")
+    assert run.summary["seconds"] == second["seconds"]  # the killed attempt's time is not known
+    shown = _kdcore(store, "runs", "show", str(run_id)).stdout
+    assert "interrupted on CPU (1 thread), time not known" in shown, shown

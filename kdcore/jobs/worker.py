@@ -21,6 +21,7 @@ from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
 from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_run, read_finished
 from kdcore.engine.trainer import TrainingDiverged
+from kdcore.jobs.attempts import Attempt
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
 from kdcore.store import Store, lease_grace_s, lease_note, this_worker
@@ -148,6 +149,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     """
     interrupt = interrupt or threading.Event()
     run = store.get_run(run_id)
+    attempt = Attempt(run)
     live = LiveState(run_id=run_id, status="running", run_started=time.time())
     pruning = _trial_pruning(store, run_id)
     recorder = Recorder(store, live, _listeners(listener, pruning))
@@ -162,7 +164,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                                   "start a new run from a config file")
             config = build_config(run.config)  # the stored config is the one that runs
             device = choose_device(device, resolve_device(config.train.device))
-            store.set_device(run_id, describe_device(device))
+            attempt.device = describe_device(device)
+            store.set_device(run_id, attempt.device)
             run_dir = store.run_dir(run_id)
             summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
                                   teacher_sources=_teacher_sources(store, config),
@@ -189,7 +192,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                 error = (error or "") + f"\nsome metrics could not be stored: {err}"
     if beat.lost.is_set():
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
-    store.finish_run(run_id, status, summary, error, worker=worker)
+    store.finish_run(run_id, status, attempt.summary(run, summary, status), error, worker=worker)
     return status
 
 
