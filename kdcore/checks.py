@@ -238,7 +238,7 @@ def _data_shape(config: RunConfig, extra_roots: Iterable[Path | str]) -> tuple[O
     if outside:
         return None, [("dataset.root", outside)]  # and never walk it
     try:
-        scan = scan_imagefolder(cfg.root)
+        scan = scan_imagefolder(cfg.root, extra_roots)  # also refuses links leading out of the data roots
     except DatasetError as err:
         return None, [("dataset.root", str(err))]
     shape = DataShape(cfg.name, len(scan.class_names), scan.in_channels, cfg.image_size or DEFAULT_IMAGE_SIZE)

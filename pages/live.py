@@ -113,7 +113,7 @@ def _panel(run_id: int, mgr) -> None:
     if status != "running":
         parts.outcome(run.status, run.error)
         if status in ("interrupted", "cancelled", "failed"):
-            problem = resumable(run)
+            problem = resumable(run, state.store())
             st.button("Resume", key=f"resume_{run_id}", icon=":material/play_circle:", on_click=_resume,
                       args=(run_id,), disabled=problem is not None,
                       help=problem or "Go on from its last saved epoch; finished phases are not run again")

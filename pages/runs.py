@@ -249,7 +249,7 @@ shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", CALIBRATION
 if shown == "Summary":
     parts.outcome(run.status, run.error)
     if run.status in ("interrupted", "cancelled", "failed"):
-        problem = resumable(run)
+        problem = resumable(run, state.store())
         if st.button("Resume", key=f"resume_{run.id}", icon=":material/play_circle:", disabled=problem is not None,
                      help=problem or "Go on from its last saved epoch; finished phases are not run again"):
             state.store().requeue(run.id)

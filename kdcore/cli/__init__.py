@@ -281,15 +281,22 @@ def cmd_runs_delete(args) -> int:
     return 0
 
 
+def _lease_suffix(run) -> str:
+    """After a running run's status: when a killed worker's run will be marked interrupted."""
+    from kdcore.store import lease_note
+
+    return f"; {lease_note(run)}" if run.status == "running" else ""
+
+
 def _print_summary(run) -> None:
     from kdcore.stats import describe_paired
     from kdcore.text import own_settings
 
     s = run.summary
-    print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else ""))
+    print(f"run {run.id} {run.status}" + (f" on {run.device}" if run.device else "") + _lease_suffix(run))
     if run.error:
         print(f"error: {run.error.split(chr(10) + chr(10))[0]}")
-    if not s:
+    if not s.keys() - {"attempts", "seconds"}:  # a failed run's summary may list its attempts only
         return
     teachers = s.get("teachers") or [{"phase": "teacher", "arch": run.teacher_arch}]  # a run stored before the list
     for t in teachers:
@@ -439,6 +446,7 @@ def cmd_runs_show(args) -> int:
         if run.damaged:
             print(f"damaged: {', '.join(run.damaged)} cannot be read; the rest is shown as stored")
         _print_summary(run)
+        _print_attempts(run)
         if "config_json" in run.damaged:
             print("config: unreadable")
             return 0
@@ -447,6 +455,25 @@ def cmd_runs_show(args) -> int:
 
         print("  " + yaml.safe_dump(run.config, sort_keys=False).replace("\n", "\n  ").rstrip())
     return 0
+
+
+def _print_attempts(run) -> None:
+    """Each attempt at the run (a resume is another), where it trained and for how long."""
+    from kdcore.text import duration
+
+    attempts = run.summary.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        return
+    print(f"attempts: {len(attempts)}, {duration(run.summary.get('seconds'))} in all")
+    for a in attempts:
+        if not isinstance(a, dict):
+            continue
+        threads = f", {a['threads']} CPU thread(s)" if a.get("threads") else ""
+        took = duration(a["seconds"]) if a.get("seconds") is not None else "time not known"
+        when = f", {a['started_at']} to {a['ended_at']}" if a.get("started_at") else ""
+        note = f" ({a['note']})" if a.get("note") else ""
+        print(f"  {a.get('attempt', '?'):>3}  {a.get('status', '?'):<11} on {a.get('device') or 'an unknown device'}"
+              f"{threads}, {took}{when}{note}")
 
 
 def cmd_report(args) -> int:

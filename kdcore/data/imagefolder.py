@@ -34,8 +34,33 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _walk(folder: Path):
-    """os.walk that follows links (class folders are often symlinked) but visits each real folder once."""
+Allowed = tuple[Path, ...] | None  # resolved folders links may lead into; None: not checked
+
+
+def allowed_roots(root: Path, extra_roots=()) -> tuple[Path, ...]:
+    """Where an image folder's links may lead: the folder itself, the data roots and `extra_roots`, resolved."""
+    from kdcore.data.sources import data_roots
+
+    return (root.expanduser().resolve(), *data_roots(), *(Path(r).expanduser().resolve() for r in extra_roots))
+
+
+def _refuse_outside(path: str, allowed: Allowed, what: str) -> None:
+    """Raises DatasetError when `path` resolves outside every allowed folder (a link leading out of them)."""
+    if allowed is None:
+        return
+    real = Path(os.path.realpath(path))
+    if any(real == r or real.is_relative_to(r) for r in allowed):
+        return
+    from kdcore.data.sources import data_roots
+
+    listed = ", ".join(str(r) for r in data_roots())
+    raise DatasetError(f"imagefolder: {what} {path} is a link to {real}, outside the data roots ({listed}); copy "
+                       f"what it holds under a data root, or add its folder to KDCORE_DATA_ROOT")
+
+
+def _walk(folder: Path, allowed: Allowed = None):
+    """os.walk that follows links (class folders are often symlinked) but visits each real folder once, and
+    refuses a folder that resolves outside `allowed`."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -43,19 +68,25 @@ def _walk(folder: Path):
             dirnames.clear()
             continue
         seen.add(real)
+        _refuse_outside(dirpath, allowed, "class folder" if Path(dirpath) == folder else "folder")
         dirnames.sort()
         yield dirpath, filenames
 
 
-def _images_under(folder: Path) -> list[str]:
+def _images_under(folder: Path, allowed: Allowed = None) -> list[str]:
     found = []
-    for dirpath, filenames in _walk(folder):
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    for dirpath, filenames in _walk(folder, allowed):
+        for f in sorted(filenames):
+            if _is_image(f):
+                path = os.path.join(dirpath, f)
+                if allowed is not None and os.path.islink(path):  # its folder was checked; a linked file may not be
+                    _refuse_outside(path, allowed, "image")
+                found.append(path)
     return found
 
 
-def _has_image(folder: Path) -> bool:
-    return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(folder))
+def _has_image(folder: Path, allowed: Allowed = None) -> bool:
+    return any(any(_is_image(f) for f in filenames) for _, filenames in _walk(folder, allowed))
 
 
 def _layout(root: Path) -> tuple[Path, Path | None]:
@@ -68,16 +99,17 @@ def _layout(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _scan(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+def _scan(folder: Path, class_names: list[str] | None = None,
+          allowed: Allowed = None) -> tuple[list[str], list[int], list[str]]:
     dirs = _class_dirs(folder)
     if class_names is None:
-        dirs = [d for d in dirs if _has_image(d)]
+        dirs = [d for d in dirs if _has_image(d, allowed)]
         class_names = [d.name for d in dirs]
     index = {name: i for i, name in enumerate(class_names)}
     paths: list[str] = []
     targets: list[int] = []
     for d in dirs:
-        files = _images_under(d)
+        files = _images_under(d, allowed)
         if not files:
             continue
         if d.name not in index:
@@ -170,14 +202,15 @@ def load_imagefolder(cfg) -> DataSplits:
     root = Path(cfg.root).expanduser().resolve()
     size = int(cfg.image_size or DEFAULT_IMAGE_SIZE)
     train_dir, test_dir = _layout(root)
-    paths, targets, class_names = _scan(train_dir)
+    allowed = allowed_roots(root)  # links leading out of the folder and every data root are refused
+    paths, targets, class_names = _scan(train_dir, allowed=allowed)
     mode = _detect_mode(paths)
     mean, std = _stats(tuple(paths[i] for i in _spread(len(paths), _STATS_SAMPLE)), mode, size)
     full = ImageFiles(paths, targets, mode, size, mean, std)
     y_full = torch.tensor(targets, dtype=torch.long)
 
     if test_dir is not None:
-        t_paths, t_targets, _ = _scan(test_dir, class_names)
+        t_paths, t_targets, _ = _scan(test_dir, class_names, allowed)
         test_ds = ImageFiles(t_paths, t_targets, mode, size, mean, std)
         train_idx = torch.arange(len(full))
     else:
@@ -222,12 +255,16 @@ class FolderScan:
     in_channels: int
 
 
-def scan_imagefolder(root: str) -> FolderScan:
-    """Scans an image folder as load_imagefolder would, without decoding images; raises DatasetError."""
+def scan_imagefolder(root: str, extra_roots=()) -> FolderScan:
+    """Scans an image folder as load_imagefolder would, without decoding images; raises DatasetError.
+
+    A class folder or image linking outside the folder, the data roots and `extra_roots` is refused.
+    """
     path = Path(root).expanduser().resolve()
     train_dir, test_dir = _layout(path)
-    paths, targets, class_names = _scan(train_dir)
-    test_targets = _scan(test_dir, class_names)[1] if test_dir is not None else None
+    allowed = allowed_roots(path, extra_roots)
+    paths, targets, class_names = _scan(train_dir, allowed=allowed)
+    test_targets = _scan(test_dir, class_names, allowed)[1] if test_dir is not None else None
     return FolderScan(path, class_names, targets, test_targets, 1 if _detect_mode(paths) == "L" else 3)
 
 

@@ -21,9 +21,10 @@ from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
 from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_run, read_finished
 from kdcore.engine.trainer import TrainingDiverged
+from kdcore.jobs.attempts import Attempt
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
-from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, this_worker
+from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, lease_note, this_worker
 
 ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
 
@@ -148,6 +149,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     """
     interrupt = interrupt or threading.Event()
     run = store.get_run(run_id)
+    attempt = Attempt(run)
     live = LiveState(run_id=run_id, status="running", run_started=time.time())
     pruning = _trial_pruning(store, run_id)
     recorder = Recorder(store, live, _listeners(listener, pruning))
@@ -163,7 +165,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                                   "start a new run from a config file")
             config = build_config(run.config)  # the stored config is the one that runs
             device = choose_device(device, resolve_device(config.train.device))
-            store.set_device(run_id, describe_device(device))
+            attempt.device = describe_device(device)
+            store.set_device(run_id, attempt.device)
             run_dir = store.run_dir(run_id)
             summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
                                   teacher_sources=_teacher_sources(store, config),
@@ -194,7 +197,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                         f"files in {store.run_dir(run_id)}")
     if beat.lost.is_set():
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
-    _finish(store, run_id, status, summary, error, worker)
+    _finish(store, run_id, status, attempt.summary(run, summary, status), error, worker)
     return status
 
 
@@ -254,21 +257,38 @@ def _record_files(store: Store, run_id: int) -> None:
 DIVERGED = "the loss became"  # in a diverged run's error: resuming it would diverge again
 
 
-def resumable(run) -> Optional[str]:
-    """Why a stored run cannot be resumed, or None when it can."""
+def folder_lost(store: Store, run) -> Optional[str]:
+    """Why a run cannot go on from its folder: the folder is gone although the run saved work in it; else None.
+
+    Resuming then would silently train every phase again, the teacher included.
+    """
+    folder = store.run_dir(run.id)
+    if folder.is_dir():
+        return None
+    saved = store.artefacts(run.id) or len(store.metrics_frame([run.id], kind="epoch"))
+    if not saved:  # it stopped before finishing an epoch: nothing was lost, it starts over as it would anyway
+        return None
+    return (f"run {run.id}'s folder {folder} is gone (deleted or moved), and with it the weights and state it saved; "
+            "resuming would train everything again, its teacher included: start a new run from its config instead "
+            f"(save the config `kdcore runs show {run.id}` prints as a YAML file and run `kdcore train FILE`)")
+
+
+def resumable(run, store: Optional[Store] = None) -> Optional[str]:
+    """Why a stored run cannot be resumed, or None when it can; with `store`, its folder is checked too."""
     if run.status not in ("interrupted", "cancelled", "failed"):
-        return f"run {run.id} is {run.status}; only an interrupted, cancelled or failed run can be resumed"
+        lease = f" ({lease_note(run)})" if run.status == "running" else ""
+        return f"run {run.id} is {run.status}{lease}; only an interrupted, cancelled or failed run can be resumed"
     if run.status == "failed" and DIVERGED in (run.error or ""):
         return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
                 "would diverge again: start a new run from it with a lower train.lr or temperature")
-    return None
+    return folder_lost(store, run) if store is not None else None
 
 
 def resume_here(store: Store, run_id: int, *, interrupt: Optional[threading.Event] = None,
                 listener: Optional[Callable[[Event], None]] = None) -> str:
     """Claims a stopped run for this process and goes on from its last saved epoch; returns its final status."""
     run = store.get_run(run_id)
-    problem = resumable(run)
+    problem = resumable(run, store)
     if problem:
         raise ValueError(problem)
     worker = this_worker("resume")
@@ -298,6 +318,7 @@ class Worker:
         self.listener_for = listener_for
         self.current: Optional[int] = None
         self.device_lost = False  # a CUDA device-side error ended its loop
+        self._left: set[int] = set()  # interrupted runs not resumed (their folder is gone), already said
         self.store_error: Optional[StoreError] = None  # the store fault that ended its loop, for serve()
 
     def serve(self, stop: threading.Event, interrupt: Optional[threading.Event] = None,
@@ -328,12 +349,12 @@ class Worker:
         while not (stop.is_set() or interrupt.is_set()) and (max_runs is None or len(done) < max_runs):
             self.store.check_present()
             try:
+                self._expire_stale()
                 if resume_interrupted:
-                    for run in self.store.list_runs(status=["interrupted"]):
-                        self.store.requeue(run.id, statuses=("interrupted",))
+                    self._requeue_interrupted()
                 run_id = self.store.claim(self.id, groups=self.groups)
-            except (StoreFull, StoreGone):
-                raise
+            except StoreError:
+                raise  # the file itself is the problem (gone, full, unwritable): polling would meet it again
             except Exception as err:  # the store is briefly unreachable: keep polling
                 print(f"kdcore worker {self.id}: could not read the queue: {err}", file=sys.stderr)
                 run_id = None
@@ -367,6 +388,22 @@ class Worker:
                 self.device_lost = True
                 break
         return done
+
+    def _requeue_interrupted(self) -> None:
+        """Puts interrupted runs back in the queue, except those whose folder is gone (said once per run)."""
+        for run in self.store.list_runs(status=["interrupted"]):
+            lost = folder_lost(self.store, run)
+            if lost is None:
+                self.store.requeue(run.id, statuses=("interrupted",))
+            elif run.id not in self._left:
+                self._left.add(run.id)
+                print(f"kdcore worker {self.id}: not resuming {lost}", file=sys.stderr, flush=True)
+
+    def _expire_stale(self) -> None:
+        """Marks runs of dead workers interrupted, so none stays `running` when nobody lists runs."""
+        for run_id in self.store.expire_leases():  # at most every few seconds, as readers do
+            print(f"kdcore worker {self.id}: run {run_id} had no heartbeat for {lease_grace_s():g} s "
+                  "(KDCORE_LEASE_GRACE_S): marked interrupted", file=sys.stderr, flush=True)
 
 
 def run_here(store: Store, config: RunConfig, *, interrupt: Optional[threading.Event] = None,

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid as uuidlib
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import quote
@@ -56,6 +56,15 @@ def lease_grace_s() -> float:
         return max(1.0, float(os.environ.get("KDCORE_LEASE_GRACE_S", DEFAULT_GRACE_S)))
     except ValueError:
         return DEFAULT_GRACE_S
+
+
+def lease_note(run) -> str:
+    """For a running run: how old its lease is and when another process will mark it interrupted."""
+    if run.heartbeat_at is None:
+        return f"no heartbeat yet; it will be marked interrupted after KDCORE_LEASE_GRACE_S ({lease_grace_s():g} s)"
+    beat = run.heartbeat_at if run.heartbeat_at.tzinfo else run.heartbeat_at.replace(tzinfo=timezone.utc)
+    age = max(0, round((utcnow() - beat).total_seconds()))
+    return f"last heartbeat {age} s ago; it will be marked interrupted after KDCORE_LEASE_GRACE_S ({lease_grace_s():g} s)"
 
 
 class StoreError(RuntimeError):
@@ -578,7 +587,8 @@ class Store(StudyRecords):
         self.expire_leases(force=True)
         run = self.get_run(run_id)
         if run.status in ACTIVE:
-            raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting")
+            lease = f" ({lease_note(run)})" if run.status == "running" else ""
+            raise ValueError(f"run {run_id} is {run.status}{lease}; cancel it before deleting")
         held = self.study_holding(run)
         if held:  # a study's answer is read from its runs: they go with the study or not at all
             raise ValueError(f"{held}; it can be deleted only with the study (`kdcore studies delete NAME`)")
