@@ -191,3 +191,34 @@ def test_building_a_model_depends_on_its_seed_only():
     assert not same_weights(first, _build("mlp_tiny", {}, data, 6))
     conv = [_build("small_cnn", {}, data, 5) for _ in range(2)]  # batch norms and convolutions too
     assert same_weights(*conv)
+
+
+# ---- the teachers' logits under augmentation -------------------------------------------------------
+def test_a_distilled_fit_with_augmentation_gives_the_teacher_the_augmented_images(monkeypatch):
+    # the teacher-logit cache holds logits of unaugmented images: read while augmenting, the student
+    # would be taught on images other than those it sees. Forcing the cache on must change nothing.
+    import kdcore.engine.trainer as trainer
+
+    built = []
+
+    class Recorded(trainer.TeacherLogitCache):
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "TeacherLogitCache", Recorded)
+    config = tiny_config(dataset={"augment": {"crop_padding": 2, "flip": True}})
+    assert config.dataset.augment.enabled
+    data = load_dataset(config.dataset)
+    teacher = _build("mlp_tiny", {}, data, 7)
+    fit(teacher, data, phase="teacher", epochs=1, train_cfg=config.train, device=CPU, callback=lambda e: None)
+    students = []
+    for cache in (True, False):
+        student = _build("mlp_tiny", {}, data, 1)
+        fit(student, data, phase="student", epochs=2, train_cfg=config.train, device=CPU, teachers=[teacher],
+            distill_cfg=config.distill, augment=config.dataset.augment, cache_teacher_logits=cache,
+            callback=lambda e: None)
+        students.append(student)
+    assert built == [], "a teacher-logit cache was built for an augmented fit"
+    for a, b in zip(students[0].state_dict().values(), students[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
