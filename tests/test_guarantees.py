@@ -222,3 +222,45 @@ def test_a_distilled_fit_with_augmentation_gives_the_teacher_the_augmented_image
     assert built == [], "a teacher-logit cache was built for an augmented fit"
     for a, b in zip(students[0].state_dict().values(), students[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# ---- the gain's sign ---------------------------------------------------------------------------
+def test_paired_gain_is_the_first_models_accuracy_minus_the_seconds():
+    from kdcore.stats import paired_gain
+
+    student = [True, True, True, False, True, False]  # 4 of 6 right
+    baseline = [True, False, False, False, True, True]  # 3 of 6 right
+    gain = paired_gain(student, baseline)
+    assert gain.gain == pytest.approx(1 / 6) and (gain.only_a_right, gain.only_b_right) == (2, 1)
+    assert paired_gain(baseline, student).gain == pytest.approx(-1 / 6)
+
+
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory):
+    """One tiny run trained by a worker of a real SQLite store, its summary stored: (store, run number)."""
+    from kdcore.jobs.worker import run_here
+    from kdcore.store import Store
+
+    folder = tmp_path_factory.mktemp("stored")
+    store = Store(f"sqlite:///{folder}/kd.db")
+    run_id, status = run_here(store, tiny_config())
+    assert status == "completed"
+    return store, run_id
+
+
+def test_the_stored_gain_is_the_students_accuracy_minus_the_baselines(stored_run):
+    # a gain with its arguments swapped turns every improvement into a loss; at alpha 0 (gain 0) it cannot show
+    store, run_id = stored_run
+    run = store.get_run(run_id)
+    logits = torch.load(store.run_dir(run_id) / TEST_LOGITS_FILE, weights_only=True)
+    labels = logits["labels"]
+    student, baseline = logits["student"].argmax(1) == labels, logits["baseline"].argmax(1) == labels
+    n, right_s, right_b = len(labels), int(student.sum()), int(baseline.sum())
+    assert right_s != right_b, "this setting no longer gives the student and baseline different accuracies"
+    s = run.summary
+    assert (round(s["student_test_acc"] * n), round(s["baseline_test_acc"] * n)) == (right_s, right_b)
+    assert s["kd_gain"] == (right_s - right_b) / n and run.kd_gain == pytest.approx((right_s - right_b) / n, abs=1e-12)
+    assert s["kd_gain_discordant"] == {"student_only": int((student & ~baseline).sum()),
+                                       "baseline_only": int((baseline & ~student).sum())}
+    low, high = s["kd_gain_ci95"]
+    assert low <= s["kd_gain"] <= high
