@@ -264,3 +264,34 @@ def test_the_stored_gain_is_the_students_accuracy_minus_the_baselines(stored_run
                                        "baseline_only": int((baseline & ~student).sum())}
     low, high = s["kd_gain_ci95"]
     assert low <= s["kd_gain"] <= high
+
+
+# ---- exports ----------------------------------------------------------------------------------
+def test_an_export_off_by_a_finite_error_above_the_tolerance_is_refused(stored_run, tmp_path, monkeypatch, capsys):
+    # an exporter that writes a slightly wrong file: every logit 0.01 off, finite (not NaN), above 1e-3
+    import onnx
+    from onnx import numpy_helper
+
+    from kdcore.cli import main
+    from kdcore.export import TOLERANCE, check_images, export_checkpoint
+
+    real_export = torch.onnx.export
+
+    def off_by_a_hundredth(model, args, path, **kwargs):
+        result = real_export(model, args, path, **kwargs)
+        graph = onnx.load(str(path))
+        (bias,) = [t for t in graph.graph.initializer if list(t.dims) == [10]]  # mlp_tiny's last bias only
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.01, bias.name))
+        onnx.save(graph, str(path))
+        return result
+
+    monkeypatch.setattr(torch.onnx, "export", off_by_a_hundredth)
+    store, run_id = stored_run
+    images = check_images(store.get_run(run_id).config["dataset"])
+    result = export_checkpoint(store.run_dir(run_id) / "student.pt", tmp_path / "s.onnx", "onnx", images)
+    assert result.max_abs_diff == pytest.approx(0.01, abs=1e-4)
+    assert not result.within() and not result.within(TOLERANCE)
+    assert result.within(0.02)
+    capsys.readouterr()
+    code = main(["--db", store.url, "export", str(run_id), "--format", "onnx", "-o", str(tmp_path / "c.onnx")])
+    assert code == 3 and f"above the float32 tolerance {TOLERANCE:g}" in capsys.readouterr().err
