@@ -295,3 +295,32 @@ def test_an_export_off_by_a_finite_error_above_the_tolerance_is_refused(stored_r
     capsys.readouterr()
     code = main(["--db", store.url, "export", str(run_id), "--format", "onnx", "-o", str(tmp_path / "c.onnx")])
     assert code == 3 and f"above the float32 tolerance {TOLERANCE:g}" in capsys.readouterr().err
+
+
+# ---- the worker's device ----------------------------------------------------------------------
+def test_a_worker_on_the_second_gpu_trains_a_plain_cuda_run_there(store, monkeypatch):
+    # workers started on cuda:0 and cuda:1 spread runs over the GPUs only if each keeps a "cuda" run on its own
+    import kdcore.jobs.worker as worker_module
+    from kdcore.jobs.worker import Worker
+
+    real_available, real_execute = torch.cuda.is_available, worker_module.execute_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs, as PyTorch sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: f"pretend GPU {torch.device(d).index}")
+    handed = []
+
+    def trainer_on_the_cpu(config, run_dir, *, device, **kwargs):
+        handed.append(device)  # where the worker asked the run to train; it really trains on the CPU
+        monkeypatch.setattr(torch.cuda, "is_available", real_available)
+        try:
+            return real_execute(config, run_dir, device=CPU, **kwargs)
+        finally:
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    monkeypatch.setattr(worker_module, "execute_run", trainer_on_the_cpu)
+    cuda_run = store.create_run(tiny_config(train={"device": "cuda", "epochs": 1}, baseline=False))
+    cpu_run = store.create_run(tiny_config(train={"device": "cpu", "epochs": 1}, baseline=False))
+    done = Worker(store, "cuda:1", name="gpu1").run(threading.Event(), exit_when_idle=True)
+    assert done == [(cuda_run, "completed"), (cpu_run, "completed")]
+    assert handed == [torch.device("cuda:1"), CPU]
+    assert store.get_run(cuda_run).device == "pretend GPU 1"
