@@ -324,3 +324,77 @@ def test_a_worker_on_the_second_gpu_trains_a_plain_cuda_run_there(store, monkeyp
     assert done == [(cuda_run, "completed"), (cpu_run, "completed")]
     assert handed == [torch.device("cuda:1"), CPU]
     assert store.get_run(cuda_run).device == "pretend GPU 1"
+
+
+# ---- leases -----------------------------------------------------------------------------------
+class HeldRun:
+    """A real worker thread training a run, held still inside its first training step until released."""
+
+    def __init__(self, store):
+        from kdcore.jobs.worker import Worker
+
+        self.store = store
+        self.run_id = store.create_run(tiny_config(baseline=False))
+        self.reached, self._release = threading.Event(), threading.Event()
+        self.done: list = []
+
+        def listener_for(run_id):
+            def listen(event):
+                if event.kind == "step" and not self.reached.is_set():
+                    self.reached.set()
+                    self._release.wait(DEADLINE_S)
+            return listen
+
+        worker = Worker(store, "cpu", name="held", listener_for=listener_for)
+        self._thread = threading.Thread(target=lambda: self.done.extend(worker.run(threading.Event(), max_runs=1)),
+                                        daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        assert self.reached.wait(DEADLINE_S), "the worker never reached its first training step"
+        return self
+
+    def release(self):
+        self._release.set()
+        self._thread.join(DEADLINE_S)
+        assert not self._thread.is_alive(), "the released worker did not finish its run"
+        return self.done
+
+    def __exit__(self, *exc):
+        self._release.set()
+        self._thread.join(DEADLINE_S)
+
+    def heartbeat(self):
+        return self.store.get_run(self.run_id).heartbeat_at
+
+
+DEADLINE_S = 120.0  # generous: each wait ends as soon as the state it waits on is seen
+
+
+def test_a_worker_renews_its_lease_while_it_trains(store):
+    # without beats during a long phase, another process declares the run dead after the grace period
+    with HeldRun(store) as held:
+        seen = [held.heartbeat()]
+        deadline = time.monotonic() + DEADLINE_S
+        while len(seen) < 3 and time.monotonic() < deadline:  # two renewals within one step: beats, not phase pokes
+            time.sleep(0.05)
+            if held.heartbeat() != seen[-1]:
+                seen.append(held.heartbeat())
+        assert len(seen) == 3 and seen == sorted(seen), f"the heartbeat did not advance twice: {seen}"
+        assert store.get_run(held.run_id).status == "running"
+        assert held.release() == [(held.run_id, "completed")]
+
+
+def test_a_dashboard_starting_beside_a_live_worker_leaves_its_run_running(store):
+    # a JobManager expires dead workers' leases when it starts, never those whose heartbeats are fresh
+    from kdcore.jobs import JobManager
+
+    with HeldRun(store) as held:
+        manager = JobManager(store, workers="none")
+        try:
+            assert held.run_id not in manager.expired
+            assert store.get_run(held.run_id).status == "running"
+        finally:
+            manager.shutdown()
+        assert held.release() == [(held.run_id, "completed")]  # the lease was still its own
+    assert store.get_run(held.run_id).status == "completed"
