@@ -398,3 +398,65 @@ def test_a_dashboard_starting_beside_a_live_worker_leaves_its_run_running(store)
             manager.shutdown()
         assert held.release() == [(held.run_id, "completed")]  # the lease was still its own
     assert store.get_run(held.run_id).status == "completed"
+
+
+# ---- claims that meet -------------------------------------------------------------------------
+def _reads_the_queue(statement: str) -> bool:
+    text = " ".join(statement.split())
+    return text.startswith("SELECT runs.id FROM runs WHERE runs.status =")
+
+
+@pytest.mark.parametrize("which", ["oldest", "by number"])
+def test_two_claims_meeting_on_one_queued_run_give_it_to_one_worker(any_store, which):
+    # claim B reads the queue while claim A sits between its read and its write; a claim without its lock
+    # (SQLite's BEGIN IMMEDIATE, PostgreSQL's FOR UPDATE) would hand the run to both
+    from sqlalchemy import event
+
+    store = any_store
+    run_id = store.create_run(tiny_config())
+    a_read, b_read, b_locking = threading.Event(), threading.Event(), threading.Event()
+
+    def before(conn, cursor, statement, *rest):
+        if threading.current_thread().name == "claim-b" and statement.strip().upper().startswith("BEGIN"):
+            b_locking.set()  # B asks for the write lock A holds: it waits there until A commits
+
+    def after(conn, cursor, statement, *rest):
+        me = threading.current_thread().name
+        if not _reads_the_queue(statement) or me not in ("claim-a", "claim-b"):
+            return
+        if me == "claim-b":
+            b_read.set()
+            return
+        a_read.set()
+        deadline = time.monotonic() + DEADLINE_S  # hold A between its read and its write until B has read,
+        while not b_read.wait(0.05) and time.monotonic() < deadline:
+            if b_locking.is_set():  # or until B is seen waiting on A's lock, where it cannot read
+                b_read.wait(1.0)
+                break
+
+    results, errors = {}, []
+
+    def claim(name):
+        try:
+            results[name] = store.claim(f"host-{name}:1", run_id=run_id if which == "by number" else None)
+        except Exception as err:  # a claim that fails is a lost run too
+            errors.append(err)
+
+    event.listen(store.engine, "before_cursor_execute", before)
+    event.listen(store.engine, "after_cursor_execute", after)
+    try:
+        a = threading.Thread(target=claim, args=("a",), name="claim-a")
+        a.start()
+        assert a_read.wait(DEADLINE_S)
+        b = threading.Thread(target=claim, args=("b",), name="claim-b")
+        b.start()
+        a.join(DEADLINE_S)
+        b.join(DEADLINE_S)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", before)
+        event.remove(store.engine, "after_cursor_execute", after)
+    assert not errors, errors
+    assert sorted(results.values(), key=str) == [run_id, None], results
+    winner = "host-a:1" if results["a"] == run_id else "host-b:1"
+    run = store.get_run(run_id)
+    assert (run.status, run.worker, run.attempt) == ("running", winner, 1)
