@@ -376,11 +376,13 @@ def test_a_worker_renews_its_lease_while_it_trains(store):
     with HeldRun(store) as held:
         seen = [held.heartbeat()]
         deadline = time.monotonic() + DEADLINE_S
-        while len(seen) < 3 and time.monotonic() < deadline:  # two renewals within one step: beats, not phase pokes
+        # three renewals while the worker sits in one step: at most two beats (its first, and the one its
+        # phase's start asks for) can still be on their way when the step is reached, so these are periodic beats
+        while len(seen) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
             if held.heartbeat() != seen[-1]:
                 seen.append(held.heartbeat())
-        assert len(seen) == 3 and seen == sorted(seen), f"the heartbeat did not advance twice: {seen}"
+        assert len(seen) == 4 and seen == sorted(seen), f"the heartbeat did not advance three times: {seen}"
         assert store.get_run(held.run_id).status == "running"
         assert held.release() == [(held.run_id, "completed")]
 
