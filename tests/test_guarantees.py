@@ -432,9 +432,18 @@ def test_two_claims_meeting_on_one_queued_run_give_it_to_one_worker(any_store, w
         a_read.set()
         deadline = time.monotonic() + DEADLINE_S  # hold A between its read and its write until B has read,
         while not b_read.wait(0.05) and time.monotonic() < deadline:
-            if b_locking.is_set():  # or until B is seen waiting on A's lock, where it cannot read
+            if waits_on_a_lock():  # or until B is seen waiting on A's lock (PostgreSQL's FOR UPDATE without
+                break  # SKIP LOCKED), where it cannot read before A commits
+            if b_locking.is_set():  # or has asked SQLite for the write lock A holds
                 b_read.wait(1.0)
                 break
+
+    def waits_on_a_lock() -> bool:
+        if store.engine.dialect.name != "postgresql":
+            return False
+        with store.engine.connect() as conn:
+            return bool(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND datname = current_database()").scalar())
 
     results, errors = {}, []
 
