@@ -1,0 +1,119 @@
+"""Hostile input to `kdcore`, fed for real to the CLI in a subprocess on a real SQLite file: store URLs it cannot
+use, run ids beyond 64 bits, summaries of the wrong types, report paths it cannot write, bad environment values,
+typos in --db, and configs that would fail only at run time or quietly run defaults.
+
+Each case checks what the user gets (one line and exit status 2, or a run shown as damaged) and that nothing
+stored was lost or changed. docs/reliability.md lists them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdcore.config import build_config  # noqa: E402
+from kdcore.jobs import run_here  # noqa: E402
+from kdcore.store import DAMAGED_LABEL, Store  # noqa: E402
+from tests.test_faults import TINY, _digest, _one_error_line, _url, kdcore, read_only  # noqa: E402
+
+DIGITS = "examples/digits.yaml"
+BIG = "99999999999999999999"  # beyond 2**64
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A closed store's folder: run 1 a real completed run with its files, runs 2-3 a completed seed group "g"."""
+    folder = tmp_path_factory.mktemp("finished")
+    store = Store(_url(folder / "kd.db"))
+    real, status = run_here(store, build_config({**TINY, "name": "real"}))
+    assert (real, status) == (1, "completed")
+    for seed in (0, 1):
+        run_id = store.create_run(build_config({**TINY, "name": f"g{seed}", "group": "g",
+                                                "train": {**TINY["train"], "seed": seed}}))
+        store.finish_run(run_id, "completed", {**store.get_run(real).summary, "kd_gain": 0.01 * seed})
+    store.engine.dispose()  # the last connection folds the WAL into the file
+    return folder
+
+
+def _copy(finished: Path, to: Path) -> Path:
+    """A copy of the finished store and its run folders in `to`; the store file's path."""
+    shutil.copytree(finished, to)
+    return to / "kd.db"
+
+
+def _files(folder: Path) -> list:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _refused(result, *needles: str) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = _one_error_line(result)
+    assert all(n in line for n in needles), line
+    return line
+
+
+# ---- 7-9. numbers a run cannot use ---------------------------------------------------------------------
+TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["distill.alpha=.nan"], "distill.alpha: nan is not a number"),
+    (["distill.temperature=.nan"], "distill.temperature: nan is not a number"),
+    (["train.lr=.nan"], "train.lr: nan is not a number"),
+    (["train.lr=.inf"], "train.lr: inf is not a finite number"),
+    (["distill.method=dkd", "distill.options={nckd_weight: .nan}"], "distill.options.nckd_weight: nan is not a number"),
+    (["teacher.train={lr: .nan}"], "teacher.train: lr: nan is not a number"),
+    # two teachers: the weights are used only after both trained, so they must be refused before
+    ([TWO_TEACHERS, "distill.teacher_weights=[1, .nan]"], "distill.teacher_weights.1: nan is not a number"),
+    ([TWO_TEACHERS, "distill.teacher_weights=[.inf, 1]"], "distill.teacher_weights.0: inf is not a finite number"),
+    (["train.seed=18446744073709551616"], "train.seed: 18446744073709551616 is out of range"),
+    (["train.seed=-1"], "train.seed: -1 is out of range"),
+    (["teacher.seed=4294967296"], "teacher.seed: 4294967296 is out of range"),
+])
+def test_a_number_a_run_cannot_use_is_refused_in_the_config_naming_the_key(tmp_path, overrides, needle):
+    sets = [a for o in overrides for a in ("--set", o)]
+    for command in ("train", "submit"):
+        line = _refused(kdcore(command, DIGITS, *sets, db=_url(tmp_path / "kd.db")), "invalid config", needle)
+        if "seed" in needle:
+            assert "a seed is a whole number from 0 to 4294967295" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_nan_in_a_yaml_file_is_refused_as_not_a_number(tmp_path):
+    config = tmp_path / "nan.yaml"
+    config.write_text("distill:\n  alpha: .nan\n")
+    _refused(kdcore("submit", str(config), db=_url(tmp_path / "store" / "kd.db")), "distill.alpha: nan is not a number")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("seeds", ["4294967296", "4294967290-4294967296", "-1"])
+def test_seeds_out_of_range_are_refused_by_seeds_with_the_rule_of_the_config(tmp_path, seeds):
+    _refused(kdcore("submit", DIGITS, "--seeds", seeds, db=_url(tmp_path / "kd.db")),
+             "a seed is a whole number from 0 to 4294967295")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_largest_seed_is_accepted_by_the_config_and_by_seeds(tmp_path):
+    for args in (("--set", "train.seed=4294967295"), ("--seeds", "4294967294-4294967295")):
+        result = kdcore("submit", DIGITS, *args, db=_url(tmp_path / "kd.db"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(r.config["train"]["seed"] for r in Store(_url(tmp_path / "kd.db")).list_runs()) == [
+        4294967294, 4294967295, 4294967295]
+
+
+# ---- 10. an empty config file --------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n"])
+def test_an_empty_config_file_is_refused_instead_of_running_defaults(tmp_path, text):
+    config = tmp_path / "mine.yaml"
+    config.write_text(text)
+    for command in ("train", "submit"):
+        _refused(kdcore(command, str(config), db=_url(tmp_path / "store" / "kd.db")), f"{config} is empty")
+    assert not (tmp_path / "store").exists()
