@@ -60,6 +60,28 @@ def _refused(result, *needles: str) -> str:
     return line
 
 
+# ---- 1. a --db that is not a store URL kdcore can use --------------------------------------------------
+@pytest.mark.parametrize("kind", ["new plain path", "existing plain path", "unknown dialect", "unknown driver",
+                                  "unreachable server"])
+def test_a_store_url_kdcore_cannot_use_is_one_line_saying_what_to_write(tmp_path, finished, kind):
+    store = _copy(finished, tmp_path / "store")
+    digest, files = _digest(store), _files(tmp_path)
+    db, needles = {
+        "new plain path": (str(tmp_path / "new.db"), [f"write sqlite:///{tmp_path / 'new.db'}"]),
+        "existing plain path": (str(store), [f"write sqlite:///{store}"]),
+        "unknown dialect": ("mysqlx://u:secret@127.0.0.1/x", ["mysqlx", "sqlite:///", "postgresql+psycopg://"]),
+        "unknown driver": ("postgresql+nosuchdrv://u:secret@127.0.0.1/x", ["postgresql+nosuchdrv", "sqlite:///"]),
+        # port 1 on this machine's loopback: nothing listens there
+        "unreachable server": ("postgresql://u:secret@127.0.0.1:1/x", ["postgresql://u:***@127.0.0.1:1/x",
+                                                                      "cannot be reached", "Connection refused"]),
+    }[kind]
+    for command in (("runs", "list"), ("submit", DIGITS)):
+        result = kdcore(*command, db=db)
+        _refused(result, *needles)
+        assert "secret" not in result.stderr
+    assert _digest(store) == digest and _files(tmp_path) == files
+
+
 # ---- 7-9. numbers a run cannot use ---------------------------------------------------------------------
 TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
 
