@@ -82,6 +82,31 @@ def test_a_store_url_kdcore_cannot_use_is_one_line_saying_what_to_write(tmp_path
     assert _digest(store) == digest and _files(tmp_path) == files
 
 
+# ---- 3. a summary of valid JSON but the wrong types ----------------------------------------------------
+@pytest.mark.parametrize("summary", ['[1, 2]', '{"kd_gain": "abc"}', '{"teachers": {"phase": "teacher"}}',
+                                     '{"kd_gain_ci95": "wide", "student_test_acc": [0.9]}'])
+def test_a_summary_of_the_wrong_types_is_shown_as_damaged_by_show_and_both_reports(tmp_path, finished, summary):
+    store = _copy(finished, tmp_path / "store")
+    url = _url(store)
+    with contextlib.closing(sqlite3.connect(store)) as conn:
+        conn.execute("UPDATE runs SET summary_json = ? WHERE id IN (1, 3)", (summary,))
+        conn.commit()
+    digest = _digest(store)
+    shown = kdcore("runs", "show", "1", db=url)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-3000:]
+    assert f"run 1: real {DAMAGED_LABEL}" in shown.stdout and "damaged: summary_json cannot be read" in shown.stdout
+    as_json = json.loads(kdcore("runs", "show", "1", "--json", db=url).stdout)
+    assert as_json["damaged"] == ["summary_json"] and as_json["summary"] is None
+    group = kdcore("groups", "show", "g", db=url)
+    assert group.returncode == 0 and DAMAGED_LABEL in group.stdout, group.stderr[-3000:]
+    for target in ("1", "g"):
+        out = tmp_path / f"report-{target}.html"
+        result = kdcore("report", target, "-o", str(out), "--no-latency", db=url)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert DAMAGED_LABEL in out.read_text(encoding="utf-8")
+    assert _digest(store) == digest
+
+
 # ---- 7-9. numbers a run cannot use ---------------------------------------------------------------------
 TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
 
