@@ -107,6 +107,40 @@ def test_a_summary_of_the_wrong_types_is_shown_as_damaged_by_show_and_both_repor
     assert _digest(store) == digest
 
 
+# ---- 4. a report path that cannot be written -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["a folder", "/dev/full", "a parent that is a file", "an immutable folder"])
+def test_a_report_path_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, finished, kind):
+    store = _copy(finished, tmp_path / "store")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.html").write_text("an older report")
+    (tmp_path / "file").write_text("not a folder")
+    out = {"a folder": tmp_path / "out", "/dev/full": Path("/dev/full"),
+           "a parent that is a file": tmp_path / "file" / "r.html",
+           "an immutable folder": tmp_path / "out" / "old.html"}[kind]
+    digest, files = _digest(store), _files(tmp_path)
+    command = ("report", "1", "-o", str(out), "--no-latency")
+    if kind == "an immutable folder":
+        with read_only(tmp_path / "out", tmp_path / "out" / "old.html"):
+            result = kdcore(*command, db=_url(store))
+    else:
+        result = kdcore(*command, db=_url(store))
+    _refused(result, f"cannot write the report to {out}")
+    assert _digest(store) == digest and _files(tmp_path) == files
+    assert (tmp_path / "out" / "old.html").read_text() == "an older report"
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_report_is_built(tmp_path, finished, monkeypatch,
+                                                                                     capsys):
+    import kdcore.report
+    from kdcore.cli import main
+
+    store = _copy(finished, tmp_path / "store")
+    built = []  # a spy: the report's seconds of work must not start
+    monkeypatch.setattr(kdcore.report, "build_report", lambda *a, **k: built.append(a) or "<!DOCTYPE html>")
+    assert main(["--db", _url(store), "report", "1", "-o", str(tmp_path), "--no-latency"]) == 2
+    assert f"cannot write the report to {tmp_path}" in capsys.readouterr().err and built == []
+
+
 # ---- 7-9. numbers a run cannot use ---------------------------------------------------------------------
 TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
 

@@ -445,20 +445,76 @@ def cmd_runs_show(args) -> int:
     return 0
 
 
+class _ReportFile:
+    """Where a report goes, checked before seconds go into building it.
+
+    A file is written beside it and renamed over it at the end, so a failed build or a full disk leaves an older
+    report whole. A device or pipe (/dev/stdout) is written in place: its first bytes go at once, so one that
+    takes none (/dev/full) is refused before the build too.
+    """
+    HEAD = "<!DOCTYPE html>"  # how every report starts
+
+    def __init__(self, path):
+        self.path, self.stream, self.temp = path, None, None
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        if path.exists() and not path.is_file():
+            self.stream = open(path, "w", encoding="utf-8")
+            self.stream.write(self.HEAD)
+            self.stream.flush()
+            return
+        folder = next(p for p in path.absolute().parents if p.exists())
+        if not folder.is_dir():  # mkdir would say only "File exists"
+            raise NotADirectoryError(20, f"{folder} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # may it be replaced? (read-only, immutable)
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.stream = os.fdopen(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w",
+                                encoding="utf-8")
+
+    def write(self, html: str) -> None:
+        if self.temp is None and html.startswith(self.HEAD):
+            html = html[len(self.HEAD):]
+        self.stream.write(html)
+        self.stream.close()
+        if self.temp is not None:
+            os.replace(self.temp, self.path)
+            self.temp = None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
     from kdcore.report import ReportError, build_report
     from kdcore.store import Store
 
-    try:
-        html = build_report(Store(args.db), args.target, latency=not args.no_latency)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    store = Store(args.db)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    try:
+        target = _ReportFile(out)
+    except OSError as err:
+        print(f"error: cannot write the report to {out}: {err.strerror}; choose another -o", file=sys.stderr)
+        return 2
+    try:
+        try:
+            html = build_report(store, args.target, latency=not args.no_latency)
+        except ReportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        try:
+            target.write(html)
+        except OSError as err:  # the disk filled while writing
+            print(f"error: cannot write the report to {out}: {err.strerror}; choose another -o", file=sys.stderr)
+            return 2
+    finally:
+        target.discard()
     print(f"wrote {out} ({len(html.encode()) / 2**20:.1f} MB): open it in any browser, no network needed",
           file=sys.stderr)
     return 0
