@@ -36,6 +36,10 @@ class ReportError(ValueError):
     """The target cannot be reported: no such run or group, or nothing completed to show."""
 
 
+class RunIdOutOfRange(ReportError):
+    """A run id no store can hold: bad input rather than a run that is missing."""
+
+
 # ---- what to report ------------------------------------------------------------------------------------
 def resolve(store, target) -> tuple[str, list]:
     """("run", [run]), ("study", [name]) or ("group", runs) for a run id (an int or a string of digits), a study's
@@ -56,6 +60,8 @@ def resolve(store, target) -> tuple[str, list]:
     digits_only_group = isinstance(target, str) and target.strip().isdigit() and store.list_runs(group=target)
     if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit() and not digits_only_group):
         run_id = int(target)
+        if not -2**63 < run_id < 2**63:  # SQLite's integers: a larger id would overflow the query
+            raise RunIdOutOfRange(f"run id {run_id} is out of range: no run has it (run ids go up to {2**63 - 1})")
         try:
             run = store.get_run(run_id)
         except RunNotFound:

@@ -82,6 +82,18 @@ def test_a_store_url_kdcore_cannot_use_is_one_line_saying_what_to_write(tmp_path
     assert _digest(store) == digest and _files(tmp_path) == files
 
 
+# ---- 2. run ids beyond 64 bits -------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [("runs", "show", BIG), ("runs", "cancel", BIG), ("runs", "delete", BIG, "--yes"),
+                                     ("runs", "resume", BIG), ("export", BIG, "--format", "onnx", "-o", "OUT"),
+                                     ("report", BIG, "-o", "OUT")])
+def test_a_run_id_beyond_64_bits_is_one_line_and_exit_2(tmp_path, finished, command):
+    store = _copy(finished, tmp_path / "store")
+    digest, files = _digest(store), _files(tmp_path)
+    command = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    _refused(kdcore(*command, db=_url(store)), f"run id {BIG} is out of range")
+    assert _digest(store) == digest and _files(tmp_path) == files
+
+
 # ---- 3. a summary of valid JSON but the wrong types ----------------------------------------------------
 @pytest.mark.parametrize("summary", ['[1, 2]', '{"kd_gain": "abc"}', '{"teachers": {"phase": "teacher"}}',
                                      '{"kd_gain_ci95": "wide", "student_test_acc": [0.9]}'])

@@ -492,7 +492,7 @@ class _ReportFile:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from kdcore.report import ReportError, build_report
+    from kdcore.report import ReportError, RunIdOutOfRange, build_report
     from kdcore.store import Store
 
     store = Store(args.db)
@@ -507,7 +507,7 @@ def cmd_report(args) -> int:
             html = build_report(store, args.target, latency=not args.no_latency)
         except ReportError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(err, RunIdOutOfRange) else 1
         try:
             target.write(html)
         except OSError as err:  # the disk filled while writing
@@ -699,8 +699,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer; a larger id would overflow the query
+
+
+def _refusal(args) -> Optional[str]:
+    """What rules the command out before it opens the store or trains (None: nothing)."""
+    run_id = getattr(args, "id", None)
+    if run_id is not None and not -MAX_RUN_ID <= run_id <= MAX_RUN_ID:
+        return f"run id {run_id} is out of range: no run has it (run ids go up to {MAX_RUN_ID})"
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    refusal = _refusal(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if args.command in ("train", "worker", "tune") or "resume" == getattr(args, "runs_command", None) or \
             "confirm" == getattr(args, "studies_command", None):
         from kdcore.engine.device import cpu_threads_from_env
