@@ -153,6 +153,25 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_the_report_is_bu
     assert f"cannot write the report to {tmp_path}" in capsys.readouterr().err and built == []
 
 
+# ---- 6. a typo in --db on a command that only reads ----------------------------------------------------
+@pytest.mark.parametrize("command", [("runs", "list"), ("runs", "list", "--json"), ("runs", "show", "1"),
+                                     ("runs", "cancel", "1"), ("runs", "delete", "1", "--yes"), ("groups", "list"),
+                                     ("groups", "show", "g"), ("report", "1", "-o", "OUT"),
+                                     ("export", "1", "--format", "onnx", "-o", "OUT"), ("studies", "list"),
+                                     ("studies", "show", "s")])
+def test_a_read_command_on_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path, command):
+    typo = tmp_path / "typo" / "kd.db"
+    command = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    _refused(kdcore(*command, db=_url(typo)), f"no store at {typo}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_write_command_still_creates_its_store(tmp_path):
+    result = kdcore("submit", DIGITS, db=_url(tmp_path / "new" / "kd.db"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r.id for r in Store(_url(tmp_path / "new" / "kd.db")).list_runs()] == [1]
+
+
 # ---- 7-9. numbers a run cannot use ---------------------------------------------------------------------
 TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
 

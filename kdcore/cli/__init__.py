@@ -700,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer; a larger id would overflow the query
+# commands that act on what is stored; train, submit, worker and tune create a store where there is none
+READ_ONLY_COMMANDS = ("runs", "groups", "report", "export", "studies")
 
 
 def _refusal(args) -> Optional[str]:
@@ -707,6 +709,13 @@ def _refusal(args) -> Optional[str]:
     run_id = getattr(args, "id", None)
     if run_id is not None and not -MAX_RUN_ID <= run_id <= MAX_RUN_ID:
         return f"run id {run_id} is out of range: no run has it (run ids go up to {MAX_RUN_ID})"
+    if args.command in READ_ONLY_COMMANDS:
+        from kdcore.store import _sqlite_path, default_url
+
+        path = _sqlite_path(args.db or default_url())
+        if path is not None and not path.exists():  # a typo in --db: say so instead of creating an empty store there
+            return (f"no store at {path}: check --db (or KDCORE_DB_URL); `kdcore train`, `submit` and `worker` "
+                    "create one")
     return None
 
 
