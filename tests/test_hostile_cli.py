@@ -153,6 +153,16 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_the_report_is_bu
     assert f"cannot write the report to {tmp_path}" in capsys.readouterr().err and built == []
 
 
+# ---- 5. KDCORE_CPU_THREADS that is not a count ---------------------------------------------------------
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5"])
+def test_a_cpu_thread_count_that_is_not_a_whole_number_above_0_is_one_line_naming_the_variable(tmp_path, value,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("KDCORE_CPU_THREADS", value)
+    for command in (("train", DIGITS), ("worker", "--exit-when-idle")):
+        _refused(kdcore(*command, db=_url(tmp_path / "kd.db")), f"KDCORE_CPU_THREADS={value}", "whole number")
+    assert not list(tmp_path.iterdir())
+
+
 # ---- 6. a typo in --db on a command that only reads ----------------------------------------------------
 @pytest.mark.parametrize("command", [("runs", "list"), ("runs", "list", "--json"), ("runs", "show", "1"),
                                      ("runs", "cancel", "1"), ("runs", "delete", "1", "--yes"), ("groups", "list"),

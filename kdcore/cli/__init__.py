@@ -729,7 +729,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             "confirm" == getattr(args, "studies_command", None):
         from kdcore.engine.device import cpu_threads_from_env
 
-        cpu_threads_from_env()
+        try:
+            cpu_threads_from_env()
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except Exception as err:
