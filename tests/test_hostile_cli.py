@@ -239,3 +239,12 @@ def test_an_empty_config_file_is_refused_instead_of_running_defaults(tmp_path, t
     for command in ("train", "submit"):
         _refused(kdcore(command, str(config), db=_url(tmp_path / "store" / "kd.db")), f"{config} is empty")
     assert not (tmp_path / "store").exists()
+
+
+# ---- 11. a worker given no device ----------------------------------------------------------------------
+@pytest.mark.parametrize("devices", ["", " , "])
+def test_a_worker_given_no_device_is_one_line_and_exit_2(tmp_path, finished, devices):
+    store = _copy(finished, tmp_path / "store")
+    digest = _digest(store)
+    _refused(kdcore("worker", "--devices", devices, "--exit-when-idle", db=_url(store)), "--devices", "no device")
+    assert _digest(store) == digest

@@ -156,9 +156,13 @@ def cmd_worker(args) -> int:
     from kdcore.jobs import Worker
     from kdcore.store import Store
 
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if not devices:  # else it would start no worker and exit 0, as if the queue were done
+        print(f"error: --devices {args.devices!r} names no device: give auto, cpu, cuda:0 or a list such as "
+              "cuda:0,cuda:1", file=sys.stderr)
+        return 2
     store = Store(args.db)
     store.check_writable()  # a worker records every step: refuse at once, not at its first run
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     try:
         for device in devices:
             from kdcore.checks import device_problem
