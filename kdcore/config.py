@@ -16,7 +16,18 @@ from kdcore.inputs import InputRefused, load_yaml, read_yaml_file
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or inf: a range check alone says "should be <= 10" of a NaN, and a list of weights takes it
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 0..2**32-1; torch takes more, so this rule suits both
+
+
+def check_seed(seed: int) -> int:
+    """A seed as train.seed, teacher.seed and --seeds take it, or ValueError naming the range."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{seed} is out of range: a seed is a whole number from 0 to {SEED_MAX}")
+    return seed
 
 
 class AugmentConfig(_Strict):
@@ -74,6 +85,7 @@ class TeacherConfig(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)  # this teacher's own train.* settings (lr, optimizer, batch_size, ...); the rest as train
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+    _seed = field_validator("seed")(classmethod(lambda cls, v: v if v is None else check_seed(v)))
 
     @field_validator("train")
     @classmethod
@@ -165,6 +177,8 @@ class TrainConfig(_Strict):
     fused_optimizer: bool = True  # the optimizer step as one fused kernel, on CPU and CUDA
     eval_batch_size: int = Field(256, ge=1)  # images per step when evaluating; larger batches were slower on CPU
 
+    _seed = field_validator("seed")(classmethod(lambda cls, v: check_seed(v)))
+
 
 class RunConfig(_Strict):
     name: str = ""  # free text; defaults to a generated one
@@ -226,6 +240,8 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         msg = msg.removeprefix("Value error, ")
+        if e["type"] == "finite_number":
+            msg = f"{e['input']} is not a {'number' if str(e['input']).lower() == 'nan' else 'finite number'}"
         if msg.startswith("options.") and key.endswith("distill"):  # a method's options' own errors, already keyed
             lines.extend(f"{key}.{part}" for part in msg.split("; "))
             continue
@@ -276,11 +292,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = read_yaml_file(path) or {}
+        data = read_yaml_file(path)
     except InputRefused as err:
         raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:  # not a run of defaults: an empty file is more likely a mistake
+        raise ConfigError(f"{path} is empty: give at least one setting, e.g. dataset: {{name: digits}} "
+                          "(examples/digits.yaml is a full one)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections at the top level")
     return build_config(data, overrides)

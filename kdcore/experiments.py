@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Iterable, Optional, Sequence
 
-from kdcore.config import ConfigError, RunConfig
+from kdcore.config import SEED_MAX, ConfigError, RunConfig, check_seed
 from kdcore.stats import across_seeds, describe_spread
 
 MAX_SEEDS = 100
@@ -28,11 +28,21 @@ def parse_seeds(text: str) -> list[int]:
             low, high = int(match[1]), int(match[2])
             if high < low:
                 raise ConfigError(f"seeds: the range {part!r} runs backwards; write {high}-{low}")
+            try:
+                check_seed(high)  # the config's rule (low is smaller), so a group never holds a seed it refuses
+            except ValueError as err:
+                raise ConfigError(f"seeds: {err}") from None
+            if high - low >= MAX_SEEDS:  # before the range is spelt out
+                raise ConfigError(f"seeds: at most {MAX_SEEDS} seeds in one group")
             seeds.update(range(low, high + 1))
         elif re.fullmatch(r"\d+", part):
-            seeds.add(int(part))
+            try:
+                seeds.add(check_seed(int(part)))
+            except ValueError as err:
+                raise ConfigError(f"seeds: {err}") from None
         else:
-            raise ConfigError(f"seeds: {part!r} is not a seed (a whole number >= 0) or a range such as 0-4")
+            raise ConfigError(f"seeds: {part!r} is not a seed or a range such as 0-4: a seed is a whole number "
+                              f"from 0 to {SEED_MAX}")
         if len(seeds) > MAX_SEEDS:
             raise ConfigError(f"seeds: at most {MAX_SEEDS} seeds in one group")
     if not seeds:

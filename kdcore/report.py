@@ -25,6 +25,7 @@ import torch
 from kdcore import charts, text
 from kdcore.experiments import format_seeds, group_report
 from kdcore.stats import describe_paired, describe_spread
+from kdcore.store.tables import DAMAGED_LABEL
 
 SHOWN_IMAGES = 4  # test images whose softened distributions the report draws: 3 right, 1 wrong
 CALIBRATION_BINS = 15
@@ -33,6 +34,10 @@ MAX_CLASSES_SHOWN = 20  # bars for one image's distribution: the teacher's most 
 
 class ReportError(ValueError):
     """The target cannot be reported: no such run or group, or nothing completed to show."""
+
+
+class RunIdOutOfRange(ReportError):
+    """A run id no store can hold: bad input rather than a run that is missing."""
 
 
 # ---- what to report ------------------------------------------------------------------------------------
@@ -55,6 +60,8 @@ def resolve(store, target) -> tuple[str, list]:
     digits_only_group = isinstance(target, str) and target.strip().isdigit() and store.list_runs(group=target)
     if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit() and not digits_only_group):
         run_id = int(target)
+        if not -2**63 < run_id < 2**63:  # SQLite's integers: a larger id would overflow the query
+            raise RunIdOutOfRange(f"run id {run_id} is out of range: no run has it (run ids go up to {2**63 - 1})")
         try:
             run = store.get_run(run_id)
         except RunNotFound:
@@ -460,6 +467,9 @@ def _run_report(page: _Page, store, run, *, latency: bool) -> None:
     s = run.summary or {}
     page.title = f"kdcore report · run #{run.id} {run.name}"
     page.add(f"<h1>Run #{run.id}: {esc(run.name)}</h1>")
+    if run.damaged:
+        page.p(f"{DAMAGED_LABEL} {', '.join(run.damaged)} cannot be read: what they hold is left out below; the rest "
+               "is shown as stored.", "verdict bad")
     page.p(f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}; run finished "
            f"{run.finished_at:%Y-%m-%d %H:%M} on {run.device or 'an unknown device'}." if run.finished_at else
            f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}.", "meta")
@@ -560,7 +570,8 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
     for r in runs:
         s = r.summary or {}
         ci_r = s.get("kd_gain_ci95") or [None, None]
-        seed_rows.append([f"#{r.id}", r.config.get("train", {}).get("seed", "?"), r.status,
+        seed_rows.append([f"#{r.id}" + (f" {DAMAGED_LABEL}" if r.damaged else ""),
+                          r.config.get("train", {}).get("seed", "?"), r.status,
                           f"T={text.number(r.temperature)}, α={text.number(r.alpha)}",
                           text.pct(r.teacher_test_acc), text.pct(r.baseline_test_acc), text.pct(r.student_test_acc),
                           text.points(r.kd_gain), text.points_range(*ci_r[:2]),

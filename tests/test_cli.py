@@ -51,6 +51,9 @@ def test_bad_config_is_rejected_naming_the_key_and_nothing_is_written(db, tmp_pa
 
 
 def test_show_of_a_missing_run_is_a_clear_error(db):
+    from kdcore.store import Store
+
+    Store(db)  # an empty store: where there is none, `runs show` says so instead (tests/test_hostile_cli.py)
     result = kdcore("runs", "show", "42", db=db)
     assert result.returncode == 1 and "no run with id 42" in result.stderr
 

@@ -156,9 +156,13 @@ def cmd_worker(args) -> int:
     from kdcore.jobs import Worker
     from kdcore.store import Store
 
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if not devices:  # else it would start no worker and exit 0, as if the queue were done
+        print(f"error: --devices {args.devices!r} names no device: give auto, cpu, cuda:0 or a list such as "
+              "cuda:0,cuda:1", file=sys.stderr)
+        return 2
     store = Store(args.db)
     store.check_writable()  # a worker records every step: refuse at once, not at its first run
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     try:
         for device in devices:
             from kdcore.checks import device_problem
@@ -476,20 +480,76 @@ def _print_attempts(run) -> None:
               f"{threads}, {took}{when}{note}")
 
 
+class _ReportFile:
+    """Where a report goes, checked before seconds go into building it.
+
+    A file is written beside it and renamed over it at the end, so a failed build or a full disk leaves an older
+    report whole. A device or pipe (/dev/stdout) is written in place: its first bytes go at once, so one that
+    takes none (/dev/full) is refused before the build too.
+    """
+    HEAD = "<!DOCTYPE html>"  # how every report starts
+
+    def __init__(self, path):
+        self.path, self.stream, self.temp = path, None, None
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        if path.exists() and not path.is_file():
+            self.stream = open(path, "w", encoding="utf-8")
+            self.stream.write(self.HEAD)
+            self.stream.flush()
+            return
+        folder = next(p for p in path.absolute().parents if p.exists())
+        if not folder.is_dir():  # mkdir would say only "File exists"
+            raise NotADirectoryError(20, f"{folder} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # may it be replaced? (read-only, immutable)
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.stream = os.fdopen(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w",
+                                encoding="utf-8")
+
+    def write(self, html: str) -> None:
+        if self.temp is None and html.startswith(self.HEAD):
+            html = html[len(self.HEAD):]
+        self.stream.write(html)
+        self.stream.close()
+        if self.temp is not None:
+            os.replace(self.temp, self.path)
+            self.temp = None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from kdcore.report import ReportError, build_report
+    from kdcore.report import ReportError, RunIdOutOfRange, build_report
     from kdcore.store import Store
 
-    try:
-        html = build_report(Store(args.db), args.target, latency=not args.no_latency)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    store = Store(args.db)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    try:
+        target = _ReportFile(out)
+    except OSError as err:
+        print(f"error: cannot write the report to {out}: {err.strerror}; choose another -o", file=sys.stderr)
+        return 2
+    try:
+        try:
+            html = build_report(store, args.target, latency=not args.no_latency)
+        except ReportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2 if isinstance(err, RunIdOutOfRange) else 1
+        try:
+            target.write(html)
+        except OSError as err:  # the disk filled while writing
+            print(f"error: cannot write the report to {out}: {err.strerror}; choose another -o", file=sys.stderr)
+            return 2
+    finally:
+        target.discard()
     print(f"wrote {out} ({len(html.encode()) / 2**20:.1f} MB): open it in any browser, no network needed",
           file=sys.stderr)
     return 0
@@ -674,13 +734,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer; a larger id would overflow the query
+# commands that act on what is stored; train, submit, worker and tune create a store where there is none
+READ_ONLY_COMMANDS = ("runs", "groups", "report", "export", "studies")
+
+
+def _refusal(args) -> Optional[str]:
+    """What rules the command out before it opens the store or trains (None: nothing)."""
+    run_id = getattr(args, "id", None)
+    if run_id is not None and not -MAX_RUN_ID <= run_id <= MAX_RUN_ID:
+        return f"run id {run_id} is out of range: no run has it (run ids go up to {MAX_RUN_ID})"
+    if args.command in READ_ONLY_COMMANDS:
+        from kdcore.store import _sqlite_path, default_url
+
+        path = _sqlite_path(args.db or default_url())
+        if path is not None and not path.exists():  # a typo in --db: say so instead of creating an empty store there
+            return (f"no store at {path}: check --db (or KDCORE_DB_URL); `kdcore train`, `submit` and `worker` "
+                    "create one")
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    refusal = _refusal(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if args.command in ("train", "worker", "tune") or "resume" == getattr(args, "runs_command", None) or \
             "confirm" == getattr(args, "studies_command", None):
         from kdcore.engine.device import cpu_threads_from_env
 
-        cpu_threads_from_env()
+        try:
+            cpu_threads_from_env()
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except Exception as err:

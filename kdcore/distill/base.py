@@ -24,7 +24,7 @@ from kdcore.spans import region
 class MethodOptions(BaseModel):
     """A method's own settings; T and alpha are everyone's and live in DistillConfig."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the config's own numbers
 
 
 @dataclass

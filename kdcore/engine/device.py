@@ -42,17 +42,29 @@ def share_cpu_with_ui(threads: int | None = None) -> int:
     """
     import os
 
-    threads = threads or int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
+    threads = threads or env_cpu_threads() or max(1, (os.cpu_count() or 1) - 1)
     torch.set_num_threads(threads)
     return threads
 
 
-def cpu_threads_from_env() -> int:
-    """Applies $KDCORE_CPU_THREADS to PyTorch's CPU threads if set; returns the count in use."""
+def env_cpu_threads() -> int | None:
+    """$KDCORE_CPU_THREADS as a count, None when unset; ValueError naming the variable when it is no count."""
     import os
 
-    if os.environ.get("KDCORE_CPU_THREADS"):
-        torch.set_num_threads(max(1, int(os.environ["KDCORE_CPU_THREADS"])))
+    text = os.environ.get("KDCORE_CPU_THREADS", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:  # int() alone would take "-1" and a torch of 0 threads misbehaves
+        raise ValueError(f"KDCORE_CPU_THREADS={os.environ['KDCORE_CPU_THREADS']} is not a thread count: give a "
+                         "whole number from 1 up, or unset it to use the machine's cores")
+    return int(text)
+
+
+def cpu_threads_from_env() -> int:
+    """Applies $KDCORE_CPU_THREADS to PyTorch's CPU threads if set; returns the count in use."""
+    threads = env_cpu_threads()
+    if threads:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 

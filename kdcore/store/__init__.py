@@ -239,9 +239,31 @@ def _sqlite_engine(url: str, path: Path, read_only_why: Optional[str]):
     return engine
 
 
+def _checked_url(url: str) -> str:
+    """The URL with its password hidden; StoreError saying what to write where kdcore cannot use it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    kinds = "sqlite:///FILE for a file, or postgresql+psycopg://USER@HOST/DATABASE for a server"
+    if "://" not in url:  # a plain path: the most likely slip
+        raise StoreError(f"{url} is a path, not a store URL: write sqlite:///{url} (or {kinds})")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not echoed: a malformed URL may hold a password
+        raise StoreError(f"the store URL cannot be read: write {kinds}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise StoreError(f"{shown}: no database kind or driver {parsed.drivername!r} is installed here; write "
+                         f"{kinds}") from None
+    return shown
+
+
 def _engine_for(url: str):
     with _engines_lock:
         if url not in _engines:
+            shown = _checked_url(url)
             path = _sqlite_path(url)
             read_only_why = None
             if path is not None:
@@ -264,6 +286,12 @@ def _engine_for(url: str):
                         _check_schema(conn, path, read_only_why)
             except BaseException as err:
                 engine.dispose()  # closes the file, so SQLite removes the -wal and -shm it made beside it
+                from sqlalchemy.exc import OperationalError
+
+                if path is None and isinstance(err, OperationalError):  # the driver's message runs to 40 lines
+                    why = str(err.orig).strip().splitlines()[0] if str(err.orig).strip() else type(err.orig).__name__
+                    raise StoreError(f"{shown} cannot be reached ({why}): start the server or point --db (or "
+                                     "KDCORE_DB_URL) at another store") from err
                 known = _as_store_error(path, getattr(err, "orig", err), read_only_why) if path else None
                 if known is not None:
                     raise known from err

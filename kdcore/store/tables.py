@@ -68,7 +68,7 @@ class Run(SQLModel, table=True):
 
     @property
     def summary(self) -> dict:
-        return _loads(self.summary_json)
+        return {} if unreadable("summary_json", self.summary_json) else _loads(self.summary_json)
 
     @property
     def live(self) -> dict:
@@ -194,7 +194,33 @@ def unreadable(column: str, text: Optional[str]) -> bool:
         return not (isinstance(value, list) and all(isinstance(t, str) for t in value))
     if column == "config_json":
         return not (isinstance(value, dict) and all(isinstance(value.get(k), dict) for k in CONFIG_SECTIONS))
+    if column == "summary_json":
+        return not (isinstance(value, dict) and _summary_types_hold(value))
     return not isinstance(value, dict)
+
+
+# summary keys ending so hold a number (or null): readers compute and format with them
+SUMMARY_NUMBERS = ("_acc", "_gain", "_p_value", "_params", "_flops", "_macs", "_size_mb", "seconds", "_epochs",
+                   "_ms_b1", "_ms_b64", "_from_run", "_threads", "_train_size", "compression", "flops_ratio",
+                   "test_images", "test_agreement")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _summary_types_hold(summary: dict) -> bool:
+    """Whether a summary's values have the types kdcore wrote them with, where readers rely on them."""
+    if not all(v is None or _number(v) for k, v in summary.items() if k.endswith(SUMMARY_NUMBERS)):
+        return False
+    teachers, ci = summary.get("teachers"), summary.get("kd_gain_ci95")
+    discordant, weights = summary.get("kd_gain_discordant"), summary.get("teacher_weights")
+    return ((teachers is None or isinstance(teachers, list) and all(
+                isinstance(t, dict) and isinstance(t.get("phase"), str) and isinstance(t.get("arch"), str)
+                for t in teachers))
+            and (ci is None or isinstance(ci, list) and len(ci) == 2 and all(c is None or _number(c) for c in ci))
+            and (discordant is None or isinstance(discordant, dict) and all(map(_number, discordant.values())))
+            and (weights is None or isinstance(weights, list) and all(map(_number, weights))))
 
 
 def _aware(moment: datetime) -> datetime:
