@@ -1,4 +1,4 @@
-"""The dashboard as `make run` starts it: its workers first, then Streamlit's server on app.py.
+"""The dashboard as `make run` starts it: Streamlit's server on app.py, its workers started as soon as it listens.
 
     python -m ui.launch [--db URL] [any `streamlit run` flag: --server.port 8501, --server.address …]
 
@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     from ui.workers import start_workers
 
-    start_workers()
+    start_workers()  # once the server listens
     from streamlit.web import cli
 
     cli.main(["run", str(ROOT / "app.py"), *args], prog_name="streamlit")

@@ -36,30 +36,45 @@ def start_manager(store: Store) -> JobManager:
     # pages rendered, and the demo took twice as long (docs/benchmarks.md).
     mgr = get_manager(store, workers=worker_mode(store))
     with _watched_lock:
-        if id(mgr) in _watched:
+        if id(mgr) in _watched or _runtime_state() is None:  # no server (AppTest): the exit hook stops them
             return mgr
         _watched.add(id(mgr))
     threading.Thread(target=_stop_with_streamlit, args=(mgr,), daemon=True, name="kdcore-stop-watch").start()
     return mgr
 
 
-def start_workers(url: Optional[str] = None) -> Optional[JobManager]:
-    """start_manager() on the store at `url` (default $KDCORE_DB_URL), for the launcher: a store that cannot
-    be opened starts nothing and is left untouched, and the pages show why."""
-    try:
-        return start_manager(Store(url or default_url()))
-    except StoreError as err:
-        print(f"kdcore: no worker started: {err}", file=sys.stderr, flush=True)
-        return None
+def start_workers(url: Optional[str] = None) -> threading.Thread:
+    """For the launcher, called before the server: starts the workers on the store at `url` (default
+    $KDCORE_DB_URL) as soon as the server listens, before any browser connects. Not before: a server that
+    cannot take its port (one already running) exits, and a worker of its would interrupt the run it claimed.
+    A store that cannot be opened starts nothing and is left untouched; the pages show why."""
+    def start() -> None:
+        from streamlit.runtime import RuntimeState
+
+        while _runtime_state() in (None, RuntimeState.INITIAL):  # it leaves INITIAL once the port is bound
+            time.sleep(0.1)
+        if _runtime_state() in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+            return
+        try:
+            start_manager(Store(url or default_url()))
+        except StoreError as err:
+            print(f"kdcore: no worker started: {err}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=start, daemon=True, name="kdcore-start-workers")
+    thread.start()
+    return thread
+
+
+def _runtime_state():
+    from streamlit.runtime import Runtime
+
+    return Runtime.instance().state if Runtime.exists() else None
 
 
 def _stop_with_streamlit(mgr: JobManager, poll_s: float = 0.1) -> None:
-    from streamlit.runtime import Runtime, RuntimeState
+    from streamlit.runtime import RuntimeState
 
-    while not Runtime.exists():  # the launcher starts workers before the server
-        time.sleep(poll_s)
-    runtime = Runtime.instance()
-    while runtime.state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+    while _runtime_state() not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
         time.sleep(poll_s)
     mgr.begin_shutdown()
     mgr.shutdown()  # kills what outlives the grace even if the interpreter's exit is slow to get there
