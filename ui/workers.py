@@ -2,10 +2,10 @@
 (so runs queued from the CLI train before any browser opens the dashboard) or, under a plain
 `streamlit run app.py`, by the first page a browser renders.
 
-Stopping: Streamlit handles SIGTERM and SIGINT by stopping its runtime, and Python's exit hooks (where
-the manager used to signal its workers) run only after that; under load the two in a row took longer
-than docker stop's 10 s. A watcher signals the workers as soon as the runtime starts stopping, so their
-grace (kdcore.jobs.manager.STOP_GRACE_S) runs beside Streamlit's own shutdown.
+Stopping: Streamlit handles SIGTERM and SIGINT by stopping its runtime, and the manager used to signal
+its workers only from Python's exit hooks, after that. A watcher signals them as soon as the runtime
+starts stopping, so their grace (kdcore.jobs.manager.STOP_GRACE_S) runs beside Streamlit's own
+shutdown; ui/launch.py also spares the process Python's slow teardown.
 """
 from __future__ import annotations
 
