@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(PY) -m ui.launch --server.port $(PORT)
 
 demo: $(STAMP)
 	$(VENV)/bin/kdcore train examples/digits.yaml

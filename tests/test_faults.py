@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the app's own packages (ui), as `streamlit run` would see them
@@ -366,14 +367,14 @@ def test_every_page_shows_damaged_runs_as_damaged(damaged, monkeypatch, page):
 # ---- the dashboard as `make run` serves it ----------------------------------------------------------------
 @contextlib.contextmanager
 def _dashboard(url: str, log: Path, **env):
-    """`streamlit run app.py` on `url`, in a process group of its own as a terminal would start it; yields
-    (process, port) once it answers, and kills what is left of it at the end."""
+    """The dashboard as `make run` starts it (`python -m ui.launch`) on `url`, in a process group of its own as
+    a terminal would start it; yields (process, port) once it answers, and kills what is left of it at the end."""
     pytest.importorskip("websockets.sync.client", reason="the dashboard is opened through Streamlit's websocket")
     from ui.serve import free_port
 
     port = free_port()
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "ui.launch", "--server.port", str(port)],
                                   cwd=ROOT, env=dict(os.environ, KDCORE_DB_URL=url, PYTHONUNBUFFERED="1", **env),
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -480,6 +481,26 @@ def test_the_dashboard_ends_its_run_interrupted_and_exits_cleanly_on_ctrl_c_or_s
     if workers == "process":  # its `kdcore worker` child ended too, not orphaned
         pid = int(worker.rsplit(":", 1)[1])
         _wait(lambda: _gone(pid), "the worker process to end")
+
+
+def test_the_dashboard_trains_runs_queued_from_the_command_line_before_any_browser_opens_it(tmp_path):
+    # `kdcore submit` then `make run`, and nobody opens the page: the run must not wait for a browser
+    url = _url(tmp_path / "runs" / "kdcore.db")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "name": "queued from the CLI"}))
+    submitted = kdcore("submit", str(config), "--json", db=url)
+    assert submitted.returncode == 0, submitted.stderr
+    [run_id] = json.loads(submitted.stdout)["runs"]
+    store = Store(url)
+    assert store.get_run(run_id).status == "queued"
+    log = tmp_path / "streamlit.log"
+    run = lambda: store.get_run(run_id)  # noqa: E731
+    with _dashboard(url, log, KDCORE_LOCAL_WORKERS="process") as (server, _):
+        _wait(lambda: run().status not in ("queued", "running"), "the queued run to finish",
+              progress=lambda: (log.stat().st_size, run().status, run().live.get("step", 0)))
+        assert server.poll() is None
+    assert run().status == "completed", (run().status, run().error, log.read_text()[-3000:])
+    assert run().worker and not store.metrics_frame([run_id]).empty
 
 
 def _gone(pid: int) -> bool:

@@ -26,12 +26,13 @@ def free_port() -> int:
 @contextmanager
 def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout: float = 120.0,
                     env: Optional[dict] = None) -> Iterator[str]:
-    """Runs `streamlit run app.py` against the store at `db_url`; yields its base URL, stops it after."""
+    """Runs the dashboard as `make run` does (`python -m ui.launch`, workers started with the server) against the
+    store at `db_url`; yields its base URL, stops it after."""
     port = free_port()
     env = dict(os.environ, KDCORE_DB_URL=db_url, PYTHONUNBUFFERED="1", **(env or {}))
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+        [sys.executable, "-m", "ui.launch", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -39,14 +40,14 @@ def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout:
         deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {proc.returncode}" + _tail(log_path))
+                raise RuntimeError(f"the dashboard exited with code {proc.returncode}" + _tail(log_path))
             try:
                 if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer within {start_timeout:.0f} s" + _tail(log_path))
+                raise RuntimeError(f"the dashboard did not answer within {start_timeout:.0f} s" + _tail(log_path))
             time.sleep(0.5)
         yield url
     finally:

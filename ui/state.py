@@ -6,7 +6,6 @@ store is the truth, the caches only spare repeated reads within a second or two.
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import json
 import os
@@ -22,9 +21,10 @@ from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
-from kdcore.jobs import JobManager, get_manager
+from kdcore.jobs import JobManager
 from kdcore.store import ACTIVE, DAMAGED_LABEL, FolderOutsideRoot, Run, RunNotFound, Store, StoreError, default_url
 from kdcore import text
+from ui.workers import start_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
@@ -38,17 +38,9 @@ def _store(url: str) -> Store:
 
 @st.cache_resource(show_spinner=False)
 def _manager(url: str) -> JobManager:
-    # One manager per process and store; sessions, tabs and reruns share it. Its worker is a child
-    # process by default: as a thread beside the page server it waited on Python's GIL while pages
-    # rendered, and the demo took twice as long (docs/benchmarks.md).
-    mode = os.environ.get("KDCORE_LOCAL_WORKERS", "process")
-    store_ = _store(url)
-    mgr = get_manager(store_, workers="none" if store_.read_only else {"0": "none", "1": "process"}.get(mode, mode))
-    # Streamlit ends on SIGINT or SIGTERM by leaving its loop, then Python exits: stop the workers first,
-    # or a worker thread is still inside torch at exit ("terminate called without an active exception",
-    # SIGABRT) and its run stays `running` until its lease expires.
-    atexit.register(mgr.shutdown)
-    return mgr
+    # One manager per process and store; sessions, tabs and reruns share it, and so does ui/launch.py, which
+    # started it before any page when the dashboard runs through it. ui/workers.py stops it with the server.
+    return start_manager(_store(url))
 
 
 def show_store_error(err: StoreError) -> None:

@@ -25,6 +25,9 @@ from kdcore.store import RunNotFound, Store
 
 
 WORKER_MODES = ("thread", "process", "none")
+# How long a stopping worker gets from the signal to its exit before it is killed: inside the 10 s of
+# `docker stop`, with room for the server's own exit.
+STOP_GRACE_S = 8.0
 
 
 class JobManager:
@@ -62,6 +65,8 @@ class JobManager:
         self.mode = workers
         self.devices = devices if workers != "none" else []
         self._stop, self._interrupt, self._wake = threading.Event(), threading.Event(), threading.Event()
+        self._stop_deadline: Optional[float] = None  # monotonic time by which stopping workers must be gone
+        self._stopping = threading.Lock()
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
         self._children: list[subprocess.Popen] = []
@@ -123,15 +128,16 @@ class JobManager:
                 started[i] = time.monotonic()
                 self.restarts += 1
 
-    def _stop_children(self) -> None:
+    def _stop_children(self, deadline: float) -> None:
         for child in self._children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)  # its run ends as interrupted, metrics stored
         for child in self._children:
             try:
-                child.wait(8)  # inside docker stop's 10 s grace; a run stops at its next step
+                child.wait(max(0.0, deadline - time.monotonic()))  # a run stops at its next step
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
 
     # ---- submitting ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -197,15 +203,40 @@ class JobManager:
                 raise TimeoutError(f"run {run_id} still {status} after {timeout} s")
             time.sleep(poll_s)
 
-    def shutdown(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
-        """Stops the local workers; with cancel_running their current runs end as interrupted."""
+    def begin_shutdown(self, grace: float = STOP_GRACE_S) -> None:
+        """Starts stopping the local workers and returns at once; their current runs end as interrupted.
+
+        Worker processes get SIGTERM now. shutdown() then waits for them until `grace` seconds after this
+        call and kills those still alive, so a server can start this as soon as it is asked to stop and let
+        the grace run beside its own shutdown. Calling it again changes nothing.
+        """
+        with self._stopping:
+            if self._stop_deadline is not None:
+                return
+            self._stop_deadline = time.monotonic() + grace
         self._stop.set()
-        if cancel_running:
-            self._interrupt.set()
+        self._interrupt.set()
         self._wake.set()
+        for child in self._children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    def shutdown(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
+        """Stops the local workers; with cancel_running their current runs end as interrupted.
+
+        After begin_shutdown() it waits only until that call's grace is over; `timeout` bounds the wait
+        for worker threads otherwise, and worker processes get STOP_GRACE_S.
+        """
+        begun = self._stop_deadline is not None
+        if cancel_running:
+            self.begin_shutdown()
+        self._stop.set()
+        self._wake.set()
+        deadline = self._stop_deadline
         for t in self._threads:
-            t.join(timeout)
-        self._stop_children()
+            t.join(max(0.0, deadline - time.monotonic()) if begun else timeout)
+        # a supervisor may have spawned a replacement just before the stop: it is signalled here too
+        self._stop_children(deadline if deadline is not None else time.monotonic() + STOP_GRACE_S)
 
 
 _managers: dict[str, JobManager] = {}
