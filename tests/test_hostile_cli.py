@@ -248,3 +248,13 @@ def test_a_worker_given_no_device_is_one_line_and_exit_2(tmp_path, finished, dev
     digest = _digest(store)
     _refused(kdcore("worker", "--devices", devices, "--exit-when-idle", db=_url(store)), "--devices", "no device")
     assert _digest(store) == digest
+
+
+def test_the_dashboards_manager_says_a_bad_thread_count_in_one_line_and_uses_the_default(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from kdcore.jobs import JobManager
+
+    monkeypatch.setenv("KDCORE_CPU_THREADS", "abc")
+    manager = JobManager(Store(_url(tmp_path / "kd.db")), workers="none")
+    assert manager.cpu_threads >= 1
+    assert "KDCORE_CPU_THREADS=abc is not a thread count" in capsys.readouterr().err

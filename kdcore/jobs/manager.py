@@ -30,6 +30,17 @@ WORKER_MODES = ("thread", "process", "none")
 STOP_GRACE_S = 8.0
 
 
+def _threads_from_env() -> Optional[int]:
+    """$KDCORE_CPU_THREADS; a value that is no count is said in one line and the default used instead."""
+    from kdcore.engine.device import env_cpu_threads
+
+    try:
+        return env_cpu_threads()
+    except ValueError as err:
+        print(f"kdcore: {err}; using the default", file=sys.stderr)
+        return None
+
+
 class JobManager:
     """Submits runs to a store's queue and runs local workers for it: one per device.
 
@@ -71,7 +82,7 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._children: list[subprocess.Popen] = []
         self.restarts = 0
-        threads = cpu_threads or int(os.environ.get("KDCORE_CPU_THREADS") or max(1, (os.cpu_count() or 1) - 1))
+        threads = cpu_threads or _threads_from_env() or max(1, (os.cpu_count() or 1) - 1)
         self.cpu_threads = threads
         if workers == "thread":
             self.workers = [Worker(self.store, d, name=f"thread{i}", poll_s=1.0) for i, d in enumerate(devices)]
