@@ -1,0 +1,11 @@
+"""A run's vocabulary, on the ground floor: its phases, the files of its folder, its summary.
+
+Everything above (engine, jobs, store, reports, pages) names phases and files through these, so each rule
+lives in one place. Nothing here imports the rest of kdcore.
+"""
+from kdcore.record.folder import RunFolder
+from kdcore.record.phases import (BASELINE, PHASE_ORDER, STUDENT, TEACHER, is_teacher, phase_order, teacher_index,
+                                  teacher_phase, teacher_phases)
+
+__all__ = ["BASELINE", "PHASE_ORDER", "RunFolder", "STUDENT", "TEACHER", "is_teacher", "phase_order",
+           "teacher_index", "teacher_phase", "teacher_phases"]
