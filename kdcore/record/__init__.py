@@ -6,6 +6,7 @@ lives in one place. Nothing here imports the rest of kdcore.
 from kdcore.record.folder import RunFolder
 from kdcore.record.phases import (BASELINE, PHASE_ORDER, STUDENT, TEACHER, is_teacher, phase_order, teacher_index,
                                   teacher_phase, teacher_phases)
+from kdcore.record.summary import PhaseResult, RunSummary, gain_sentence
 
-__all__ = ["BASELINE", "PHASE_ORDER", "RunFolder", "STUDENT", "TEACHER", "is_teacher", "phase_order",
-           "teacher_index", "teacher_phase", "teacher_phases"]
+__all__ = ["BASELINE", "PHASE_ORDER", "PhaseResult", "RunFolder", "RunSummary", "STUDENT", "TEACHER", "gain_sentence",
+           "is_teacher", "phase_order", "teacher_index", "teacher_phase", "teacher_phases"]
