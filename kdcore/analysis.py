@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from kdcore.losses import entropy, softened
+from kdcore.record.summary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -238,8 +239,7 @@ def frontier_points(runs) -> "pd.DataFrame":
         s = field(run, "summary") or {}
         if not isinstance(s, dict) or num(s.get("student_test_acc")) != num(s.get("student_test_acc")):
             continue
-        teachers = [t.get("phase") for t in s.get("teachers") or [] if isinstance(t, dict) and t.get("phase")]
-        teachers = teachers or ["teacher"]
+        teachers = RunSummary.from_stored(s).teacher_phases() or ["teacher"]
 
         def cost(phases, what):
             values = [num(s.get(f"{p}_{what}")) for p in phases]

@@ -44,7 +44,7 @@ except (DatasetError, OSError, ValueError) as err:
 names = state.class_names(dataset_cfg, num_classes) if dataset_cfg else [str(i) for i in range(num_classes)]
 
 phases = state.teacher_phases(logits)  # "teacher", "teacher2", …, "ensemble"
-arches = {t.get("phase"): t.get("arch") for t in parts.teachers_of(run.summary or {})}
+arches = {t.phase: t.arch for t in parts.teachers_of(run.summary or {})}
 left, right = st.columns([1, 2]) if len(phases) > 1 else (None, st)
 if left is not None:
     phase = left.radio("Teacher", phases, horizontal=True, key=f"dist_teacher_{run_id}",

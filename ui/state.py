@@ -19,9 +19,9 @@ import torch
 from kdcore.analysis import entropy_vs_temperature, frontier_points, kl_vs_temperature
 from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
-from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager
+from kdcore.record import RunFolder, teacher_phases as _teachers_among
 from kdcore.store import ACTIVE, DAMAGED_LABEL, FolderOutsideRoot, Run, RunNotFound, Store, StoreError, default_url
 from kdcore import text
 from ui.workers import start_manager
@@ -182,13 +182,13 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
 @_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
     """{"labels", "teacher", "teacher2"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     return _test_logits(str(path), _stamp(path)) if path else None
 
 
 @_shows_store_faults
 def has_test_logits(run_id: int) -> bool:
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     return bool(path and path.is_file())
 
 
@@ -198,8 +198,7 @@ ENSEMBLE = "ensemble"
 def teacher_phases(logits: dict) -> list[str]:
     """The teachers whose test logits a run stored, in order ("teacher", "teacher2", …), then "ensemble" when
     there are several (computed from theirs, not read)."""
-    found = [k for k in logits if k == "teacher" or (k.startswith("teacher") and k[len("teacher"):].isdigit())]
-    found.sort(key=lambda k: int(k[len("teacher"):] or 1))
+    found = _teachers_among(logits)
     return found + ([ENSEMBLE] if len(found) > 1 else [])
 
 
@@ -243,7 +242,7 @@ def temperature_curves(run_id: int, phase: str = "teacher",
                        weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
     """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
     ("teacher", "teacher2", … or "ensemble", whose teachers are averaged with `weights`)."""
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     if path is None:
         return None
     return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
@@ -264,16 +263,22 @@ def frontier_points_of(dataset: str) -> pd.DataFrame:
 
 @_shows_store_faults
 def weights_path(run_id: int, phase: str) -> Optional[Path]:
-    path = _run_file(run_id, f"{phase}.pt")
+    folder = _folder(run_id)
+    path = folder.weights(phase) if folder else None
     return path if path and path.is_file() else None
 
 
-def _run_file(run_id: int, name: str) -> Optional[Path]:
-    """A file in the run's folder; None when the run's folder leads outside the artefact root."""
+def _folder(run_id: int) -> Optional[RunFolder]:
+    """The run's folder; None when it leads outside the artefact root."""
     try:
-        return store().run_dir(int(run_id)) / name
+        return RunFolder(store().run_dir(int(run_id)))
     except FolderOutsideRoot:
         return None
+
+
+def _test_logits_path(run_id: int) -> Optional[Path]:
+    folder = _folder(run_id)
+    return folder.test_logits if folder else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
