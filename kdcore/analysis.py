@@ -251,8 +251,7 @@ def frontier_points(runs) -> "pd.DataFrame":
                     dataset=field(run, "dataset"))
         several = len(teachers) > 1
         roles = [("teacher", teachers, s.get("ensemble_test_acc") if several else s.get("teacher_test_acc"),
-                  field(run, "teacher_arch") + (f" + {len(teachers) - 1} more" if several else "")
-                  if field(run, "teacher_arch") else None),
+                  field(run, "teacher_arch") or None),  # the column names every teacher: "small_cnn + mlp"
                  ("baseline", ["baseline"], s.get("baseline_test_acc"), field(run, "student_arch")),
                  ("student", ["student"], s.get("student_test_acc"), field(run, "student_arch"))]
         for role, phases, acc, arch in roles:

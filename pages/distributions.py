@@ -53,8 +53,8 @@ if left is not None:
                             "weights at the slider's T, as the student saw them in training")
 else:
     phase = phases[0]
-T = right.slider("Temperature T", *form.T_RANGE, value=min(max(run.temperature, form.T_RANGE[0]), form.T_RANGE[1]),
-                 step=0.5, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
+T = right.slider("Temperature T", *form.t_slider_range(run.temperature), value=float(run.temperature),
+                 step=form.T_STEP, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
 summary_weights = ((run.summary or {}).get("teacher_weights")  # normalized by the run; else as configured
                    or (run.config.get("distill") or {}).get("teacher_weights"))
 teacher = state.teacher_logits_at(logits, phase, T, summary_weights)  # softmax(teacher / T) is what it passes on

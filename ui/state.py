@@ -21,6 +21,7 @@ from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager
+from kdcore.jobs.service import RunService
 from kdcore.record import RunFolder, teacher_phases as _teachers_among
 from kdcore.store import ACTIVE, DAMAGED_LABEL, FolderOutsideRoot, Run, RunNotFound, Store, StoreError, default_url
 from kdcore import text
@@ -28,7 +29,7 @@ from ui.workers import start_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
-CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, the range of the T sliders
+CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, where T is usually chosen (the sliders go on)
 
 
 @st.cache_resource(show_spinner=False)
@@ -81,6 +82,26 @@ def store() -> Store:
 @_shows_store_faults
 def manager() -> JobManager:
     return _FaultsShown(_manager(default_url()))
+
+
+@_shows_store_faults
+def service() -> RunService:
+    """What a person can do to runs (submit, cancel, resume, delete, rename, tag): pages act through this, never
+    through the store's writes. Its refusals (ActionRefused, ConfigError) are the page's to show."""
+    return _FaultsShown(RunService(_store(default_url()), wake=_manager(default_url()).wake, here=runs_here()))
+
+
+def launch(configs) -> bool:
+    """Checks and queues runs through the service; a refusal shows as its line in place, and nothing is queued."""
+    from kdcore.config import ConfigError
+
+    try:
+        service().submit_many(list(configs))
+    except ConfigError as err:
+        st.error(f"Not queued: {err}", icon=":material/block:")
+        return False
+    runs_changed()
+    return True
 
 
 @st.cache_resource(show_spinner=False)

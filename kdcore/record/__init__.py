@@ -1,7 +1,8 @@
 """A run's vocabulary, on the ground floor: its phases, the files of its folder, its summary.
 
 Everything above (engine, jobs, store, reports, pages) names phases and files through these, so each rule
-lives in one place. Nothing here imports the rest of kdcore.
+lives in one place. Nothing here imports the rest of kdcore when loaded (the gain sentence borrows kdcore.stats
+when asked for).
 """
 from kdcore.record.folder import RunFolder
 from kdcore.record.phases import (BASELINE, PHASE_ORDER, STUDENT, TEACHER, is_teacher, phase_order, teacher_index,
