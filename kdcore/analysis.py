@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from kdcore.losses import entropy, softened
+from kdcore.record.summary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -238,8 +239,7 @@ def frontier_points(runs) -> "pd.DataFrame":
         s = field(run, "summary") or {}
         if not isinstance(s, dict) or num(s.get("student_test_acc")) != num(s.get("student_test_acc")):
             continue
-        teachers = [t.get("phase") for t in s.get("teachers") or [] if isinstance(t, dict) and t.get("phase")]
-        teachers = teachers or ["teacher"]
+        teachers = RunSummary.from_stored(s).teacher_phases() or ["teacher"]
 
         def cost(phases, what):
             values = [num(s.get(f"{p}_{what}")) for p in phases]
@@ -251,8 +251,7 @@ def frontier_points(runs) -> "pd.DataFrame":
                     dataset=field(run, "dataset"))
         several = len(teachers) > 1
         roles = [("teacher", teachers, s.get("ensemble_test_acc") if several else s.get("teacher_test_acc"),
-                  field(run, "teacher_arch") + (f" + {len(teachers) - 1} more" if several else "")
-                  if field(run, "teacher_arch") else None),
+                  field(run, "teacher_arch") or None),  # the column names every teacher: "small_cnn + mlp"
                  ("baseline", ["baseline"], s.get("baseline_test_acc"), field(run, "student_arch")),
                  ("student", ["student"], s.get("student_test_acc"), field(run, "student_arch"))]
         for role, phases, acc, arch in roles:

@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kdcore.record.phases import TEACHER, is_teacher, teacher_index
+
 PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e", "ensemble": "#2ca02c"}
 # teacher2, teacher3, …: greys and browns apart from the first teacher's
 _MORE_TEACHERS = ["#8c564b", "#bcbd22", "#17becf", "#9467bd", "#e377c2", "#7f7f7f"]
@@ -130,14 +132,12 @@ def phase_color(phase: str) -> Optional[str]:
     """A phase's colour: teacher, student, baseline, ensemble, and one each for teacher2, teacher3, …"""
     if phase in PHASE_COLORS:
         return PHASE_COLORS[phase]
-    number = phase[len("teacher"):] if phase.startswith("teacher") else ""
-    return _MORE_TEACHERS[(int(number) - 2) % len(_MORE_TEACHERS)] if number.isdigit() else None
+    return _MORE_TEACHERS[(teacher_index(phase) - 1) % len(_MORE_TEACHERS)] if is_teacher(phase) else None
 
 
 def phase_label(phase: str) -> str:
     """"teacher2" -> "teacher 2"; other phases as they are."""
-    number = phase[len("teacher"):] if phase.startswith("teacher") else ""
-    return f"teacher {number}" if number.isdigit() else phase
+    return f"teacher {teacher_index(phase) + 1}" if is_teacher(phase) and phase != TEACHER else phase
 
 
 def is_loss_term(name: str) -> bool:
@@ -236,7 +236,7 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
     dashes = {"student": "solid", "baseline": "dash", "teacher": "dot"}
     for (run_id, phase), g in rows.sort_values("epoch").groupby(["run_id", "phase"], sort=False):
         y = g["value"].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else g["value"]
-        dash = dashes.get(phase, "dot" if phase.startswith("teacher") else "solid")  # teacher2, … as the teacher
+        dash = dashes.get(phase, "dot" if is_teacher(phase) else "solid")  # teacher2, … as the teacher
         fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase_label(phase)}",
                         legendgroup=str(run_id), line=dict(dash=dash))
     if metric in FRACTIONS:

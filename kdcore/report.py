@@ -24,7 +24,8 @@ import torch
 
 from kdcore import charts, text
 from kdcore.experiments import format_seeds, group_report
-from kdcore.stats import describe_paired, describe_spread
+from kdcore.record import RunFolder, RunSummary, gain_sentence, teacher_phases
+from kdcore.stats import describe_spread
 from kdcore.store.tables import DAMAGED_LABEL
 
 SHOWN_IMAGES = 4  # test images whose softened distributions the report draws: 3 right, 1 wrong
@@ -252,19 +253,13 @@ def _options(options) -> str:
 
 # ---- size, cost, latency ---------------------------------------------------------------------------------
 def _phases(run) -> list[str]:
-    s = run.summary or {}
-    teachers = [t.get("phase") for t in s.get("teachers") or [] if isinstance(t, dict) and t.get("phase")] or \
-        (["teacher"] if "teacher_test_acc" in s else [])
-    return teachers + [p for p in ("baseline", "student") if f"{p}_test_acc" in s]
+    return RunSummary.from_stored(run.summary).phases()
 
 
 def _arch_of(run, phase: str) -> str:
     if phase in ("student", "baseline"):
         return run.student_arch
-    for t in (run.summary or {}).get("teachers") or []:
-        if isinstance(t, dict) and t.get("phase") == phase:
-            return t.get("arch", "?")
-    return run.teacher_arch
+    return RunSummary.from_stored(run.summary).phase(phase, run.teacher_arch).arch or "?"
 
 
 def _measure_latency(store, run, phases: Sequence[str]) -> tuple[dict, str]:
@@ -277,7 +272,7 @@ def _measure_latency(store, run, phases: Sequence[str]) -> tuple[dict, str]:
 
     out, where = {}, ""
     for phase in phases:
-        path = store.run_dir(run.id) / f"{phase}.pt"
+        path = RunFolder(store.run_dir(run.id)).weights(phase)
         if not path.is_file():
             continue
         try:
@@ -354,9 +349,7 @@ def _dataset(run):
 
 def _gain_block(page: _Page, summary: dict) -> None:
     discordant = summary.get("kd_gain_discordant") or {}
-    net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
-    words = describe_paired(summary.get("kd_gain"), summary.get("kd_gain_ci95"), summary.get("kd_gain_p_value"),
-                            summary.get("test_images"), net)
+    words = gain_sentence(summary)
     ci = summary.get("kd_gain_ci95") or (None, None)
     low, high = (ci + [None, None])[:2] if isinstance(ci, list) else ci
     cls = "good" if (low is not None and low > 0) else "bad" if (high is not None and high < 0) else ""
@@ -408,12 +401,12 @@ def _class_names(data, num_classes: int) -> list[str]:
     return [str(n) for n in names] if len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
-def _per_class(page: _Page, logits: dict, names: list[str], teacher: str) -> None:
+def _per_class(page: _Page, logits: dict, names: list[str]) -> None:
     from kdcore import analysis
 
     labels = logits["labels"]
     k = len(names)
-    models = [m for m in (teacher, "baseline", "student") if m in logits]
+    models = [*teacher_phases(logits), *(m for m in ("baseline", "student") if m in logits)]  # every teacher
     acc = {m: analysis.per_class_accuracy(logits[m], labels, k).numpy() for m in models}
     figs = [charts.per_class(acc, names)]
     gain_rows = None
@@ -435,11 +428,12 @@ def _per_class(page: _Page, logits: dict, names: list[str], teacher: str) -> Non
                "right.", "note")
 
 
-def _calibration(page: _Page, logits: dict, teacher: str) -> None:
+def _calibration(page: _Page, logits: dict) -> None:
     from kdcore import analysis
 
     labels = logits["labels"]
-    models = [m for m in (teacher, "baseline", "student") if m in logits]
+    # every teacher on its own; not the stored "ensemble", whose logits only mean something softened at the run's T
+    models = [*teacher_phases(logits), *(m for m in ("baseline", "student") if m in logits)]
     ece = {m: analysis.expected_calibration_error(logits[m], labels, bins=CALIBRATION_BINS) for m in models}
     page.add('<div class="headline">' + "".join(_big(f"ECE · {charts.phase_label(m)}", text.pct(v, 1))
                                                  for m, v in ece.items()) + "</div>")
@@ -495,7 +489,7 @@ def _run_report(page: _Page, store, run, *, latency: bool) -> None:
         data, why = _dataset(run)
         num_classes = logits["student"].shape[1]
         names = _class_names(data, num_classes)
-        teacher = next((p for p in ("teacher", "teacher1") if p in logits), None)
+        teacher = next(iter(teacher_phases(logits)), None)  # the first teacher stands for all of them here
         if teacher is not None:
             page.h2("What the teacher passes on")
             page.p(f"The teacher's and the student's predictions softened at the run's T = "
@@ -505,9 +499,9 @@ def _run_report(page: _Page, store, run, *, latency: bool) -> None:
                 page.p(f"The test images cannot be shown here ({why}).", "note")
             _samples(page, run, logits, data, names, teacher)
         page.h2("Per class")
-        _per_class(page, logits, names, teacher or "teacher")
+        _per_class(page, logits, names)
         page.h2("Calibration")
-        _calibration(page, logits, teacher or "teacher")
+        _calibration(page, logits)
     page.h2("The run's config")
     _config(page, run)
 

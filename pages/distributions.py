@@ -44,7 +44,7 @@ except (DatasetError, OSError, ValueError) as err:
 names = state.class_names(dataset_cfg, num_classes) if dataset_cfg else [str(i) for i in range(num_classes)]
 
 phases = state.teacher_phases(logits)  # "teacher", "teacher2", …, "ensemble"
-arches = {t.get("phase"): t.get("arch") for t in parts.teachers_of(run.summary or {})}
+arches = {t.phase: t.arch for t in parts.teachers_of(run.summary or {})}
 left, right = st.columns([1, 2]) if len(phases) > 1 else (None, st)
 if left is not None:
     phase = left.radio("Teacher", phases, horizontal=True, key=f"dist_teacher_{run_id}",
@@ -53,8 +53,8 @@ if left is not None:
                             "weights at the slider's T, as the student saw them in training")
 else:
     phase = phases[0]
-T = right.slider("Temperature T", *form.T_RANGE, value=min(max(run.temperature, form.T_RANGE[0]), form.T_RANGE[1]),
-                 step=0.5, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
+T = right.slider("Temperature T", *form.t_slider_range(run.temperature), value=float(run.temperature),
+                 step=form.T_STEP, key=f"dist_T_{run_id}", help=f"This run trained at T = {run.temperature:g}")
 summary_weights = ((run.summary or {}).get("teacher_weights")  # normalized by the run; else as configured
                    or (run.config.get("distill") or {}).get("teacher_weights"))
 teacher = state.teacher_logits_at(logits, phase, T, summary_weights)  # softmax(teacher / T) is what it passes on

@@ -20,15 +20,13 @@ read_only = state.store().read_only  # nothing can be queued: the sidebar says w
 if left.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=read_only,
                help="One run, under a minute on two CPU cores. Its KD gain comes with a 95% interval over the test "
                     "images and a p-value: whether the gain is more than chance on this test set."):
-    state.manager().submit(demo)
-    state.runs_changed()
-    st.switch_page("pages/live.py")
+    if state.launch([demo]):
+        st.switch_page("pages/live.py")
 if right.button(f"Run it over {DEMO_SEEDS} seeds", icon=":material/stacks:", disabled=read_only,
                 help=f"{DEMO_SEEDS} runs in one group sharing one teacher: the mean gain with a 95% interval across "
                      "seeds, whether the gain survives a change of seed."):
-    state.manager().submit_many(expand(demo, seeds=list(range(DEMO_SEEDS))))
-    state.runs_changed()
-    st.switch_page("pages/live.py")
+    if state.launch(expand(demo, seeds=list(range(DEMO_SEEDS)))):
+        st.switch_page("pages/live.py")
 st.caption("A gain is real when its interval stays above zero. One run's interval covers the luck of the test "
            "images; a seed group's covers the luck of training too.")
 

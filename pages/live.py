@@ -8,7 +8,8 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
-from kdcore.jobs import LiveState, resumable
+from kdcore.jobs import LiveState
+from kdcore.jobs.service import ActionRefused
 from kdcore import charts, text
 from ui import parts, state
 
@@ -33,13 +34,16 @@ def _shown_run_id(mgr) -> Optional[int]:
 
 
 def _resume(run_id: int) -> None:
-    state.store().requeue(run_id)  # a worker picks it up and goes on from its last saved epoch
+    try:
+        state.service().resume(run_id)  # a worker picks it up and goes on from its last saved epoch
+    except ActionRefused as err:  # resumed from another tab, or its folder went, since the button was drawn
+        st.session_state["live_refused"] = str(err)
     st.session_state["live_pick"] = run_id
     state.runs_changed()
 
 
 def _cancel(run_id: int) -> None:
-    state.manager().cancel(run_id)
+    state.service().cancel(run_id)
     st.session_state["live_pick"] = run_id  # stay on the cancelled run rather than jump to the next one
     state.runs_changed()
 
@@ -113,7 +117,10 @@ def _panel(run_id: int, mgr) -> None:
     if status != "running":
         parts.outcome(run.status, run.error)
         if status in ("interrupted", "cancelled", "failed"):
-            problem = resumable(run, state.store())
+            refused = st.session_state.pop("live_refused", None)
+            if refused:
+                st.warning(refused, icon=":material/block:")
+            problem = state.service().resume_problem(run_id)
             st.button("Resume", key=f"resume_{run_id}", icon=":material/play_circle:", on_click=_resume,
                       args=(run_id,), disabled=problem is not None,
                       help=problem or "Go on from its last saved epoch; finished phases are not run again")

@@ -330,7 +330,8 @@ v["distill.method"] = method = left.selectbox("Method", list(declared), key=k("d
 spec = declared[method]
 form.method_options(spec)  # a switch of method starts from the new method's defaults
 uses_t = spec["uses_temperature"]
-v["distill.temperature"] = T = middle.slider("Temperature T", *form.T_RANGE, step=0.5, key=k("distill.temperature"),
+t_ends = form.t_slider_range(st.session_state.get(k("distill.temperature"), 4.0))  # holds a stored T as it is
+v["distill.temperature"] = T = middle.slider("Temperature T", *t_ends, step=form.T_STEP, key=k("distill.temperature"),
                                               disabled=not uses_t,
                                               help="Softens both softmaxes; higher T shows more of the teacher's "
                                                    "ranking of the wrong classes")
@@ -521,13 +522,9 @@ if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bo
     if search:
         st.session_state["ui.study"] = state.start_study(study_name, config, space, **study_settings)
         st.switch_page("pages/studies.py")
-    if sweep or seeds:
-        state.manager().submit_many(expand(config, seeds=seeds, temperatures=temperatures or None,
-                                           alphas=alphas or None, group=group or None,
-                                           teacher_per_seed=teacher_per_seed))
-    else:
-        state.manager().submit(config)
-    state.runs_changed()
-    st.switch_page("pages/live.py")
+    queued = expand(config, seeds=seeds, temperatures=temperatures or None, alphas=alphas or None,
+                    group=group or None, teacher_per_seed=teacher_per_seed) if sweep or seeds else [config]
+    if state.launch(queued):
+        st.switch_page("pages/live.py")
 if fields.errors:
     st.caption("Fix the fields marked in red to launch.")

@@ -11,7 +11,8 @@ import streamlit as st
 
 from kdcore.analysis import (confusion_matrix, expected_calibration_error, fixed_and_broken, per_class_accuracy,
                              per_class_gain, reliability_table)
-from kdcore.jobs import resumable
+from kdcore.jobs.service import ActionRefused
+from kdcore.record import phase_order, teacher_phases
 from kdcore import charts, text
 from kdcore.data import DatasetError
 from ui import form, images, parts, state
@@ -29,7 +30,9 @@ COLUMNS = {
     "student_best_val_acc": st.column_config.NumberColumn("Best val. acc.", format="percent"),
     "student_test_acc": st.column_config.NumberColumn("Student test acc.", format="percent"),
     "baseline_test_acc": st.column_config.NumberColumn("Baseline test acc.", format="percent"),
-    "teacher_test_acc": st.column_config.NumberColumn("Teacher test acc.", format="percent"),
+    "teacher_test_acc": st.column_config.NumberColumn("Teacher test acc.", format="percent",
+                                                      help="The first teacher's; a run of several has their "
+                                                           "ensemble's under Ensemble test acc."),
     "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
                                                  help="Student minus baseline test accuracy, in percentage points"),
     "kd_gain_interval": st.column_config.TextColumn(
@@ -45,7 +48,8 @@ COLUMNS = {
     "student_latency_ms_b1": st.column_config.NumberColumn(
         "Student latency (ms)", format="%.3g", help="Median time of one forward pass at batch 1 with PyTorch, "
                                                     "measured where the run trained, at the end of the run"),
-    "teacher_latency_ms_b1": st.column_config.NumberColumn("Teacher latency (ms)", format="%.3g"),
+    "teacher_latency_ms_b1": st.column_config.NumberColumn("Teacher latency (ms)", format="%.3g",
+                                                           help="The first teacher's, where a run has several"),
     "ensemble_test_acc": st.column_config.NumberColumn("Ensemble test acc.", format="percent",
                                                        help="Several teachers combined, as the student saw them"),
     "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
@@ -57,6 +61,7 @@ COLUMNS = {
                                                          "group, identical to what this run would have trained"),
     "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
 }
+TEACHERS_JOINED = " + "  # how the store's teacher_arch column joins a run's several teachers
 SCATTER_X = {"temperature": "temperature T", "alpha": "alpha α", "student_params": "student parameters",
              "student_flops": "student FLOPs per image (2 × MACs)"}
 FRONTIER_X = {key: label for key, (label, _) in charts.FRONTIER_AXES.items()}
@@ -73,8 +78,16 @@ labels = {int(i): f"#{i} {n}" for i, n in zip(runs["id"], runs["name"])}
 # ---- filters and table -------------------------------------------------------------------------
 cols = st.columns([3, 2, 2, 2, 2, 2, 2])
 search = cols[0].text_input("Search names", key="runs_search", placeholder="name contains…")
+
+
+def archs_of(teacher_arch) -> set[str]:
+    """A run's teacher architectures: its column lists several as "small_cnn + mlp"."""
+    return set(teacher_arch.split(TEACHERS_JOINED)) if isinstance(teacher_arch, str) else set()
+
+
 filters = {
-    column: widget_col.multiselect(label, sorted(runs[column].dropna().unique()), key=f"runs_filter_{column}")
+    column: widget_col.multiselect(label, sorted(set().union(*runs[column].map(archs_of))) if column == "teacher_arch"
+                                   else sorted(runs[column].dropna().unique()), key=f"runs_filter_{column}")
     for widget_col, (column, label) in zip(cols[1:], [("dataset", "Dataset"), ("teacher_arch", "Teacher"),
                                                       ("student_arch", "Student"), ("method", "Method"),
                                                       ("status", "Status")])
@@ -85,7 +98,9 @@ mask = pd.Series(True, index=runs.index)
 if search:
     mask &= runs["name"].str.contains(search, case=False, regex=False)
 for column, chosen in filters.items():
-    if chosen:
+    if chosen and column == "teacher_arch":  # a run of several teachers is shown for any one of them
+        mask &= runs[column].map(lambda arch: bool(archs_of(arch) & set(chosen)))
+    elif chosen:
         mask &= runs[column].isin(chosen)
 if tag:
     mask &= runs["tags"].map(lambda ts: bool(set(ts) & set(tag)))
@@ -107,90 +122,106 @@ right.download_button("Selected runs' curves as CSV",
                       file_name="curves.csv", mime="text/csv", on_click="ignore", disabled=not selected,
                       icon=":material/download:")
 
-# ---- comparisons -------------------------------------------------------------------------------
-groups_tab, pareto_tab, curves_tab, bars_tab, frontier_tab, diff_tab = st.tabs(
-    ["Groups", "Frontier", "Curves", "Test accuracy", "Scatter", "Config diff"])
-with curves_tab:
+# ---- comparisons: one function per tab -------------------------------------------------------------------
+def curves_tab(selected: list[int]) -> None:
     if not selected:
         st.caption("Select runs in the table to overlay their curves.")
-    else:
-        curves = state.metrics(selected, kind="epoch")
-        names = charts.metric_names(curves)  # a method's own loss terms too (train_tckd, train_hint, …)
-        a, b, c = st.columns(3)
-        metric = a.selectbox("Metric", names, format_func=charts.metric_label, index=names.index("val_acc"),
-                             key="runs_metric")
-        stored = list(dict.fromkeys(["student", "baseline", "teacher", *sorted(set(curves["phase"]))]))
-        phases = b.multiselect("Phases", stored, default=["student", "baseline"], format_func=charts.phase_label,
-                               key="runs_phases")
-        smoothing = c.slider("Smoothing", 0.0, 0.95, 0.0, step=0.05, key="runs_smoothing",
-                             help="Exponential moving average; 0 = the raw values")
-        st.plotly_chart(charts.overlay(curves, metric, labels, smoothing, phases, uirevision=metric),
-                        key="runs_overlay")
-with bars_tab:
+        return
+    curves = state.metrics(selected, kind="epoch")
+    names = charts.metric_names(curves)  # a method's own loss terms too (train_tckd, train_hint, …)
+    a, b, c = st.columns(3)
+    metric = a.selectbox("Metric", names, format_func=charts.metric_label, index=names.index("val_acc"),
+                         key="runs_metric")
+    stored = list(dict.fromkeys(["student", "baseline", "teacher", *sorted(set(curves["phase"]), key=phase_order)]))
+    phases = b.multiselect("Phases", stored, default=["student", "baseline"], format_func=charts.phase_label,
+                           key="runs_phases")
+    smoothing = c.slider("Smoothing", 0.0, 0.95, 0.0, step=0.05, key="runs_smoothing",
+                         help="Exponential moving average; 0 = the raw values")
+    st.plotly_chart(charts.overlay(curves, metric, labels, smoothing, phases, uirevision=metric),
+                    key="runs_overlay")
+
+
+def bars_tab(chosen_runs: pd.DataFrame) -> None:
     if chosen_runs.empty:
         st.caption("Select runs in the table to compare their test accuracy.")
     else:
         st.plotly_chart(charts.accuracy_bars(chosen_runs, labels), key="runs_bars")
-with frontier_tab:
+
+
+def scatter_tab(view: pd.DataFrame, selected: list[int]) -> None:
     a, b = st.columns(2)
     x = a.selectbox("Against", list(SCATTER_X), format_func=SCATTER_X.get, index=2, key="runs_scatter_x")
     y = b.selectbox("Metric", list(SCATTER_Y), format_func=SCATTER_Y.get, key="runs_scatter_y")
     st.plotly_chart(charts.frontier(view, x, y, selected, SCATTER_X[x], SCATTER_Y[y]), key="runs_frontier")
     st.caption("Every run shown in the table; the selected ones are outlined.")
-with pareto_tab:
+
+
+def frontier_tab(view: pd.DataFrame) -> None:
     # one dataset at a time: accuracies on different test sets do not share an axis
     finished = view[view["status"] == "completed"]
     datasets = list(dict.fromkeys(finished["dataset"].dropna()))  # the most recent run's first
     if not datasets:
         st.caption("No completed runs among these yet: the frontier needs their test accuracies.")
-    else:
-        a, b = st.columns(2)
-        dataset = a.selectbox("Dataset", datasets, key="runs_pareto_dataset")
-        points = state.frontier_points_of(dataset)
-        points = points[points["run_id"].isin(finished["id"])]
-        axes = [k for k in FRONTIER_X if k != "latency_ms_b1" or points[k].notna().any()]
-        x_axis = b.selectbox("Cost", axes, format_func=FRONTIER_X.get, key="runs_pareto_x",
-                             help=text.FLOPS_HELP + ". Latency appears once runs have measured it.")
-        st.plotly_chart(charts.pareto_frontier(points, x_axis, dataset), key="runs_pareto")
-        st.caption("Teacher (◆), baseline (■) and distilled student (●) of each completed run in the table; "
-                   "the line joins the points no other point beats on both cost and accuracy.")
-with diff_tab:
+        return
+    a, b = st.columns(2)
+    dataset = a.selectbox("Dataset", datasets, key="runs_pareto_dataset")
+    points = state.frontier_points_of(dataset)
+    points = points[points["run_id"].isin(finished["id"])]
+    axes = [k for k in FRONTIER_X if k != "latency_ms_b1" or points[k].notna().any()]
+    x_axis = b.selectbox("Cost", axes, format_func=FRONTIER_X.get, key="runs_pareto_x",
+                         help=text.FLOPS_HELP + ". Latency appears once runs have measured it.")
+    st.plotly_chart(charts.pareto_frontier(points, x_axis, dataset), key="runs_pareto")
+    st.caption("Teacher (◆), baseline (■) and distilled student (●) of each completed run in the table; "
+               "the line joins the points no other point beats on both cost and accuracy.")
+
+
+def diff_tab(selected: list[int]) -> None:
     if len(selected) < 2:
         st.caption("Select two or more runs to see where their configs differ.")
+        return
+    table = state.config_table(selected)
+    differs = table.astype(str).nunique(axis=1) > 1
+    if differs.any():
+        st.dataframe(table[differs].astype(str), width="stretch")
     else:
-        table = state.config_table(selected)
-        differs = table.astype(str).nunique(axis=1) > 1
-        if differs.any():
-            st.dataframe(table[differs].astype(str), width="stretch")
-        else:
-            st.caption("Their configs are identical.")
-with groups_tab:
+        st.caption("Their configs are identical.")
+
+
+def groups_tab(view: pd.DataFrame) -> None:
     groups = state.seed_groups(dict.fromkeys(view["group"].dropna()))  # newest first; studies have their page
     if not groups:
         st.caption("No seed groups or sweeps among these runs; queue one from **New experiment** (Seeds, or a "
                    "sweep over T and α).")
-    else:
-        group = st.selectbox("Group", groups, key="runs_group")
-        report = state.group(group)
-        members = runs[runs["group"] == group]
-        if report is not None:
-            parts.group_card(report)
-            st.plotly_chart(charts.group_dots(members, report["aggregate"]), key="runs_group_dots")
-        swept = members[["temperature", "alpha"]].drop_duplicates()
-        if len(swept) > 1:
-            a, _ = st.columns([1, 3])
-            value = a.radio("Heatmap of", ["kd_gain", "student_test_acc"], horizontal=True, key="runs_sweep_value",
-                            format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
-            st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
-        a, b = st.columns([1, 3])
-        curves = state.metrics(members["id"], kind="epoch")
-        names = charts.metric_names(curves)
-        metric = a.selectbox("Curve", names, format_func=charts.metric_label, index=names.index("val_acc"),
-                             key="runs_group_metric")
-        st.plotly_chart(charts.averaged_curves(curves, metric), key="runs_group_curves")
-        shared = members.dropna(subset=["shares"])
-        if not shared.empty:
-            st.caption("Shared phases: " + "; ".join(f"#{i} reuses the {s}" for i, s in zip(shared["id"], shared["shares"])))
+        return
+    group = st.selectbox("Group", groups, key="runs_group")
+    report = state.group(group)
+    members = runs[runs["group"] == group]
+    if report is not None:
+        parts.group_card(report)
+        st.plotly_chart(charts.group_dots(members, report["aggregate"]), key="runs_group_dots")
+    swept = members[["temperature", "alpha"]].drop_duplicates()
+    if len(swept) > 1:
+        a, _ = st.columns([1, 3])
+        value = a.radio("Heatmap of", ["kd_gain", "student_test_acc"], horizontal=True, key="runs_sweep_value",
+                        format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
+        st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
+    a, b = st.columns([1, 3])
+    curves = state.metrics(members["id"], kind="epoch")
+    names = charts.metric_names(curves)
+    metric = a.selectbox("Curve", names, format_func=charts.metric_label, index=names.index("val_acc"),
+                         key="runs_group_metric")
+    st.plotly_chart(charts.averaged_curves(curves, metric), key="runs_group_curves")
+    shared = members.dropna(subset=["shares"])
+    if not shared.empty:
+        st.caption("Shared phases: " + "; ".join(f"#{i} reuses the {s}" for i, s in zip(shared["id"], shared["shares"])))
+
+
+TABS = {"Groups": lambda: groups_tab(view), "Frontier": lambda: frontier_tab(view),
+        "Curves": lambda: curves_tab(selected), "Test accuracy": lambda: bars_tab(chosen_runs),
+        "Scatter": lambda: scatter_tab(view, selected), "Config diff": lambda: diff_tab(selected)}
+for tab, draw in zip(st.tabs(list(TABS)), TABS.values()):
+    with tab:
+        draw()
 
 # ---- one run ---------------------------------------------------------------------------------------
 if not selected:
@@ -210,7 +241,8 @@ st.caption(f"{run.status} · {run.dataset} · {text.teachers_line(run.config, ru
            + (f" · took {text.duration(run.duration_s)}" if run.duration_s else "")
            + (f" · {run.device}" if run.device else ""))
 
-with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
+def edit_panel(run) -> None:
+    """Rename, tag, annotate or delete, through the service (pages never write to the store themselves)."""
     with st.form(f"edit_{run.id}", border=False):
         name = st.text_input("Name", value=run.name, key=f"edit_name_{run.id}")
         tags = st.text_input("Tags", value=", ".join(run.tag_list), key=f"edit_tags_{run.id}",
@@ -218,7 +250,7 @@ with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
         notes = st.text_area("Notes", value=run.notes, key=f"edit_notes_{run.id}")
         if st.form_submit_button("Save", icon=":material/save:"):
             try:
-                state.store().update_run(run.id, name=name, tags=tags.split(","), notes=notes)
+                state.service().edit(run.id, name=name, tags=tags.split(","), notes=notes)
             except ValueError as err:
                 st.error(str(err))
             else:
@@ -227,120 +259,134 @@ with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
     if st.session_state.get("runs_confirm_delete") != run.id:
         st.button("Delete this run", icon=":material/delete:", key=f"delete_{run.id}",
                   on_click=lambda: st.session_state.update(runs_confirm_delete=run.id))
-    else:
-        st.warning(f"Delete run #{run.id}, its curves and its files (weights, logits)? This cannot be undone.")
-        yes, no, _ = st.columns([1, 1, 4])
-        if yes.button("Yes, delete it", type="primary", key=f"delete_yes_{run.id}"):
-            st.session_state.pop("runs_confirm_delete", None)
+        return
+    st.warning(f"Delete run #{run.id}, its curves and its files (weights, logits)? This cannot be undone.")
+    yes, no, _ = st.columns([1, 1, 4])
+    if yes.button("Yes, delete it", type="primary", key=f"delete_yes_{run.id}"):
+        st.session_state.pop("runs_confirm_delete", None)
+        try:
+            state.service().delete(run.id)
+        except ActionRefused as err:  # still queued or running
+            st.error(str(err))
+        else:
+            state.runs_changed()
+            st.rerun()
+    if no.button("Keep it", key=f"delete_no_{run.id}"):
+        st.session_state.pop("runs_confirm_delete", None)
+        st.rerun()
+
+
+def summary_view(run) -> None:
+    parts.outcome(run.status, run.error)
+    if run.status in ("interrupted", "cancelled", "failed"):
+        problem = state.service().resume_problem(run.id)
+        if st.button("Resume", key=f"resume_{run.id}", icon=":material/play_circle:", disabled=problem is not None,
+                     help=problem or "Go on from its last saved epoch; finished phases are not run again"):
             try:
-                state.store().delete_run(run.id)
-            except ValueError as err:  # still queued or running
+                state.service().resume(run.id)
+            except ActionRefused as err:  # resumed from elsewhere since the button was drawn
                 st.error(str(err))
             else:
                 state.runs_changed()
-                st.rerun()
-        if no.button("Keep it", key=f"delete_no_{run.id}"):
-            st.session_state.pop("runs_confirm_delete", None)
-            st.rerun()
-
-CALIBRATION = "Calibration and per class"
-shown = st.radio("Show", ["Summary", "Config", "Curves", "Test set", CALIBRATION, "Downloads"], horizontal=True,
-                 key="runs_detail_view", label_visibility="collapsed")
-if shown == "Summary":
-    parts.outcome(run.status, run.error)
-    if run.status in ("interrupted", "cancelled", "failed"):
-        problem = resumable(run, state.store())
-        if st.button("Resume", key=f"resume_{run.id}", icon=":material/play_circle:", disabled=problem is not None,
-                     help=problem or "Go on from its last saved epoch; finished phases are not run again"):
-            state.store().requeue(run.id)
-            state.runs_changed()
-            st.session_state["live_pick"] = run.id
-            st.switch_page("pages/live.py")
+                st.session_state["live_pick"] = run.id
+                st.switch_page("pages/live.py")
     parts.summary_card(run.summary)
     if run.notes:
         st.markdown(f"**Notes:** {run.notes}")
     if st.button("New experiment from this run", icon=":material/content_copy:", key=f"restart_{run.id}"):
         form.start_from(run.config)
         st.switch_page("pages/new_experiment.py")
-elif shown == "Config":
-    st.json(run.config)
-elif shown == "Curves":
+
+
+def curves_view(run) -> None:
     figures = charts.all_curves(state.metrics([run.id]), uirevision=run.id)
     if not figures:
         st.caption("No curves were stored for this run.")
     for i in range(0, len(figures), 2):
         for j, (col, fig) in enumerate(zip(st.columns(2), figures[i:i + 2])):
             col.plotly_chart(fig, key=f"detail_curve_{run.id}_{i + j}")
-elif shown == "Test set":
+
+
+def _teachers_in(logits: dict) -> list[str]:
+    """Every teacher whose test logits the run stored, in order. Not the stored "ensemble": its logits only mean
+    the ensemble softened at the run's T, so its confidence at T = 1 is no calibration of anything."""
+    return teacher_phases(logits)
+
+
+def test_set_view(run) -> None:
     logits = state.test_logits(run.id)
     if logits is None:
         st.caption("This run stored no test-set predictions.")
-    else:
-        labels_t = logits["labels"]
-        models = [m for m in ("student", *state.teacher_phases(logits), "baseline") if m in logits]
-        num_classes = logits[models[0]].shape[1]
-        names = state.class_names(run.config.get("dataset") or {}, num_classes)
-        model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model",
-                         format_func=charts.phase_label)
-        cm = confusion_matrix(logits[model], labels_t, num_classes).numpy()
-        acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy() for m in models}
-        left, right = st.columns(2)
-        left.plotly_chart(charts.confusion(cm, names, f"{charts.phase_label(model)}: confusion on the test set"),
-                          key="runs_cm")
-        right.plotly_chart(charts.per_class(acc, names), key="runs_per_class")
-        worst = np.argsort(acc["student"])[:3]
-        st.caption("The student's weakest classes: " + ", ".join(f"{names[i]} ({text.pct(acc['student'][i])})"
-                                                                 for i in worst))
-elif shown == CALIBRATION:
+        return
+    labels_t = logits["labels"]
+    models = [m for m in ("student", *state.teacher_phases(logits), "baseline") if m in logits]
+    num_classes = logits[models[0]].shape[1]
+    names = state.class_names(run.config.get("dataset") or {}, num_classes)
+    model = st.radio("Confusion matrix of", models, horizontal=True, key="runs_cm_model",
+                     format_func=charts.phase_label)
+    cm = confusion_matrix(logits[model], labels_t, num_classes).numpy()
+    acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy() for m in models}
+    left, right = st.columns(2)
+    left.plotly_chart(charts.confusion(cm, names, f"{charts.phase_label(model)}: confusion on the test set"),
+                      key="runs_cm")
+    right.plotly_chart(charts.per_class(acc, names), key="runs_per_class")
+    worst = np.argsort(acc["student"])[:3]
+    st.caption("The student's weakest classes: " + ", ".join(f"{names[i]} ({text.pct(acc['student'][i])})"
+                                                             for i in worst))
+
+
+def calibration_view(run) -> None:
     logits = state.test_logits(run.id) if run.status == "completed" else None
     if logits is None:
         st.caption("Calibration and per-class results need a completed run with stored test-set predictions.")
-    else:
-        labels_t = logits["labels"]
-        models = [m for m in ("teacher", "student", "baseline") if m in logits]
-        num_classes = logits["student"].shape[1]
-        names = state.class_names(run.config.get("dataset") or {}, num_classes)
-        tables = {m: reliability_table(logits[m], labels_t) for m in models}
-        eces = {m: expected_calibration_error(logits[m], labels_t) for m in models}
-        st.subheader("Calibration")
-        for col, m in zip(st.columns(3), models):
-            col.metric(f"{charts.phase_label(m).capitalize()} ECE", text.pct(eces[m]),
-                       help="Expected calibration error over 15 equal-width confidence bins: the gap between how "
-                            "sure the model is (its top softmax probability) and how often it is right, averaged "
-                            "over the test images; 0 is perfectly calibrated")
-        st.plotly_chart(charts.reliability_diagram(tables, eces), key="runs_reliability")
-        st.subheader("Per class")
-        acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy()
-               for m in ("teacher", "baseline", "student") if m in logits}
-        left, right = st.columns(2)
-        left.plotly_chart(charts.per_class(acc, names), key="runs_calib_per_class")
-        if "baseline" not in logits:
-            right.caption("This run trained no baseline, so there is no per-class KD gain.")
-        else:
-            right.plotly_chart(charts.class_gain_bars(per_class_gain(logits["student"], logits["baseline"], labels_t,
-                                                                     num_classes), names), key="runs_class_gain")
-            fixed, broken = fixed_and_broken(logits["student"], logits["baseline"], labels_t)
-            try:
-                data = state.dataset(run.config["dataset"])
-            except (DatasetError, OSError, ValueError, KeyError) as err:
-                data = None
-                st.caption(f"The test images cannot be shown ({text.headline(str(err))}).")
-            s_pred, b_pred = logits["student"].argmax(1).tolist(), logits["baseline"].argmax(1).tolist()
-            truth = labels_t.tolist()
-            for title, indices, key in ((f"Distillation fixed {len(fixed)} test images", fixed, "fixed"),
-                                        (f"Distillation broke {len(broken)} test images", broken, "broken")):
-                st.markdown(f"**{title}**: the "
-                            + ("student gets them right and the baseline wrong" if key == "fixed"
-                               else "baseline gets them right and the student wrong"))
-                if data is not None and indices:
-                    images.gallery(lambda idx: data.denormalize(data.test.images(idx)), indices,
-                                   lambda i: f"#{i} {names[truth[i]]} · b {names[b_pred[i]]} · s {names[s_pred[i]]}",
-                                   key=f"runs_{key}_{run.id}")
-            st.caption("Under each image: its number, true class, then the baseline's (b) and the student's (s) "
-                       "prediction. Their counts are the discordant pairs McNemar's test weighs.")
-else:
+        return
+    labels_t = logits["labels"]
+    models = [*_teachers_in(logits), *(m for m in ("student", "baseline") if m in logits)]  # every teacher
+    num_classes = logits["student"].shape[1]
+    names = state.class_names(run.config.get("dataset") or {}, num_classes)
+    tables = {m: reliability_table(logits[m], labels_t) for m in models}
+    eces = {m: expected_calibration_error(logits[m], labels_t) for m in models}
+    st.subheader("Calibration")
+    for col, m in zip(st.columns(max(3, len(models))), models):
+        col.metric(f"{charts.phase_label(m).capitalize()} ECE", text.pct(eces[m]),
+                   help="Expected calibration error over 15 equal-width confidence bins: the gap between how "
+                        "sure the model is (its top softmax probability) and how often it is right, averaged "
+                        "over the test images; 0 is perfectly calibrated")
+    st.plotly_chart(charts.reliability_diagram(tables, eces), key="runs_reliability")
+    st.subheader("Per class")
+    acc = {m: per_class_accuracy(logits[m], labels_t, num_classes).numpy()
+           for m in (*_teachers_in(logits), "baseline", "student") if m in logits}
+    left, right = st.columns(2)
+    left.plotly_chart(charts.per_class(acc, names), key="runs_calib_per_class")
+    if "baseline" not in logits:
+        right.caption("This run trained no baseline, so there is no per-class KD gain.")
+        return
+    right.plotly_chart(charts.class_gain_bars(per_class_gain(logits["student"], logits["baseline"], labels_t,
+                                                             num_classes), names), key="runs_class_gain")
+    fixed, broken = fixed_and_broken(logits["student"], logits["baseline"], labels_t)
+    try:
+        data = state.dataset(run.config["dataset"])
+    except (DatasetError, OSError, ValueError, KeyError) as err:
+        data = None
+        st.caption(f"The test images cannot be shown ({text.headline(str(err))}).")
+    s_pred, b_pred = logits["student"].argmax(1).tolist(), logits["baseline"].argmax(1).tolist()
+    truth = labels_t.tolist()
+    for title, indices, key in ((f"Distillation fixed {len(fixed)} test images", fixed, "fixed"),
+                                (f"Distillation broke {len(broken)} test images", broken, "broken")):
+        st.markdown(f"**{title}**: the "
+                    + ("student gets them right and the baseline wrong" if key == "fixed"
+                       else "baseline gets them right and the student wrong"))
+        if data is not None and indices:
+            images.gallery(lambda idx: data.denormalize(data.test.images(idx)), indices,
+                           lambda i: f"#{i} {names[truth[i]]} · b {names[b_pred[i]]} · s {names[s_pred[i]]}",
+                           key=f"runs_{key}_{run.id}")
+    st.caption("Under each image: its number, true class, then the baseline's (b) and the student's (s) "
+               "prediction. Their counts are the discordant pairs McNemar's test weighs.")
+
+
+def downloads_view(run) -> None:
     found = False
-    teachers = [t.get("phase") for t in parts.teachers_of(run.summary or {})] or ["teacher"]
+    teachers = [t.phase for t in parts.teachers_of(run.summary or {})] or ["teacher"]
     for phase in ("student", *teachers, "baseline"):
         path = state.weights_path(run.id, phase)
         if path is None:
@@ -382,3 +428,12 @@ else:
         st.caption("This run stored no weights.")
     st.caption("Weights files hold {arch, num_classes, in_channels, image_size, options, state_dict}; "
                "read them with torch.load(path, weights_only=True).")
+
+
+with st.expander("Rename, tag, annotate or delete", icon=":material/edit:"):
+    edit_panel(run)
+
+VIEWS = {"Summary": summary_view, "Config": lambda r: st.json(r.config), "Curves": curves_view,
+         "Test set": test_set_view, "Calibration and per class": calibration_view, "Downloads": downloads_view}
+shown = st.radio("Show", list(VIEWS), horizontal=True, key="runs_detail_view", label_visibility="collapsed")
+VIEWS[shown](run)

@@ -20,7 +20,35 @@ from kdcore.inputs import InputRefused, load_yaml
 
 PREFIX = "f."
 BASE = "f.base"
-T_RANGE = (1.0, 20.0)  # the temperature slider's range
+T_STEP = 0.5  # the temperature sliders' step
+
+
+def _t_bounds() -> tuple[float, float, bool]:
+    """distill.temperature's range as the config declares it (its pydantic field's gt/ge and le/lt): low, high,
+    and whether low itself is allowed. Read, not copied, so the form offers every T a run may have."""
+    import annotated_types as at
+
+    from kdcore.config import DistillConfig
+
+    low, high, low_allowed = 0.0, math.inf, True
+    for rule in DistillConfig.model_fields["temperature"].metadata:
+        if isinstance(rule, at.Gt):
+            low, low_allowed = float(rule.gt), False
+        elif isinstance(rule, at.Ge):
+            low = float(rule.ge)
+        elif isinstance(rule, (at.Le, at.Lt)):
+            high = float(getattr(rule, "le", getattr(rule, "lt", high)))
+    return low, high, low_allowed
+
+
+
+
+def t_slider_range(value: float) -> tuple[float, float]:
+    """A T slider's ends that hold `value` as it is (a stored T is never clamped): the config's range, but
+    starting at one step rather than at an excluded 0 (or at `value`, when lower)."""
+    low, high, low_allowed = _t_bounds()
+    start = low if low_allowed else min(low + T_STEP, float(value))
+    return start, max(high, float(value))
 TEACHERS = "ui.teachers"  # how many teachers the form shows
 COMBINE = "ui.combine"  # several teachers: "average" (equal weights) or "weights" (one number each)
 OPTIONS_OF = "ui.options_of"  # the method whose options the f.distill.options.* keys hold
@@ -63,7 +91,7 @@ def _as_widget_value(path: str, value: Any) -> Any:
     if path == "dataset.root" or path.endswith(".checkpoint"):
         return value or ""
     if path == "distill.temperature":
-        return min(max(float(value), T_RANGE[0]), T_RANGE[1])
+        return float(value)  # as stored: the slider's range holds any T the config allows
     return value
 
 

@@ -3,38 +3,33 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kdcore.stats import describe_paired
 from kdcore import charts, text
+from kdcore.record.summary import PhaseResult, RunSummary, gain_sentence
 from ui import state
 
 
-def teachers_of(summary: dict) -> list[dict]:
-    """The run's teachers as the summary lists them ({phase, arch, source, test_acc, params,
-    pretrained_test_acc, finetune_epochs}); for a summary without the list, its teacher keys."""
-    listed = [t for t in summary.get("teachers") or [] if isinstance(t, dict)]
-    if listed:
-        return listed
-    numbered = [k.removesuffix("_test_acc") for k in summary if k.endswith("_test_acc")]
-    phases = sorted((p for p in numbered if p == "teacher" or p.startswith("teacher") and p[len("teacher"):].isdigit()),
-                    key=lambda p: int(p[len("teacher"):] or 1))
-    return [{"phase": p, "test_acc": summary.get(f"{p}_test_acc"), "params": summary.get(f"{p}_params"),
-             "pretrained_test_acc": summary.get(f"{p}_pretrained_test_acc")} for p in phases]
+def teachers_of(summary: dict) -> list[PhaseResult]:
+    """The run's teachers in order, each with its arch, source and results (kdcore.record.summary's one rule)."""
+    return RunSummary.from_stored(summary).teachers()
 
 
-def _teachers_total(summary: dict, teachers: list[dict], what: str):
+def _teacher_phases(teachers: list[PhaseResult]) -> list[str]:
+    return [t.phase for t in teachers] or ["teacher"]  # a summary that names none: its one teacher's keys
+
+
+def _teachers_total(summary: dict, teachers: list[PhaseResult], what: str):
     """The teachers' parameters or FLOPs together (the run's cost of teaching); None when one is unknown."""
-    values = [summary.get(f"{t.get('phase')}_{what}") for t in teachers] or [summary.get(f"teacher_{what}")]
+    values = [summary.get(f"{p}_{what}") for p in _teacher_phases(teachers)]
     return None if any(text.missing(v) for v in values) else sum(values)
 
 
-def _teachers_macs(summary: dict, teachers: list[dict]):
+def _teachers_macs(summary: dict, teachers: list[PhaseResult]):
     """The teachers' multiply-adds per image together (`<phase>_macs`, else FLOPs / 2); None when one is unknown."""
-    phases = [t.get("phase") or "teacher" for t in teachers] or ["teacher"]
-    values = [text.macs_of(summary, p) for p in phases]
+    values = [text.macs_of(summary, p) for p in _teacher_phases(teachers)]
     return None if any(text.missing(v) for v in values) else sum(values)
 
 
-def cost_row(summary: dict, teachers: list[dict], t_flops, t_macs) -> None:
+def cost_row(summary: dict, teachers: list[PhaseResult], t_flops, t_macs) -> None:
     """One line of the compression in both conventions (FLOPs = 2 × MACs), and the batch-1 latencies when measured."""
     if not text.missing(summary.get("student_flops")):
         st.caption(f"Per image: student {text.compact(summary.get('student_flops'))} FLOPs = "
@@ -45,8 +40,7 @@ def cost_row(summary: dict, teachers: list[dict], t_flops, t_macs) -> None:
     student_ms = summary.get("student_latency_ms_b1")
     if text.missing(student_ms):
         return
-    latencies = [summary.get(f"{t.get('phase') or 'teacher'}_latency_ms_b1") for t in teachers] \
-        or [summary.get("teacher_latency_ms_b1")]
+    latencies = [summary.get(f"{p}_latency_ms_b1") for p in _teacher_phases(teachers)]
     teacher_ms = None if any(text.missing(v) for v in latencies) else sum(latencies)
     threads = summary.get("latency_threads")
     where = f"with {threads} thread{'s' if threads != 1 else ''}" if threads else "threads not recorded"
@@ -101,7 +95,7 @@ def summary_card(summary: dict) -> None:
                         f"({text.compact(text.macs_of(summary, 'student'), 'MACs')}) per image against {whose} "
                         f"{text.compact(t_flops, 'FLOPs')} ({text.compact(t_macs, 'MACs')}). {text.FLOPS_HELP}.")
     cost_row(summary, teachers, t_flops, t_macs)
-    finetuned = [t for t in teachers if not text.missing(t.get("pretrained_test_acc"))]
+    finetuned = [t for t in teachers if not text.missing(t.pretrained_test_acc)]
     if several or finetuned:
         teacher_row(teachers)
     own_training_note(summary)
@@ -109,22 +103,22 @@ def summary_card(summary: dict) -> None:
         gain_verdict(summary)
 
 
-def teacher_row(teachers: list[dict]) -> None:
+def teacher_row(teachers: list[PhaseResult]) -> None:
     """Each teacher's test accuracy; a fine-tuned one's as before → after fine-tuning on this dataset."""
     cols = st.columns(max(len(teachers), 3))
     lines = []
     for col, t in zip(cols, teachers):
-        name = charts.phase_label(t.get("phase", "teacher")).capitalize()
-        label = name + (f" · {t['arch']}" if t.get("arch") else "")
-        before, after = t.get("pretrained_test_acc"), t.get("test_acc")
+        name = charts.phase_label(t.phase).capitalize()
+        label = name + (f" · {t.arch}" if t.arch else "")
+        before, after = t.pretrained_test_acc, t.test_acc
         tuned = not text.missing(before)
-        source = t.get("source")
+        source = t.source
         gained = f"{text.points(after - before)} from fine-tuning" if tuned and not text.missing(after) else None
         col.metric(label, text.pct(after), delta=gained,
                    help=(f"Weights from {source}. " if source else "")
                    + (f"Before fine-tuning on this dataset {text.pct(before)}, after {text.pct(after)}" if tuned else ""))
         if tuned:
-            epochs = t.get("finetune_epochs")
+            epochs = t.finetune_epochs
             lines.append(f"{label}: {text.pct(before)} before fine-tuning → {text.pct(after)} after"
                          + (f" {epochs} epoch{'s' if epochs != 1 else ''} on this dataset" if epochs else ""))
     if lines:
@@ -133,7 +127,7 @@ def teacher_row(teachers: list[dict]) -> None:
 
 def own_training_note(summary: dict) -> None:
     """Which teachers trained with settings of their own (augmentation, learning rate), in a caption."""
-    phases = [t.get("phase", "teacher") for t in teachers_of(summary)]
+    phases = [t.phase for t in teachers_of(summary)]
     notes = [f"{charts.phase_label(p).capitalize()}: {text.own_settings(summary, p)}" for p in phases
              if text.own_settings(summary, p)]
     if notes:
@@ -144,9 +138,7 @@ def own_training_note(summary: dict) -> None:
 def gain_verdict(summary: dict) -> None:
     """The gain in words, and what its interval means."""
     discordant = summary.get("kd_gain_discordant") or {}
-    net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
-    words = describe_paired(summary.get("kd_gain"), summary.get("kd_gain_ci95"), summary.get("kd_gain_p_value"),
-                            summary.get("test_images"), net)
+    words = gain_sentence(summary)
     p = summary.get("kd_gain_p_value")
     real = p is not None and p < 0.05 and "not distinguishable" not in words
     (st.success if real and summary["kd_gain"] > 0 else st.warning if real else st.info)(

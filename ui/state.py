@@ -19,16 +19,17 @@ import torch
 from kdcore.analysis import entropy_vs_temperature, frontier_points, kl_vs_temperature
 from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig, load_config
-from kdcore.engine.run import TEST_LOGITS_FILE
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager
+from kdcore.jobs.service import RunService
+from kdcore.record import RunFolder, teacher_phases as _teachers_among
 from kdcore.store import ACTIVE, DAMAGED_LABEL, FolderOutsideRoot, Run, RunNotFound, Store, StoreError, default_url
 from kdcore import text
 from ui.workers import start_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
-CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, the range of the T sliders
+CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, where T is usually chosen (the sliders go on)
 
 
 @st.cache_resource(show_spinner=False)
@@ -81,6 +82,26 @@ def store() -> Store:
 @_shows_store_faults
 def manager() -> JobManager:
     return _FaultsShown(_manager(default_url()))
+
+
+@_shows_store_faults
+def service() -> RunService:
+    """What a person can do to runs (submit, cancel, resume, delete, rename, tag): pages act through this, never
+    through the store's writes. Its refusals (ActionRefused, ConfigError) are the page's to show."""
+    return _FaultsShown(RunService(_store(default_url()), wake=_manager(default_url()).wake, here=runs_here()))
+
+
+def launch(configs) -> bool:
+    """Checks and queues runs through the service; a refusal shows as its line in place, and nothing is queued."""
+    from kdcore.config import ConfigError
+
+    try:
+        service().submit_many(list(configs))
+    except ConfigError as err:
+        st.error(f"Not queued: {err}", icon=":material/block:")
+        return False
+    runs_changed()
+    return True
 
 
 @st.cache_resource(show_spinner=False)
@@ -182,13 +203,13 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
 @_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
     """{"labels", "teacher", "teacher2"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     return _test_logits(str(path), _stamp(path)) if path else None
 
 
 @_shows_store_faults
 def has_test_logits(run_id: int) -> bool:
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     return bool(path and path.is_file())
 
 
@@ -198,8 +219,7 @@ ENSEMBLE = "ensemble"
 def teacher_phases(logits: dict) -> list[str]:
     """The teachers whose test logits a run stored, in order ("teacher", "teacher2", …), then "ensemble" when
     there are several (computed from theirs, not read)."""
-    found = [k for k in logits if k == "teacher" or (k.startswith("teacher") and k[len("teacher"):].isdigit())]
-    found.sort(key=lambda k: int(k[len("teacher"):] or 1))
+    found = _teachers_among(logits)
     return found + ([ENSEMBLE] if len(found) > 1 else [])
 
 
@@ -243,7 +263,7 @@ def temperature_curves(run_id: int, phase: str = "teacher",
                        weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
     """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
     ("teacher", "teacher2", … or "ensemble", whose teachers are averaged with `weights`)."""
-    path = _run_file(run_id, TEST_LOGITS_FILE)
+    path = _test_logits_path(run_id)
     if path is None:
         return None
     return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
@@ -264,16 +284,22 @@ def frontier_points_of(dataset: str) -> pd.DataFrame:
 
 @_shows_store_faults
 def weights_path(run_id: int, phase: str) -> Optional[Path]:
-    path = _run_file(run_id, f"{phase}.pt")
+    folder = _folder(run_id)
+    path = folder.weights(phase) if folder else None
     return path if path and path.is_file() else None
 
 
-def _run_file(run_id: int, name: str) -> Optional[Path]:
-    """A file in the run's folder; None when the run's folder leads outside the artefact root."""
+def _folder(run_id: int) -> Optional[RunFolder]:
+    """The run's folder; None when it leads outside the artefact root."""
     try:
-        return store().run_dir(int(run_id)) / name
+        return RunFolder(store().run_dir(int(run_id)))
     except FolderOutsideRoot:
         return None
+
+
+def _test_logits_path(run_id: int) -> Optional[Path]:
+    folder = _folder(run_id)
+    return folder.test_logits if folder else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

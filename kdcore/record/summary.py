@@ -1,0 +1,142 @@
+"""A run's stored summary, typed: its phases' results, its teachers, its KD gain in words.
+
+The summary stays the JSON dict a run stores (`<phase>_test_acc`, `teachers`, `kd_gain_ci95`, …); RunSummary
+reads it and hands it back unchanged, so old stores and other readers see the same JSON.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from kdcore.record.phases import BASELINE, STUDENT, teacher_phases
+
+# Summary keys copied into the runs table's own columns when a run finishes: the runs table, group reports and
+# sorting read them in one query, without parsing thousands of summaries (kdcore.store's SUMMARY_COLUMNS).
+PROMOTED_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
+                    "teacher_params", "student_params", "teacher_flops", "student_flops")
+# Summary keys the runs frame reads out of the summary JSON, not columns of their own (kdcore.store's
+# FRAME_FROM_SUMMARY and TEXT_FROM_SUMMARY); kd_gain_ci95 is read as kd_gain_low and kd_gain_high.
+FRAME_KEYS = ("kd_gain_ci95", "kd_gain_p_value", "test_images", "teacher_from_run", "baseline_from_run",
+              "ensemble_test_acc", "student_latency_ms_b1", "teacher_latency_ms_b1", "eval_precision")
+
+
+def _number(value) -> Optional[float]:
+    """A stored number, or None for a missing, non-numeric or NaN one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What one phase (a teacher, the student, the baseline) ended with, as its run stored it."""
+
+    phase: str
+    arch: Optional[str] = None
+    source: Optional[str] = None  # a teacher's: train, checkpoint, run, torchvision, …
+    test_acc: Optional[float] = None
+    params: Optional[float] = None
+    flops: Optional[float] = None
+    macs: Optional[float] = None  # stored, else FLOPs / 2 (a multiply-add is 2 FLOPs)
+    latency_ms_b1: Optional[float] = None
+    pretrained_test_acc: Optional[float] = None  # a fine-tuned teacher's before fine-tuning
+    finetune_epochs: Optional[int] = None
+    from_run: Optional[int] = None  # trained by another run of the group and reused here
+
+
+class RunSummary:
+    """A run's summary dict, read through one set of rules."""
+
+    def __init__(self, data: Optional[Mapping] = None):
+        self._data = copy.deepcopy(dict(data)) if isinstance(data, Mapping) else {}
+
+    @classmethod
+    def from_stored(cls, data) -> "RunSummary":
+        """From the stored dict (None or a damaged value read as empty)."""
+        return cls(data)
+
+    def to_stored(self) -> dict:
+        """The dict as stored, unchanged: RunSummary.from_stored(d).to_stored() == d."""
+        return copy.deepcopy(self._data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    # ---- phases -------------------------------------------------------------------------------------------
+    def teacher_phases(self) -> list[str]:
+        """The run's teachers in order: as its `teachers` list names them, else (a run stored before the list)
+        the teacher phases it stored a test accuracy for."""
+        listed = [t.get("phase") for t in self._listed()]
+        if listed:
+            return [p for p in listed if isinstance(p, str) and p]
+        return teacher_phases(k.removesuffix("_test_acc") for k in self._data if k.endswith("_test_acc"))
+
+    def teachers(self, default_arch: Optional[str] = None) -> list[PhaseResult]:
+        """Each teacher's result, in order; `default_arch` (the run's teacher_arch column) names a teacher whose
+        summary does not."""
+        return [self.phase(p, default_arch) for p in self.teacher_phases()]
+
+    def phase(self, phase: str, default_arch: Optional[str] = None) -> PhaseResult:
+        """One phase's result; a phase the run did not store has only its name (and `default_arch`)."""
+        s = self._data
+        entry = next((t for t in self._listed() if t.get("phase") == phase), {})
+        flops = _number(s.get(f"{phase}_flops"))
+        macs = _number(s.get(f"{phase}_macs"))
+        from_run = s.get(f"{phase}_from_run")
+        return PhaseResult(
+            phase=phase, arch=entry.get("arch") or default_arch, source=entry.get("source"),
+            test_acc=_number(s.get(f"{phase}_test_acc", entry.get("test_acc"))),
+            params=_number(s.get(f"{phase}_params", entry.get("params"))), flops=flops,
+            macs=macs if macs is not None else (flops / 2 if flops is not None else None),
+            latency_ms_b1=_number(s.get(f"{phase}_latency_ms_b1")),
+            pretrained_test_acc=_number(s.get(f"{phase}_pretrained_test_acc", entry.get("pretrained_test_acc"))),
+            finetune_epochs=s.get(f"{phase}_finetune_epochs", entry.get("finetune_epochs")),
+            from_run=from_run if isinstance(from_run, int) else None)
+
+    def phases(self) -> list[str]:
+        """Every phase with a stored test accuracy: the teachers, then the baseline, then the student."""
+        teachers = [p for p in self.teacher_phases() if f"{p}_test_acc" in self._data]
+        return teachers + [p for p in (BASELINE, STUDENT) if f"{p}_test_acc" in self._data]
+
+    def _listed(self) -> list[dict]:
+        return [t for t in self._data.get("teachers") or [] if isinstance(t, dict)]
+
+    # ---- the KD gain --------------------------------------------------------------------------------------
+    @property
+    def kd_gain(self) -> Optional[float]:
+        return _number(self._data.get("kd_gain"))
+
+    def gain_interval(self) -> tuple[Optional[float], Optional[float]]:
+        ci = self._data.get("kd_gain_ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+            return _number(ci[0]), _number(ci[1])
+        return None, None
+
+    def discordant(self) -> dict:
+        """{"student_only": n, "baseline_only": m}: test images one of them gets right and the other wrong."""
+        found = self._data.get("kd_gain_discordant")
+        return found if isinstance(found, dict) else {}
+
+    def gain_sentence(self) -> str:
+        """The KD gain in words: its interval, the net test images, whether it is more than chance."""
+        from kdcore.stats import describe_paired  # the words live with the statistics that make them
+
+        discordant = self.discordant()
+        net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
+        ci = self._data.get("kd_gain_ci95")
+        return describe_paired(self._data.get("kd_gain"), ci, self._data.get("kd_gain_p_value"),
+                               self._data.get("test_images"), net)
+
+
+def gain_sentence(summary) -> str:
+    """A stored summary's KD gain in words (RunSummary.gain_sentence)."""
+    return (summary if isinstance(summary, RunSummary) else RunSummary.from_stored(summary)).gain_sentence()
+
