@@ -130,6 +130,7 @@ class PhaseRunner:
         """Trains `model` as `phase` and records it; False when cancelled. Settings default to the run's own."""
         train_cfg = self.config.train if train_cfg is None else train_cfg
         augment = self.config.dataset.augment if augment is None else augment
+
         def save(tag: str, trained: nn.Module) -> None:
             save_checkpoint(self.folder.weights(phase, last=tag != "best"), trained, arch=arch, options=options,
                             **self.shape)
