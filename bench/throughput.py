@@ -123,7 +123,7 @@ def kdcore_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, student: nn
     sync(device)
     start = time.perf_counter()
     fit(student, data, phase="student", epochs=epochs, train_cfg=cfg.train, device=device,
-        teacher=teacher, distill_cfg=cfg.distill, callback=no_callback)
+        teachers=[teacher], distill_cfg=cfg.distill, callback=no_callback)
     sync(device)
     return time.perf_counter() - start
 

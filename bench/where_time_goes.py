@@ -86,7 +86,7 @@ def profile_fit(args, augment: bool, fast: bool) -> dict[str, float]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         fit(student, data, phase="student", epochs=args.epochs, train_cfg=cfg.train, device=torch.device("cpu"),
-            teacher=teacher, distill_cfg=cfg.distill, augment=cfg.dataset.augment, callback=no_callback)
+            teachers=[teacher], distill_cfg=cfg.distill, augment=cfg.dataset.augment, callback=no_callback)
         wall = time.perf_counter() - start
     seconds = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PARTS}
     trainer_module.TeacherLogitCache = TeacherLogitCache

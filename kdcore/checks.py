@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import torch
 
 from kdcore.config import ConfigError, RunConfig
+from kdcore.record.folder import UPLOADS, RunFolder
+from kdcore.record.phases import TEACHER
 
 if TYPE_CHECKING:
     from kdcore.models import ModelProfile
@@ -250,8 +252,8 @@ def _uploads_root(store) -> Path:
     from kdcore.store import Store, default_artefact_root, default_url
 
     if isinstance(store, Store):
-        return store.artefact_root / "uploads"
-    return default_artefact_root(store or default_url()) / "uploads"
+        return store.artefact_root / UPLOADS
+    return default_artefact_root(store or default_url()) / UPLOADS
 
 
 def _stored_teacher(run_id: int, store) -> tuple[Optional[Path], Optional[str]]:
@@ -267,7 +269,7 @@ def _stored_teacher(run_id: int, store) -> tuple[Optional[Path], Optional[str]]:
         store.get_run(run_id)
     except RunNotFound:
         return None, f"no run {run_id} in the store"
-    path = store.run_dir(run_id) / "teacher.pt"  # a run's first teacher
+    path = RunFolder(store.run_dir(run_id)).weights(TEACHER)  # a run's first teacher
     if not path.is_file():
         return None, f"run {run_id} has no stored teacher weights ({path} is missing)"
     return path, None

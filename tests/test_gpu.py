@@ -93,7 +93,7 @@ def test_the_step_loop_makes_no_host_syncs(distilled, sync_debug_off):
             steps.append(event.step)
 
     try:
-        result = fit(student, data, phase="student", epochs=1, train_cfg=cfg.train, device=cuda, teacher=teacher,
+        result = fit(student, data, phase="student", epochs=1, train_cfg=cfg.train, device=cuda, teachers=[teacher],
                      distill_cfg=cfg.distill if distilled else None, augment=cfg.dataset.augment, callback=callback)
     finally:
         torch.cuda.set_sync_debug_mode(0)

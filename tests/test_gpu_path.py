@@ -92,7 +92,7 @@ def test_a_fit_builds_one_loader_per_split_and_the_teacher_cache_reuses_the_trai
     teacher = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
     student = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=8)
     monkeypatch.setattr(trainer_module, "make_loader", counting_loader)
-    fit(student, data, phase="student", epochs=3, train_cfg=cfg.train, device=CPU, teacher=teacher,
+    fit(student, data, phase="student", epochs=3, train_cfg=cfg.train, device=CPU, teachers=[teacher],
         distill_cfg=cfg.distill, callback=no_callback)
     # train once (its device tensors also serve the teacher-logit cache), val once for 3 epochs and the teacher
     assert [s is data.train for s in built].count(True) == 1

@@ -225,7 +225,7 @@ def test_cached_teacher_logits_give_the_same_result_as_per_step_teacher():
     for cache in (True, False):
         torch.manual_seed(1)
         student = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=8)
-        fit(student, data, phase="student", epochs=2, train_cfg=cfg.train, device=cpu, teacher=teacher,
+        fit(student, data, phase="student", epochs=2, train_cfg=cfg.train, device=cpu, teachers=[teacher],
             distill_cfg=cfg.distill, callback=no_callback, cache_teacher_logits=cache)
         results.append(predict_logits(student, data.test, cpu))
     assert torch.allclose(results[0], results[1], atol=1e-5)

@@ -108,7 +108,7 @@ def test_a_fit_cancelled_in_its_first_epoch_stops_the_teachers_thread(monkeypatc
     before = torch.get_num_threads()
     steps = iter(range(100))
     result = fit(create_model("tiny_cnn", num_classes=10, in_channels=1, image_size=data.image_size), data,
-                 phase="student", epochs=2, train_cfg=cfg.train, device=CPU, teacher=_teacher(data),
+                 phase="student", epochs=2, train_cfg=cfg.train, device=CPU, teachers=[_teacher(data)],
                  distill_cfg=cfg.distill, callback=no_callback, should_stop=lambda: next(steps) >= 3)
     assert result.cancelled and result.epochs_run == 1
     assert torch.get_num_threads() == before
@@ -136,6 +136,6 @@ def test_an_error_in_the_teachers_thread_is_raised_by_the_fit(monkeypatch):
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="third batch"):
         fit(create_model("tiny_cnn", num_classes=10, in_channels=1, image_size=data.image_size), data,
-            phase="student", epochs=1, train_cfg=cfg.train, device=CPU, teacher=_teacher(data),
+            phase="student", epochs=1, train_cfg=cfg.train, device=CPU, teachers=[_teacher(data)],
             distill_cfg=cfg.distill, callback=no_callback)
     assert torch.get_num_threads() == before

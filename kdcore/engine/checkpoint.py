@@ -17,6 +17,7 @@ from torch import nn
 
 from kdcore.engine.rng import global_rng_lock
 from kdcore.models import create_model
+from kdcore.record.folder import PARTIAL_SUFFIX
 
 
 class CheckpointError(ValueError):
@@ -43,7 +44,7 @@ def save_whole(obj: Any, path: Path) -> None:
     """torch.save through a temporary file renamed into place: a reader never sees half a file, and a write
     that fails (a full disk) leaves no partial file behind, only the previous version if there was one."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)

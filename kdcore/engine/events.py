@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-PHASES = ("teacher", "student", "baseline")
+from kdcore.record.phases import PHASE_ORDER
+
+PHASES = PHASE_ORDER  # its name here before kdcore.record
 
 
 @dataclass

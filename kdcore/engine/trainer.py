@@ -5,27 +5,24 @@ points, so a step never waits on the host.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import math
-import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
-from kdcore.engine.checkpoint import save_whole
 from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
+from kdcore.engine.fit_state import Progress, load_fit_state, save_fit_state
 from kdcore.engine.rng import global_rng_lock
 from kdcore.engine.teacher_cache import TeacherLogitCache
 from kdcore.models.dropout import use_generator
@@ -124,29 +121,201 @@ def freeze_early_layers(model: nn.Module, fraction: float) -> int:
     return count
 
 
-def _rng_state(dropout_rng: torch.Generator) -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "dropout": dropout_rng.get_state(),
-             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class _EpochTotals:
+    """An epoch's running sums, on the device until its end."""
+
+    sums: dict[str, Tensor]
+    correct: Tensor
+    seen: int = 0
+    cancelled: bool = False
 
 
-def _set_rng_state(state: dict, dropout_rng: torch.Generator) -> None:
-    with global_rng_lock:
-        torch.set_rng_state(state["torch"])
-    if "dropout" in state:
-        dropout_rng.set_state(state["dropout"].cpu())
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class _Fit:
+    """One fit's parts, built before its first step: loaders, distiller, teachers' logits, optimizer."""
+
+    def __init__(self, model: nn.Module, data: DataSplits, *, phase: str, epochs: int, train_cfg: TrainConfig,
+                 device: torch.device, teachers: Sequence[nn.Module], distill_cfg: Optional[DistillConfig],
+                 augment, callback: Callback, on_checkpoint: Callable[[str, nn.Module], None],
+                 cache_teacher_logits: bool, seed: int):
+        self.model, self.data, self.phase, self.epochs, self.train_cfg = model, data, phase, epochs, train_cfg
+        self.device, self.callback, self.on_checkpoint = device, callback, on_checkpoint
+        with global_rng_lock:
+            torch.manual_seed(seed)  # torch's own dropout modules; data order and augmentation have their own generators
+        self.dropout_rng = torch.Generator(device=device).manual_seed(seed)  # kdcore's Dropout: this fit's draws only
+        use_generator(model, self.dropout_rng)
+        self.path = path = fast_path(device, train_cfg)
+        prepare_device(path)  # cudnn autotuning and TF32 on CUDA; nothing elsewhere
+        path.format_model(model).train()
+        self.distill = bool(teachers) and distill_cfg is not None and distill_cfg.alpha > 0
+        augmenting = augment is not None and augment.enabled
+        self.train_loader: BatchLoader = make_loader(
+            data.train, train_cfg.batch_size, shuffle=True, device=device,
+            augment=augment if augmenting else None, seed=seed, channels_last=path.channels_last,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.report_every = max(1, self.steps_per_epoch // REPORTS_PER_EPOCH)
+        # one evaluation loader per fit: the validation split goes to the device once, not once per epoch
+        self.val_loader = make_loader(data.val, train_cfg.eval_batch_size, shuffle=False, device=device,
+                                      channels_last=path.channels_last) if len(data.val) else None
+        self.distiller = self._build_distiller(teachers, distill_cfg, seed)
+        self.teacher_val_preds = None
+        if teachers and self.val_loader is not None:
+            val_each = [predict_logits(t, self.val_loader, device, path=path) for t in teachers]
+            self.teacher_val_preds = (self.distiller.combine(val_each) if self.distiller is not None
+                                      else val_each[0]).argmax(1)
+        self.watch = CpuWatch(device)  # before the teachers' thread takes half of the threads
+        self.cache: Optional[TeacherLogitCache] = None
+        self.teacher_train_logits: Optional[Tensor] = None
+        if self.distiller is not None and not augmenting and cache_teacher_logits and self.distiller.cacheable:
+            self._cache_teacher_logits(teachers)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self.distiller is not None:
+            trainable += [p for p in self.distiller.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, train_cfg, fused=path.fused_optimizer)
+        self.scheduler = make_scheduler(self.optimizer, train_cfg, epochs, self.steps_per_epoch)
+
+    def _build_distiller(self, teachers: Sequence[nn.Module], distill_cfg: Optional[DistillConfig],
+                         seed: int) -> Optional[Distiller]:
+        for t in teachers:  # teachers stay in eval mode and are never optimized
+            self.path.format_model(t).eval()
+            for p in t.parameters():
+                p.requires_grad_(False)
+        if not self.distill:
+            return None
+        sample = self.train_loader.sample(2)
+        with global_rng_lock, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # a method's learnable parts start the same on every try
+            return self.path.format_model(build_distiller(distill_cfg, self.model, teachers, sample))
+
+    def _cache_teacher_logits(self, teachers: Sequence[nn.Module]) -> None:
+        if self.data.train.x is not None:  # filled over the first epoch's batches, beside the student where it can
+            self.cache = TeacherLogitCache(teachers, self.distiller.combine, self.train_loader, self.path,
+                                           background=TeacherLogitCache.overlaps(self.path))
+            return
+        # a streamed split: one pass in the split's order before training
+        in_order = self.train_loader.in_order(self.train_cfg.eval_batch_size)  # the train loader's device copy, reused
+        with region("kdcore.teacher_cache"):
+            self.teacher_train_logits = self.distiller.combine(
+                [predict_logits(t, in_order, self.device, path=self.path) for t in teachers])
+
+    def teacher_logits(self, batch: int, idx: Tensor, epoch: int) -> Optional[Tensor]:
+        if self.cache is not None:  # epoch 1 reads the batch just filled; a resumed fit needs them all
+            return (self.cache.wait_for(batch + 1) if epoch == 1 else self.cache.complete())[idx]
+        if self.teacher_train_logits is not None:
+            return self.teacher_train_logits[idx]
+        return None
+
+    def step(self, x: Tensor, y: Tensor, idx: Tensor, batch: int, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimizer step; the logits and the loss's parts, the whole loss as "loss"."""
+        teacher_logits = self.teacher_logits(batch, idx, epoch)
+        with self.path.autocast():
+            if self.distiller is not None:
+                logits, parts = self.distiller.forward_train(
+                    x, y, idx, epoch=epoch, epochs=self.epochs, teacher_logits=teacher_logits)
+            else:
+                with region("kdcore.student_forward"):
+                    logits = self.model(x).float()
+                    parts = {"ce": F.cross_entropy(logits, y)}
+            loss = sum(parts.values())
+        with region("kdcore.backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with region("kdcore.optimizer_step"):
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        if self.cache is None or not self.cache.beside:  # the teachers' thread splits the threads its own way
+            self.watch.check()
+        parts = {name: value.detach() for name, value in parts.items()}
+        parts["loss"] = loss.detach()
+        return logits.detach(), parts
+
+    def report_steps(self, totals: _EpochTotals, epoch: int, step: int, images: int, since: float) -> float:
+        """Sends a step event with the metrics since the epoch began; returns when, for the next window."""
+        with _host_reads(self.device), region("kdcore.step_report"):
+            metrics = {f"train_{k}": v.item() / totals.seen for k, v in totals.sums.items()}
+            if not math.isfinite(metrics["train_loss"]):
+                raise TrainingDiverged(
+                    f"{self.phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {step}; "
+                    "lower train.lr or the temperature"
+                )
+            now = time.perf_counter()  # after the reads above: the device's queued steps are done
+            metrics["train_acc"] = totals.correct.item() / totals.seen
+            metrics["images_per_s"] = images / max(now - since, 1e-9)
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.callback(Event("step", phase=self.phase, epoch=epoch, step=step, metrics=metrics,
+                                info={"steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}))
+        return now
+
+    def end_epoch(self, epoch: int, totals: _EpochTotals, progress: Progress, state_path: Optional[Path]) -> bool:
+        """Evaluates, keeps the best weights, saves the state; True when the fit stops after this epoch."""
+        with _host_reads(self.device), region("kdcore.epoch_end"):
+            if totals.seen == 0:  # cancelled before the epoch's first step
+                return True
+            metrics = {f"train_{k}": v.item() / totals.seen for k, v in totals.sums.items()}
+            if not math.isfinite(metrics["train_loss"]):
+                raise TrainingDiverged(f"{self.phase}: the loss became {metrics['train_loss']} in epoch {epoch}; "
+                                       "lower train.lr")
+            metrics["train_acc"] = totals.correct.item() / totals.seen
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            val_acc = self.validate(metrics)
+            self.callback(Event("epoch", phase=self.phase, epoch=epoch, step=progress.global_step, metrics=metrics,
+                                info={"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch}))
+            if val_acc > progress.best_acc and not totals.cancelled:  # a cut-short epoch is kept as "last" only
+                progress.best_acc, progress.best_epoch, progress.epochs_without_gain = val_acc, epoch, 0
+                progress.best_state = copy.deepcopy(self.model.state_dict())
+                self.on_checkpoint("best", self.model)
+            else:
+                progress.epochs_without_gain += 1
+            self.on_checkpoint("last", self.model)
+            if totals.cancelled:
+                return True
+            progress.epoch = epoch
+            if state_path is not None:
+                save_fit_state(state_path, progress, self.model, self.distiller, self.optimizer, self.scheduler,
+                               self.dropout_rng)
+            patience = self.train_cfg.early_stopping_patience
+            return bool(patience and progress.epochs_without_gain >= patience)
+
+    def validate(self, metrics: dict) -> float:
+        """The epoch's accuracy for choosing the best epoch; adds val_acc and agreement to `metrics`."""
+        if not len(self.data.val):
+            return metrics["train_acc"]  # no validation split: pick on training accuracy
+        val_logits = predict_logits(self.model, self.val_loader, self.device, path=self.path)
+        metrics["val_acc"] = val_acc = accuracy(val_logits, self.val_loader.labels)
+        if self.teacher_val_preds is not None:
+            metrics["agreement"] = (val_logits.argmax(1) == self.teacher_val_preds).float().mean().item()
+        return val_acc
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()  # a cancelled or failed fit stops the teachers' thread
+        use_generator(self.model, None)  # the model may be copied or used outside this fit
+        self.watch.close()
 
 
-def _save_state(path: Path, state: dict) -> None:
-    save_whole(state, path)  # a kill mid-write leaves the previous epoch's state whole
+def _train_epoch(training: _Fit, epoch: int, progress: Progress, should_stop: Callable[[], bool]) -> _EpochTotals:
+    """The epoch's steps; metrics stay on the device and are read at reporting points only."""
+    training.model.train()
+    totals = _EpochTotals(sums={}, correct=torch.zeros((), device=training.device))
+    window_start, window_images = time.perf_counter(), 0
+    for b, (x, y, idx) in enumerate(training.train_loader):
+        if should_stop():
+            totals.cancelled = True
+            break
+        logits, parts = training.step(x, y, idx, b, epoch)
+        progress.global_step += 1
+        batch = len(y)
+        totals.seen += batch
+        window_images += batch
+        for name, value in parts.items():
+            totals.sums[name] = totals.sums.get(name, 0.0) + value.float() * batch
+        totals.correct += (logits.argmax(1) == y).sum()
+        if progress.global_step % training.report_every == 0:
+            window_start = training.report_steps(totals, epoch, progress.global_step, window_images, window_start)
+            window_images = 0
+    return totals
 
 
 def fit(
@@ -157,7 +326,6 @@ def fit(
     epochs: int,
     train_cfg: TrainConfig,
     device: torch.device,
-    teacher: Optional[nn.Module] = None,
     teachers: Sequence[nn.Module] = (),
     distill_cfg: Optional[DistillConfig] = None,
     augment=None,
@@ -182,194 +350,34 @@ def fit(
     finds one there goes on from it, ending with the weights an uninterrupted fit would have.
     """
     start = time.perf_counter()
-    seed = train_cfg.seed if seed is None else seed
-    with global_rng_lock:
-        torch.manual_seed(seed)  # torch's own dropout modules; data order and augmentation have their own generators
-    dropout_rng = torch.Generator(device=device).manual_seed(seed)  # kdcore's Dropout: this fit's draws only
-    use_generator(model, dropout_rng)
-    path = fast_path(device, train_cfg)
-    prepare_device(path)  # cudnn autotuning and TF32 on CUDA; nothing elsewhere
-    path.format_model(model).train()
-    teachers = list(teachers) or ([teacher] if teacher is not None else [])
-    distill = bool(teachers) and distill_cfg is not None and distill_cfg.alpha > 0
-    augmenting = augment is not None and augment.enabled
-
-    train_loader: BatchLoader = make_loader(
-        data.train, train_cfg.batch_size, shuffle=True, device=device,
-        augment=augment if augmenting else None, seed=seed, channels_last=path.channels_last,
-    )
-    steps_per_epoch = len(train_loader)
-    report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
-    # one evaluation loader per fit: the validation split goes to the device once, not once per epoch
-    val_loader = make_loader(data.val, train_cfg.eval_batch_size, shuffle=False, device=device,
-                             channels_last=path.channels_last) if len(data.val) else None
-
-    teacher_train_logits = teacher_val_preds = None
-    distiller: Optional[Distiller] = None
-    for t in teachers:
-        path.format_model(t).eval()
-        for p in t.parameters():
-            p.requires_grad_(False)
-    if distill:
-        sample = train_loader.sample(2)
-        with global_rng_lock, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # a method's learnable parts start the same on every try
-            distiller = path.format_model(build_distiller(distill_cfg, model, teachers, sample))
-    if teachers and val_loader is not None:
-        val_each = [predict_logits(t, val_loader, device, path=path) for t in teachers]
-        teacher_val_preds = (distiller.combine(val_each) if distiller is not None else val_each[0]).argmax(1)
-    watch = CpuWatch(device)  # before the teachers' thread takes half of the threads
-    cache: Optional[TeacherLogitCache] = None
-    if distiller is not None and not augmenting and cache_teacher_logits and distiller.cacheable:
-        if data.train.x is not None:  # filled over the first epoch's batches, beside the student where it can
-            cache = TeacherLogitCache(teachers, distiller.combine, train_loader, path,
-                                      background=TeacherLogitCache.overlaps(path))
-        else:  # a streamed split: one pass in the split's order before training
-            in_order = train_loader.in_order(train_cfg.eval_batch_size)  # the train loader's device copy, reused
-            with region("kdcore.teacher_cache"):
-                teacher_train_logits = distiller.combine(
-                    [predict_logits(t, in_order, device, path=path) for t in teachers])
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if distiller is not None:
-        trainable += [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, train_cfg, fused=path.fused_optimizer)
-    scheduler = make_scheduler(optimizer, train_cfg, epochs, steps_per_epoch)
-
-    best_acc, best_epoch, best_state = float("-inf"), 0, None
-    epochs_without_gain = 0
-    global_step = 0
+    teachers = list(teachers)
+    training = _Fit(model, data, phase=phase, epochs=epochs, train_cfg=train_cfg, device=device, teachers=teachers,
+                 distill_cfg=distill_cfg, augment=augment, callback=callback, on_checkpoint=on_checkpoint,
+                 cache_teacher_logits=cache_teacher_logits, seed=train_cfg.seed if seed is None else seed)
+    progress = load_fit_state(state_path, device, model, training.distiller, training.optimizer,
+                              training.scheduler, training.dropout_rng)
+    done_epochs = epoch = progress.epoch
+    training.train_loader.epoch = done_epochs  # the data order and augmentation of epoch k depend on (seed, k) only
+    callback(Event("phase", phase=phase, epoch=done_epochs, step=progress.global_step, info={
+        "epochs": epochs, "steps_per_epoch": training.steps_per_epoch, "distill": training.distill,
+        "resumed_from_epoch": done_epochs}))
     cancelled = False
-    done_epochs = 0
-    if state_path is not None and Path(state_path).is_file():
-        with torch.serialization.safe_globals([collections.Counter]):  # a step schedule's milestones
-            saved = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        if distiller is not None and saved.get("distiller") is not None:
-            distiller.load_state_dict(saved["distiller"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved["scheduler"] is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        best_acc, best_epoch, best_state = saved["best_acc"], saved["best_epoch"], saved["best_state"]
-        epochs_without_gain, global_step, done_epochs = saved["epochs_without_gain"], saved["global_step"], saved["epoch"]
-        _set_rng_state(saved["rng"], dropout_rng)
-    train_loader.epoch = done_epochs  # the data order and augmentation of epoch k depend on (seed, k) only
-    epoch = done_epochs
-    callback(Event("phase", phase=phase, epoch=done_epochs, step=global_step, info={
-        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "distill": distill, "resumed_from_epoch": done_epochs}))
-
     try:
         for epoch in range(done_epochs + 1, epochs + 1):
-            model.train()
-            sums: dict[str, Tensor] = {}
-            correct = torch.zeros((), device=device)
-            seen = 0
-            window_start, window_images = time.perf_counter(), 0
-            for b, (x, y, idx) in enumerate(train_loader):
-                if should_stop():
-                    cancelled = True
-                    break
-                teacher_logits = None
-                if cache is not None:  # epoch 1 reads the batch just filled; a resumed fit needs them all
-                    teacher_logits = (cache.wait_for(b + 1) if epoch == 1 else cache.complete())[idx]
-                elif teacher_train_logits is not None:
-                    teacher_logits = teacher_train_logits[idx]
-                with path.autocast():
-                    if distiller is not None:
-                        logits, parts = distiller.forward_train(
-                            x, y, idx, epoch=epoch, epochs=epochs, teacher_logits=teacher_logits)
-                    else:
-                        with region("kdcore.student_forward"):
-                            logits = model(x).float()
-                            parts = {"ce": F.cross_entropy(logits, y)}
-                    loss = sum(parts.values())
-                with region("kdcore.backward"):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                with region("kdcore.optimizer_step"):
-                    optimizer.step()
-                    if scheduler is not None:
-                        scheduler.step()
-                global_step += 1
-                if cache is None or not cache.beside:  # the teachers' thread splits the threads its own way
-                    watch.check()
-
-                batch = len(y)
-                seen += batch
-                window_images += batch
-                parts = {name: value.detach() for name, value in parts.items()}
-                parts["loss"] = loss.detach()
-                for name, value in parts.items():
-                    sums[name] = sums.get(name, 0.0) + value.float() * batch
-                correct += (logits.detach().argmax(1) == y).sum()
-
-                if global_step % report_every == 0:
-                    with _host_reads(device), region("kdcore.step_report"):
-                        metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
-                        if not math.isfinite(metrics["train_loss"]):
-                            raise TrainingDiverged(
-                                f"{phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {global_step}; "
-                                "lower train.lr or the temperature"
-                            )
-                        now = time.perf_counter()
-                        metrics["train_acc"] = correct.item() / seen
-                        metrics["images_per_s"] = window_images / max(now - window_start, 1e-9)
-                        metrics["lr"] = optimizer.param_groups[0]["lr"]
-                        window_start, window_images = now, 0
-                        callback(Event("step", phase=phase, epoch=epoch, step=global_step, metrics=metrics,
-                                       info={"steps_per_epoch": steps_per_epoch, "epochs": epochs}))
-
-            with _host_reads(device), region("kdcore.epoch_end"):  # the epoch's metrics, evaluation and checkpoints
-                if seen == 0:  # cancelled before the epoch's first step
-                    break
-                epoch_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
-                if not math.isfinite(epoch_metrics["train_loss"]):
-                    raise TrainingDiverged(f"{phase}: the loss became {epoch_metrics['train_loss']} in epoch {epoch}; lower train.lr")
-                epoch_metrics["train_acc"] = correct.item() / seen
-                epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
-                if len(data.val):
-                    val_logits = predict_logits(model, val_loader, device, path=path)
-                    val_acc = accuracy(val_logits, val_loader.labels)
-                    epoch_metrics["val_acc"] = val_acc
-                    if teacher_val_preds is not None:
-                        epoch_metrics["agreement"] = (val_logits.argmax(1) == teacher_val_preds).float().mean().item()
-                else:
-                    val_acc = epoch_metrics["train_acc"]  # no validation split: pick on training accuracy
-                callback(Event("epoch", phase=phase, epoch=epoch, step=global_step, metrics=epoch_metrics,
-                               info={"epochs": epochs, "steps_per_epoch": steps_per_epoch}))
-
-                if val_acc > best_acc and not cancelled:  # a cut-short epoch is kept as "last" only
-                    best_acc, best_epoch, epochs_without_gain = val_acc, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                    on_checkpoint("best", model)
-                else:
-                    epochs_without_gain += 1
-                on_checkpoint("last", model)
-                if cancelled:
-                    break
-                if state_path is not None:
-                    _save_state(state_path, dict(
-                        epoch=epoch, model=model.state_dict(),
-                        distiller=distiller.state_dict() if distiller is not None else None, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict() if scheduler is not None else None, best_acc=best_acc,
-                        best_epoch=best_epoch, best_state=best_state, epochs_without_gain=epochs_without_gain,
-                        global_step=global_step, rng=_rng_state(dropout_rng)))
-                if train_cfg.early_stopping_patience and epochs_without_gain >= train_cfg.early_stopping_patience:
-                    break
+            totals = _train_epoch(training, epoch, progress, should_stop)
+            cancelled = totals.cancelled
+            if training.end_epoch(epoch, totals, progress, state_path):
+                break
     finally:
-        if cache is not None:
-            cache.close()  # a cancelled or failed fit stops the teachers' thread
-        use_generator(model, None)  # the model may be copied or used outside this fit
-        watch.close()
-
-    if best_state is not None and not cancelled:
-        model.load_state_dict(best_state)
+        training.close()
+    if progress.best_state is not None and not cancelled:
+        model.load_state_dict(progress.best_state)
     model.eval()
     return FitResult(
-        best_val_acc=best_acc if len(data.val) and best_state is not None else float("nan"),
-        best_epoch=best_epoch,
+        best_val_acc=progress.best_acc if len(data.val) and progress.best_state is not None else float("nan"),
+        best_epoch=progress.best_epoch,
         epochs_run=epoch,
         cancelled=cancelled,
         seconds=time.perf_counter() - start,
-        threads_lowered=watch.lowered,
+        threads_lowered=training.watch.lowered,
     )

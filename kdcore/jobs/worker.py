@@ -5,7 +5,6 @@ any machine, and `kdcore train` for the run it submits itself.
 """
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -19,74 +18,35 @@ from kdcore.config import ConfigError, RunConfig, build_config
 from kdcore.engine.checkpoint import NO_SPACE, CheckpointError
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
-from kdcore.engine.run import TEACHER_PHASE, TEST_LOGITS_FILE, Reused, execute_run, read_finished
+from kdcore.engine.run import execute_run
+from kdcore.engine.sources import StoredRun, sibling_finder, teacher_sources
 from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.attempts import Attempt
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
+from kdcore.record.folder import LAST_SUFFIX, RunFolder
+from kdcore.record.phases import BASELINE, STUDENT, TEACHER
 from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, lease_note, this_worker
 
-ARTEFACT_KINDS = ("teacher", "student", "baseline", "student_last", "baseline_last", "teacher_last")
 
+class StoreRuns:
+    """The engine's look-ups of stored runs (kdcore.engine.sources.RunRecords), read from a store."""
 
-def _teacher_source(store: Store, config: RunConfig, index: int) -> Optional[Reused]:
-    """Where a teacher not trained here starts from: its checkpoint file, or a stored run's first teacher."""
-    teacher = config.all_teachers[index]
-    if teacher.source == "checkpoint":
-        return Reused(Path(teacher.checkpoint).expanduser())
-    if teacher.source != "run":
-        return None
-    path = store.run_dir(teacher.run_id) / "teacher.pt"
-    if not path.is_file():
-        raise CheckpointError(f"run {teacher.run_id} has no stored teacher weights ({path} is missing)")
-    source = store.get_run(teacher.run_id)
-    if source.status != "completed" and "teacher_test_acc" not in source.summary:
-        raise CheckpointError(f"run {teacher.run_id} is {source.status} and its teacher did not finish training; "
-                              "only a finished teacher can be reused")
-    # the arch column lists every teacher of a run of several ("small_cnn + mlp"); its config names the first
-    source_arch = (source.config.get("teacher") or {}).get("arch", source.teacher_arch)
-    if source_arch != teacher.arch:
-        raise CheckpointError(f"run {teacher.run_id}'s teacher is {source_arch!r}, not {teacher.arch!r}")
-    return Reused(path, teacher.run_id, source.summary, phase="teacher")
+    def __init__(self, store: Store):
+        self.store = store
 
+    def folder(self, run_id: int) -> Path:
+        return self.store.run_dir(run_id)
 
-def _teacher_sources(store: Store, config: RunConfig) -> list[Optional[Reused]]:
-    """Per teacher, in order, the weights it starts from when not trained here."""
-    return [_teacher_source(store, config, i) for i in range(len(config.all_teachers))]
+    def run(self, run_id: int) -> StoredRun:
+        return self._stored(self.store.get_run(run_id))
 
+    def group(self, name: str) -> list[StoredRun]:
+        return [self._stored(run) for run in self.store.list_runs(group=name)]
 
-def sibling_finder(store: Store, config: RunConfig, run_id: int) -> Callable[[str, str], Optional[Reused]]:
-    """`(phase, key) -> Reused or None`: a finished phase of another run of the same group that trained to the
-    weights this run's `phase` would (the same key), for execute_run to use instead of training it again.
-
-    A completed sibling's summary says what each phase was; a sibling still running (or stopped) counts with
-    the phases it finished, from its run folder. A teacher may come from any of the sibling's teacher phases
-    (its teacher2 as our teacher).
-    """
-    def find(phase: str, key: str) -> Optional[Reused]:
-        if not config.group:
-            return None
-        for run in sorted(store.list_runs(group=config.group), key=lambda r: r.id):
-            if run.id == run_id:
-                continue
-            folder = store.run_dir(run.id)
-            if run.status == "completed":
-                record = run.summary
-            else:
-                record = {k: v for phase_record in read_finished(folder).values() for k, v in phase_record.items()}
-            theirs = _teacher_phases(record) if TEACHER_PHASE.fullmatch(phase) else [phase]
-            for their_phase in theirs:
-                path = folder / f"{their_phase}.pt"
-                if record.get(f"{their_phase}_key") == key and path.is_file():
-                    return Reused(path, record.get(f"{their_phase}_from_run", run.id), record, phase=their_phase)
-        return None
-    return find
-
-
-def _teacher_phases(summary: dict) -> list[str]:
-    """The teacher phases a run's summary records, from their keys (teacher_key, teacher2_key, …)."""
-    phases = [key.removesuffix("_key") for key in summary if key.endswith("_key")]
-    return [phase for phase in phases if TEACHER_PHASE.fullmatch(phase)]
+    def _stored(self, run) -> StoredRun:
+        return StoredRun(id=run.id, folder=self.store.run_dir(run.id), status=run.status, summary=run.summary,
+                         config=run.config, teacher_arch=run.teacher_arch)
 
 
 def choose_device(worker_device: Optional[torch.device], wanted: torch.device) -> torch.device:
@@ -169,8 +129,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
             store.set_device(run_id, attempt.device)
             run_dir = store.run_dir(run_id)
             summary = execute_run(config, run_dir, callback=recorder, should_stop=stop, device=device,
-                                  teacher_sources=_teacher_sources(store, config),
-                                  find_sibling=sibling_finder(store, config, run_id))
+                                  teacher_sources=teacher_sources(config, StoreRuns(store)),
+                                  find_sibling=sibling_finder(config, run_id, StoreRuns(store)))
             if summary.get("cancelled"):
                 status = "cancelled" if beat.cancel.is_set() or pruned() else "interrupted"
                 if pruned() and not beat.cancel.is_set():
@@ -212,7 +172,7 @@ def _finish(store: Store, run_id: int, status: str, summary: Optional[dict], err
     except StoreError as err:
         raise type(err)(f"{err}. Run {run_id} could not be recorded: it shows as running until its lease expires "
                         f"(KDCORE_LEASE_GRACE_S, {lease_grace_s():.0f} s), then as interrupted") from None
-    for partial in store.run_dir(run_id).glob("*.tmp"):
+    for partial in RunFolder(store.run_dir(run_id)).partial_files():
         partial.unlink(missing_ok=True)
     try:
         store.make_room()
@@ -242,16 +202,21 @@ def _listeners(*listeners: Optional[Callable[[Event], None]]) -> Optional[Callab
     return each
 
 
+# the order weights files have always been registered in, so a run's list of files reads as before
+_FIRST_ARTEFACTS = (TEACHER, STUDENT, BASELINE, STUDENT + LAST_SUFFIX, BASELINE + LAST_SUFFIX, TEACHER + LAST_SUFFIX)
+
+
 def _record_files(store: Store, run_id: int) -> None:
-    run_dir = store.run_dir(run_id)
+    folder = RunFolder(store.run_dir(run_id))
     known = set(store.artefacts(run_id))
-    more_teachers = sorted(p.stem for p in run_dir.glob("teacher*.pt") if re.fullmatch(r"teacher\d+(_last)?", p.stem))
-    for kind in (*ARTEFACT_KINDS, *more_teachers):  # teacher2, teacher2_last, … of a run of several
-        path = run_dir / f"{kind}.pt"
-        if path.is_file() and f"{kind}_weights" not in known:
-            store.add_artefact(run_id, f"{kind}_weights", path)
-    if (run_dir / TEST_LOGITS_FILE).is_file() and "test_logits" not in known:
-        store.add_artefact(run_id, "test_logits", run_dir / TEST_LOGITS_FILE)
+    weights = folder.weight_files()  # teacher2, teacher2_last, … of a run of several after the first ones
+    in_order = sorted(weights, key=lambda kind: (_FIRST_ARTEFACTS.index(kind) if kind in _FIRST_ARTEFACTS
+                                                 else len(_FIRST_ARTEFACTS), kind))
+    for kind in in_order:
+        if f"{kind}_weights" not in known:
+            store.add_artefact(run_id, f"{kind}_weights", weights[kind])
+    if folder.test_logits.is_file() and "test_logits" not in known:
+        store.add_artefact(run_id, "test_logits", folder.test_logits)
 
 
 DIVERGED = "the loss became"  # in a diverged run's error: resuming it would diverge again
