@@ -420,41 +420,10 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
         return problems
     sized: list[tuple[str, str, "ModelProfile"]] = []  # (role, key, profile) of each model that can be built
     refused = len(problems)
-    for index, t in enumerate(config.all_teachers):
-        prefix = _teacher_prefix(config, index)
-        if t.source == "train" and (t.finetune_epochs > 0 or t.finetune_last_stage_only):
-            key = f"{prefix}.finetune_epochs" if t.finetune_epochs > 0 else f"{prefix}.finetune_last_stage_only"
-            problems.append((key, f"only a teacher loaded from a run or a checkpoint ({prefix}.source run or "
-                                  f"checkpoint) is fine-tuned; one trained here trains for {prefix}.epochs"))
-            continue
-        if t.finetune_last_stage_only and t.finetune_epochs == 0:
-            problems.append((f"{prefix}.finetune_last_stage_only",
-                             f"set {prefix}.finetune_epochs too: without it the teacher is not fine-tuned"))
-            continue
-        start = None
-        if t.source != "train":
-            start, problem = _teacher_start(t, prefix, store)
-            problem = problem or _fit_problem(start, data)
-            if problem:
-                problems.append((start.key, problem))
-                continue
-        options = start.options if start else dict(t.options)
-        profile = _sized(problems, prefix, t.arch, options, data)
-        if profile is None:
-            continue
-        if start is not None and data.num_classes:
-            problem = _shape_problem(start, data)
-            if problem:
-                problems.append((start.key, problem))
-                continue
-        if t.finetune_last_stage_only:
-            problem = _last_stage_problem(t.arch, options, data)
-            if problem:
-                problems.append((f"{prefix}.finetune_last_stage_only", problem))
-                continue
-        trains_here = t.source == "train" or t.finetune_epochs > 0
-        sized.append(("teacher" if trains_here else "loaded", f"{prefix}.options" if options else f"{prefix}.arch",
-                      profile))
+    for index in range(len(config.all_teachers)):
+        entry = _checked_teacher(config, index, data, store, problems)
+        if entry is not None:
+            sized.append(entry)
     s_start, problem = _student_start(config)
     problem = problem or (_fit_problem(s_start, data) if s_start else None)
     s_options = dict(config.student.options)
@@ -468,6 +437,44 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
     if here and len(problems) == refused and len(sized) == len(config.all_teachers) + 1:
         problems += _memory_problems(config, sized)
     return problems
+
+
+def _checked_teacher(config: RunConfig, index: int, data, store, problems: list[Problem]):
+    """Appends the index-th teacher's problems; its (role, key, profile) when it can be built, else None."""
+    t = config.all_teachers[index]
+    prefix = _teacher_prefix(config, index)
+    if t.source == "train" and (t.finetune_epochs > 0 or t.finetune_last_stage_only):
+        key = f"{prefix}.finetune_epochs" if t.finetune_epochs > 0 else f"{prefix}.finetune_last_stage_only"
+        problems.append((key, f"only a teacher loaded from a run or a checkpoint ({prefix}.source run or "
+                              f"checkpoint) is fine-tuned; one trained here trains for {prefix}.epochs"))
+        return None
+    if t.finetune_last_stage_only and t.finetune_epochs == 0:
+        problems.append((f"{prefix}.finetune_last_stage_only",
+                         f"set {prefix}.finetune_epochs too: without it the teacher is not fine-tuned"))
+        return None
+    start = None
+    if t.source != "train":
+        start, problem = _teacher_start(t, prefix, store)
+        problem = problem or _fit_problem(start, data)
+        if problem:
+            problems.append((start.key, problem))
+            return None
+    options = start.options if start else dict(t.options)
+    profile = _sized(problems, prefix, t.arch, options, data)
+    if profile is None:
+        return None
+    if start is not None and data.num_classes:
+        problem = _shape_problem(start, data)
+        if problem:
+            problems.append((start.key, problem))
+            return None
+    if t.finetune_last_stage_only:
+        problem = _last_stage_problem(t.arch, options, data)
+        if problem:
+            problems.append((f"{prefix}.finetune_last_stage_only", problem))
+            return None
+    trains_here = t.source == "train" or t.finetune_epochs > 0
+    return ("teacher" if trains_here else "loaded", f"{prefix}.options" if options else f"{prefix}.arch", profile)
 
 
 def _sized(problems: list[Problem], prefix: str, arch: str, options: dict, data: DataShape) -> Optional["ModelProfile"]:
