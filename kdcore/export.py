@@ -31,10 +31,11 @@ from torch import nn
 
 from kdcore.engine.checkpoint import CheckpointError, read_checkpoint
 from kdcore.models import create_model
+from kdcore.record.folder import WEIGHTS_SUFFIX
 
 _SHAPE_KEYS = ("arch", "num_classes", "in_channels", "image_size")
 FORMATS = ("onnx", "pt2", "weights")
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "weights": ".pt"}
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "weights": WEIGHTS_SUFFIX}
 TOLERANCE = 1e-3  # largest |logit difference| a float32 export may show on the check images
 DEFAULT_CHECK_IMAGES = 512
 

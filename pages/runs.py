@@ -393,7 +393,7 @@ def downloads_view(run) -> None:
             continue
         found = True
         st.download_button(f"{charts.phase_label(phase).capitalize()} weights (.pt)", data=path.read_bytes,
-                           file_name=f"run{run.id}-{phase}.pt",
+                           file_name=f"run{run.id}-{path.name}",
                            on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
         if phase != "student":
             continue
