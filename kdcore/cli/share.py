@@ -6,6 +6,7 @@ import os
 import sys
 
 from kdcore.cli.common import _stored_run
+from kdcore.record import BASELINE, STUDENT, RunFolder, is_teacher
 
 
 class _ReportFile:
@@ -84,8 +85,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import re
-
     from kdcore.config import RunConfig
     from kdcore.engine.checkpoint import CheckpointError
     from kdcore.export import DEFAULT_CHECK_IMAGES, FORMATS, TOLERANCE, ExportError, check_images, export_checkpoint
@@ -94,7 +93,7 @@ def cmd_export(args) -> int:
     if args.format not in FORMATS:  # argparse's choices would say it too, but not after a typo in a script's variable
         print(f"error: unknown format {args.format!r}; choose one of {', '.join(FORMATS)}", file=sys.stderr)
         return 2
-    if not re.fullmatch(r"student|baseline|teacher\d*", args.phase):  # it names a file in the run's folder
+    if args.phase not in (STUDENT, BASELINE) and not is_teacher(args.phase):  # it names a file in the run's folder
         print(f"error: unknown phase {args.phase!r}; choose student, teacher (teacher2, …) or baseline",
               file=sys.stderr)
         return 2
@@ -102,7 +101,7 @@ def cmd_export(args) -> int:
     run = _stored_run(store, args.id)
     if run is None:
         return 1
-    weights = store.run_dir(run.id) / f"{args.phase}.pt"
+    weights = RunFolder(store.run_dir(run.id)).weights(args.phase)
     if not weights.is_file():
         print(f"error: run {run.id} has no {args.phase} weights ({weights} does not exist); "
               "a run stores each phase's weights once that phase has trained", file=sys.stderr)
