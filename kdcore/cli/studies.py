@@ -103,7 +103,7 @@ def cmd_tune(args) -> int:
 
 def _drive(args, store, name: str) -> int:
     """Drives the study and runs its trials here until it is done, stopped, or Ctrl-C."""
-    from kdcore.cli import _interrupt_on_signals, _ProgressBars
+    from kdcore.cli.common import _interrupt_on_signals, _ProgressBars
     from kdcore.jobs import Worker
     from kdcore.studies import StudyDriver, confirm_group, trials_group
     from kdcore.studies.view import describe_study
@@ -232,7 +232,7 @@ def cmd_studies_show(args) -> int:
 
 def cmd_studies_confirm(args) -> int:
     """Queues the confirmation and, unless --no-wait, runs it here."""
-    from kdcore.cli import _interrupt_on_signals, _ProgressBars
+    from kdcore.cli.common import _interrupt_on_signals, _ProgressBars
     from kdcore.jobs import Worker
     from kdcore.store import StudyNotFound
     from kdcore.studies import StudyError, confirm

@@ -1,0 +1,90 @@
+"""pandas frames of the store: one row per run for the runs table, and runs' metric rows."""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+from sqlmodel import Session, select
+
+from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
+
+def _loads_any(text: Optional[str]):
+    try:
+        return json.loads(text or "null")
+    except ValueError:
+        return None
+
+
+def _loads(text: Optional[str]) -> dict:
+    value = _loads_any(text)
+    return value if isinstance(value, dict) else {}
+
+
+def _ci(i: int):
+    def read(summary: dict):
+        ci = summary.get("kd_gain_ci95")
+        return ci[i] if isinstance(ci, list) and len(ci) == 2 else None
+    return read
+
+
+# Columns of the runs table read from each run's summary JSON
+FRAME_FROM_SUMMARY = {
+    "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
+    "kd_gain_p_value": lambda s: s.get("kd_gain_p_value"), "test_images": lambda s: s.get("test_images"),
+    "teacher_from_run": lambda s: s.get("teacher_from_run"), "baseline_from_run": lambda s: s.get("baseline_from_run"),
+    "ensemble_test_acc": lambda s: s.get("ensemble_test_acc"),
+    "student_latency_ms_b1": lambda s: s.get("student_latency_ms_b1"),
+    "teacher_latency_ms_b1": lambda s: s.get("teacher_latency_ms_b1"),
+}
+TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision")}  # bf16 or fp32
+
+
+class FrameRecords:
+    """The frames part of the Store (mixed into kdcore.store.Store)."""
+
+    engine: Any
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per run, the columns a runs table shows; read in one query."""
+        self.expire_leases()
+        cols = [Run.id, Run.name, Run.status, Run.dataset, Run.teacher_arch, Run.student_arch, Run.method,
+                Run.temperature, Run.alpha, Run.student_best_val_acc, Run.teacher_test_acc, Run.student_test_acc,
+                Run.baseline_test_acc, Run.kd_gain, Run.teacher_params, Run.student_params, Run.teacher_flops,
+                Run.student_flops, Run.tags, Run.group, Run.notes, Run.error, Run.device, Run.created_at,
+                Run.started_at, Run.finished_at, Run.config_json, Run.summary_json, Run.live_json]
+        # selected through the table's columns, so a missing column is an error, never a string constant
+        with self.engine.connect() as conn:
+            frame = pd.read_sql_query(select(*cols).order_by(Run.id.desc()), conn)
+        for col in ("created_at", "started_at", "finished_at"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+        # a row whose JSON cannot be read stays listed, with the names of its damaged columns
+        frame["damaged"] = [[c for c, t in zip(JSON_COLUMNS, texts) if unreadable(c, t)]
+                            for texts in zip(*(frame[c] for c in JSON_COLUMNS))]
+        frame.pop("live_json")
+        frame["tags"] = frame["tags"].map(lambda t: [] if unreadable("tags", t) else _loads_any(t) or [])
+        summaries = frame.pop("summary_json").map(_loads)
+        configs = frame.pop("config_json").map(_loads)
+        for column, read in FRAME_FROM_SUMMARY.items():
+            frame[column] = pd.to_numeric(summaries.map(read), errors="coerce")
+        for column, read in TEXT_FROM_SUMMARY.items():
+            frame[column] = summaries.map(lambda s: read(s) if isinstance(read(s), str) else None)
+        seeds = configs.map(lambda c: c["train"].get("seed") if isinstance(c.get("train"), dict) else None)
+        frame["seed"] = pd.to_numeric(seeds, errors="coerce").astype("Int64")
+        return frame
+
+    def metrics_frame(self, run_ids: Iterable[int], kind: Optional[str] = None,
+                      names: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        run_ids = [int(r) for r in run_ids]
+        if not run_ids:
+            return pd.DataFrame(columns=["run_id", "phase", "kind", "step", "epoch", "name", "value"])
+        q = select(Metric.run_id, Metric.phase, Metric.kind, Metric.step, Metric.epoch, Metric.name, Metric.value).where(
+            Metric.run_id.in_(run_ids))
+        if kind:
+            q = q.where(Metric.kind == kind)
+        if names:
+            q = q.where(Metric.name.in_(list(names)))
+        with Session(self.engine) as s:
+            rows = s.exec(q.order_by(Metric.run_id, Metric.id)).all()
+        return pd.DataFrame(rows, columns=["run_id", "phase", "kind", "step", "epoch", "name", "value"])
