@@ -10,6 +10,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from kdcore.record import TEACHER
+
 
 def _pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
@@ -87,7 +89,7 @@ def _print_summary(run) -> None:
         print(f"error: {run.error.split(chr(10) + chr(10))[0]}")
     if not s.keys() - {"attempts", "seconds"}:  # a failed run's summary may list its attempts only
         return
-    teachers = s.get("teachers") or [{"phase": "teacher", "arch": run.teacher_arch}]  # a run stored before the list
+    teachers = s.get("teachers") or [{"phase": TEACHER, "arch": run.teacher_arch}]  # a run stored before the list
     for t in teachers:
         phase = t["phase"]
         origin = f"  (trained by run {s[f'{phase}_from_run']})" if f"{phase}_from_run" in s else ""

@@ -1,6 +1,6 @@
 """The run store: runs, their metrics and artefacts, and the queue of runs to execute.
 
-Nothing outside this module writes SQL. One engine per process and URL, its schema
+Nothing outside this package writes SQL. One engine per process and URL, its schema
 brought up to date by Alembic on first open; one Session per unit of work; metric
 rows arrive in batches. The store is also the queue: submitting writes a queued run,
 workers claim the oldest atomically and hold a lease renewed by heartbeats, and a
