@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_model  # noqa: E402
 from bench.markdown import old_block, put_block  # noqa: E402
-from kdcore.config import build_config  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.store import Store  # noqa: E402
 from ui.serve import free_port  # noqa: E402
 

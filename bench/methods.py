@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_all(config_path: str, seeds: list[int], methods: list[str], overrides: list[str]) -> dict:
     from tqdm import tqdm
 
-    from kdcore.config import load_config
+    from kdcore.configure import load_config
     from kdcore.experiments import expand
     from kdcore.jobs import execute_job
     from kdcore.store import Store, this_worker
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     methods = ["soft"] + [m for m in methods if m != "soft"]  # KD first: every other row is compared with it
     seeds = parse_seeds(args.seeds)
     results = run_all(args.config, seeds, methods, args.set)
-    from kdcore.config import load_config
+    from kdcore.configure import load_config
 
     config = load_config(args.config, args.set)
     others = [item for item in args.set if not item.startswith(("distill.alpha=", "distill.temperature="))]

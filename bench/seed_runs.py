@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.models import model_profile
 from kdcore.store import Store
 

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.config import ConfigError, RunConfig
+from kdcore.configure import build_config
 from kdcore.data import DataSplits, Split, load_dataset
 from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.device import describe_device, fast_path, resolve_device

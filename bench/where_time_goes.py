@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from bench.machine import cpu_model  # noqa: E402
 from bench.markdown import put_block  # noqa: E402
-from kdcore.config import build_config  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.data import load_dataset  # noqa: E402
 from kdcore.engine import trainer as trainer_module  # noqa: E402
 from kdcore.engine.events import no_callback  # noqa: E402

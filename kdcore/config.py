@@ -1,18 +1,23 @@
-"""Typed run configuration: one object built by the CLI from YAML and by the dashboard from widgets.
+"""Typed run configuration, the schema alone: built by kdcore.configure from YAML, overrides and the dashboard's
+widgets.
 
 Stored with each run as JSON. Unknown keys and out-of-range values are rejected
 with a message naming the key, before anything is written.
 """
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdcore.inputs import InputRefused, load_yaml, read_yaml_file
+# Names are checked against the registries (datasets, models, methods), which import this schema, so the checks
+# live one floor up: kdcore.configure installs them here when it is imported, as every builder of configs does.
+NAME_CHECKS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _checked(kind: str, value: Any) -> Any:
+    check = NAME_CHECKS.get(kind)
+    return value if check is None else check(value)
 
 
 class _Strict(BaseModel):
@@ -52,19 +57,11 @@ class DatasetConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from kdcore.data import DATASETS
-
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
-        return name
+        return _checked("dataset", name)
 
 
 def _check_arch(arch: str) -> str:
-    from kdcore.models import MODELS
-
-    if arch not in MODELS:
-        raise ValueError(f"unknown architecture {arch!r}; see `kdcore models`")
-    return arch
+    return _checked("model", arch)
 
 
 TEACHER_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
@@ -129,11 +126,7 @@ class DistillConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from kdcore.distill import METHODS
-
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS.names())}")
-        return method
+        return _checked("method", method)
 
     @field_validator("teacher_weights")
     @classmethod
@@ -146,16 +139,7 @@ class DistillConfig(_Strict):
     @classmethod
     def _method_options(cls, data: Any) -> Any:
         """Checks options against the method's declaration and stores them with its defaults filled in."""
-        from kdcore.distill import METHODS
-
-        if not isinstance(data, dict) or data.get("method", "soft") not in METHODS:
-            return data
-        declared = METHODS.get(data.get("method", "soft")).Options
-        try:
-            options = declared.model_validate(data.get("options") or {})
-        except ValidationError as err:
-            raise ValueError(_format_errors(err, prefix="options")) from None
-        return {**data, "options": options.model_dump(mode="json")}
+        return _checked("method_options", data)
 
 
 class TrainConfig(_Strict):
@@ -247,59 +231,3 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
             continue
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
-
-
-def _parse_value(text: str, key: str = "value") -> Any:
-    if text == "":
-        return ""
-    try:
-        return load_yaml(text, f"the value of {key}")
-    except InputRefused as err:
-        raise ConfigError(str(err)) from None
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies `key.sub=value` strings (values parsed as YAML) to a nested dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(value, key.strip())
-    return data
-
-
-def build_config(data: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Validates a nested dict (plus overrides) into a RunConfig or raises ConfigError."""
-    data = copy.deepcopy(data or {})  # overrides must not leak into the caller's dict
-    if overrides:
-        data = apply_overrides(data, overrides)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Reads a YAML config file with safe_load and validates it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = read_yaml_file(path)
-    except InputRefused as err:
-        raise ConfigError(str(err)) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if data is None:  # not a run of defaults: an empty file is more likely a mistake
-        raise ConfigError(f"{path} is empty: give at least one setting, e.g. dataset: {{name: digits}} "
-                          "(examples/digits.yaml is a full one)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections at the top level")
-    return build_config(data, overrides)

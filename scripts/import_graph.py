@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [
     ("ground", ["record", "text", "inputs", "stats", "spans", "registry", "cpu_load"]),
     ("schema", ["config"]),
-    ("parts of a run", ["data", "models", "losses", "distill"]),
+    ("parts of a run", ["data", "models", "losses", "distill", "configure"]),
     ("measures", ["latency", "analysis", "charts"]),
     ("engine", ["engine", "experiments", "export"]),
     ("record keeping", ["store"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.distill import METHODS
 from kdcore.distill.base import describe
 from kdcore.store import ACTIVE, Store

@@ -1,6 +1,7 @@
 import pytest
 
-from kdcore.config import ConfigError, build_config, load_config
+from kdcore.config import ConfigError
+from kdcore.configure import build_config, load_config
 
 
 def test_defaults_are_valid_and_round_trip_through_json():

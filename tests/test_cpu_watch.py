@@ -94,7 +94,7 @@ def test_kdcore_decides_the_wait_policy_before_torch_loads_and_a_child_decides_a
 @needs_proc_stat
 @pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs two CPUs to give one back")
 def test_a_fit_gives_a_core_back_while_another_process_is_busy_and_says_so(busy_core, monkeypatch):
-    from kdcore.config import build_config
+    from kdcore.configure import build_config
     from kdcore.data import load_dataset
     from kdcore.engine.trainer import fit
     from kdcore.models import create_model

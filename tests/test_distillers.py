@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import ConfigError, DistillConfig, build_config
+from kdcore.config import ConfigError, DistillConfig
+from kdcore.configure import build_config
 from kdcore.distill import METHODS, build_distiller
 from kdcore.distill.base import Distiller, Step
 from tests.helpers import method_losses
@@ -516,7 +517,7 @@ def test_every_method_declares_its_title_formula_and_option_meanings(method):
 
 def test_two_stage_fitnets_that_would_never_train_the_classifier_is_refused_before_any_work():
     from kdcore.checks import check_runnable
-    from kdcore.config import build_config
+    from kdcore.configure import build_config
 
     config = build_config({"distill": {"method": "fitnets", "options": {"stages": "two_stage", "hint_epochs": 3}},
                            "train": {"epochs": 3}})

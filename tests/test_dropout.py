@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.data import load_dataset
 from kdcore.engine.events import no_callback
 from kdcore.engine.trainer import fit

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # the app's own packages (ui), as `streamlit run`
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from kdcore.config import build_config  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.store import DAMAGED_LABEL, Store, StoreError  # noqa: E402
 

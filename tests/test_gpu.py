@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import AugmentConfig, build_config
+from kdcore.config import AugmentConfig
+from kdcore.configure import build_config
 from kdcore.data import load_dataset, make_loader
 from kdcore.data.augment import augment_batch
 from kdcore.engine.events import Event

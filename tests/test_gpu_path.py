@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import AugmentConfig, DatasetConfig, build_config
+from kdcore.config import AugmentConfig, DatasetConfig
+from kdcore.configure import build_config
 from kdcore.data import Split, load_dataset, make_loader
 from kdcore.data import loaders as loaders_module
 from kdcore.data.augment import augment_batch, random_crop, random_flip, random_rotation

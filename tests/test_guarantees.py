@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.data import load_dataset
 from kdcore.data.splitting import stratified_split
 from kdcore.engine.checkpoint import load_model_from_checkpoint

@@ -16,7 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdcore.config import ConfigError, load_config  # noqa: E402
+from kdcore.config import ConfigError  # noqa: E402
+from kdcore.configure import load_config  # noqa: E402
 from kdcore.inputs import InputRefused, load_yaml  # noqa: E402
 
 DIGITS = ROOT / "examples" / "digits.yaml"
@@ -77,7 +78,7 @@ def test_the_alias_bomb_is_refused_by_the_cli_in_one_line_before_anything_is_sto
 
 def test_loading_the_alias_bomb_takes_under_a_second_and_100_mb(tmp_path):
     path = bomb_config(tmp_path)
-    figures = measure("from kdcore.config import load_config", f"load_config({str(path)!r})")
+    figures = measure("from kdcore.configure import load_config", f"load_config({str(path)!r})")
     assert figures["outcome"].startswith("ConfigError") and "KDCORE_MAX_YAML_NODES" in figures["outcome"]
     assert figures["cpu_s"] < 1.0 and figures["grew_mb"] < 100, figures
 
@@ -108,7 +109,7 @@ def test_a_config_file_over_the_size_limit_is_refused_without_being_read(tmp_pat
         handle.write("1]\n")
     with pytest.raises(ConfigError, match=r"big.yaml is 2,930 KB, more than the limit of 1,024 KB \(KDCORE_MAX_CONFIG_KB\)"):
         load_config(big)
-    figures = measure("from kdcore.config import load_config", f"load_config({str(big)!r})")
+    figures = measure("from kdcore.configure import load_config", f"load_config({str(big)!r})")
     assert figures["cpu_s"] < 1.0 and figures["grew_mb"] < 100, figures
 
 

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.engine.checkpoint import CheckpointError, load_model_from_checkpoint, read_checkpoint, save_checkpoint
 from kdcore.jobs import JobManager
 from kdcore.models import create_model

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import load_config
+from kdcore.configure import load_config
 from kdcore.engine.run import execute_run
 from kdcore.latency import cpu_model, measure_latency
 from kdcore.models import create_model, profile_model

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.store import Store
 from tests.helpers import wait_while_progressing
 

@@ -102,7 +102,8 @@ def test_identical_logits_give_zero_distillation_term():
     ({"method": "dkd_typo"}, "distill.method"),
 ])
 def test_bad_settings_are_named(distill, message):
-    from kdcore.config import ConfigError, build_config
+    from kdcore.config import ConfigError
+    from kdcore.configure import build_config
 
     with pytest.raises(ConfigError, match=message):
         build_config({"distill": distill})

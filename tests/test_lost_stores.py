@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdcore.config import build_config  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.store import Store  # noqa: E402
 from tests.test_faults import TINY, _one_error_line, _wait, kdcore, read_only  # noqa: E402
 

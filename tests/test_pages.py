@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # the app's own packages (ui, bench), as `streaml
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from bench.seed_runs import seed  # noqa: E402
-from kdcore.config import build_config  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.distill import METHODS  # noqa: E402
 from kdcore.distill.base import describe  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402

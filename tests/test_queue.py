@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.store import Store
 from tests.helpers import wait_while_progressing
 

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from kdcore.checks import check_runnable  # noqa: E402
 from kdcore.cli import main  # noqa: E402
-from kdcore.config import build_config, load_config  # noqa: E402
+from kdcore.configure import build_config, load_config  # noqa: E402
 from kdcore.engine.checkpoint import save_checkpoint  # noqa: E402
 from kdcore.models import create_model  # noqa: E402
 from kdcore.store import Store  # noqa: E402

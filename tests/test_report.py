@@ -132,7 +132,7 @@ def test_unknown_run_or_group_is_a_clear_error(stored, tmp_path):
 
 
 def test_a_run_that_did_not_complete_is_refused(stored, tmp_path):
-    from kdcore.config import load_config
+    from kdcore.configure import load_config
 
     store = Store(stored["db"])
     queued = store.create_run(load_config(ROOT / "examples" / "digits.yaml"))
@@ -263,7 +263,7 @@ def test_presentation_mode_hides_the_sidebar_in_a_browser(stored, page):
 
 
 def test_a_group_named_with_digits_is_read_as_that_group(tmp_path):
-    from kdcore.config import build_config
+    from kdcore.configure import build_config
     from kdcore.report import ReportError, resolve
 
     store = Store(f"sqlite:///{tmp_path}/runs.db", artefact_root=tmp_path)

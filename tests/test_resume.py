@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.jobs import resumable
 from kdcore.store import Store
 from tests.helpers import STALL_S, wait_while_progressing

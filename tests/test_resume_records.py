@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.store import Store
 from tests.helpers import STALL_S, wait_while_progressing
 

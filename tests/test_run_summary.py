@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.jobs import run_here
 from kdcore.record.summary import FRAME_KEYS, PROMOTED_COLUMNS, RunSummary, gain_sentence
 from kdcore.stats import describe_paired

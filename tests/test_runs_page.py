@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the app's own packages (ui), as `streamlit run` would see them
 
 from kdcore.cli import main  # noqa: E402
-from kdcore.config import ConfigError, build_config  # noqa: E402
+from kdcore.config import ConfigError  # noqa: E402
+from kdcore.configure import build_config  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.jobs.service import ActionRefused, RunService  # noqa: E402
 from kdcore.report import build_report  # noqa: E402

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.store import Store, utcnow
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-0.1.0"  # written by release 0.1.0's code

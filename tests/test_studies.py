@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.engine.run import read_finished
 from kdcore.store import Store
 from kdcore.studies import SpaceError, StudyDriver, StudyError, TestSplitRead, create_study, parse_space

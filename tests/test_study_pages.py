@@ -49,7 +49,7 @@ def test_a_bad_search_space_or_taken_name_blocks_the_launch_and_names_why(store)
     at.text_input(key="ui.search_confirm").set_value("0,1").run()
     assert not errors(at) and not at.button(key="ui.launch").disabled
     assert store.list_studies() == []  # nothing stored while the form was wrong
-    from kdcore.config import build_config
+    from kdcore.configure import build_config
     from kdcore.studies import create_study
 
     create_study(store, "taken", build_config({"dataset": {"name": "digits"}}), {"distill.alpha": {"low": 0.1,

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from kdcore.checks import check_runnable
-from kdcore.config import DatasetConfig, build_config
+from kdcore.config import DatasetConfig
+from kdcore.configure import build_config
 from kdcore.data import DatasetError, load_dataset
 from kdcore.store import Store
 from tests.helpers import STALL_S

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.data import load_dataset, make_loader
 from kdcore.engine import teacher_cache as cache_module
 from kdcore.engine.device import fast_path

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from kdcore.config import ConfigError, build_config
+from kdcore.config import ConfigError
+from kdcore.configure import build_config
 from kdcore.engine.run import baseline_key, execute_run, teacher_key
 
 BASE = {"dataset": {"name": "digits", "val_fraction": 0.15}, "teacher": {"arch": "tiny_cnn", "epochs": 2},

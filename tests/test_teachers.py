@@ -9,7 +9,8 @@ import torch
 
 from kdcore.checks import check_runnable
 from kdcore.cli import main
-from kdcore.config import ConfigError, build_config
+from kdcore.config import ConfigError
+from kdcore.configure import build_config
 from kdcore.engine.checkpoint import save_checkpoint
 from kdcore.engine.events import Event
 from kdcore.engine.run import execute_run

@@ -11,7 +11,7 @@ import torch
 
 from kdcore.checks import check_runnable
 from kdcore.cli import main
-from kdcore.config import build_config
+from kdcore.configure import build_config
 from kdcore.data import load_dataset
 from kdcore.engine.checkpoint import CheckpointError, load_pretrained, save_checkpoint
 from kdcore.engine.events import no_callback

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import streamlit as st
 import yaml
 
-from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.config import ConfigError, RunConfig
+from kdcore.configure import build_config
 from kdcore.inputs import InputRefused, load_yaml
 
 PREFIX = "f."

@@ -18,7 +18,8 @@ import torch
 
 from kdcore.analysis import entropy_vs_temperature, frontier_points, kl_vs_temperature
 from kdcore.losses import ensemble_softened
-from kdcore.config import DatasetConfig, RunConfig, load_config
+from kdcore.config import DatasetConfig, RunConfig
+from kdcore.configure import load_config
 from kdcore.experiments import group_report
 from kdcore.jobs import JobManager
 from kdcore.jobs.service import RunService

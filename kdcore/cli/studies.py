@@ -27,7 +27,7 @@ def _refused(err: Exception) -> int:
 def _new_study(args, store) -> str:
     """Creates the study the command line describes; returns its name."""
     from kdcore.checks import refuse_unrunnable
-    from kdcore.config import load_config
+    from kdcore.configure import load_config
     from kdcore.studies import create_study, load_space
 
     for flag, value in (("CONFIG", args.config), ("--space", args.space), ("--trials", args.trials)):

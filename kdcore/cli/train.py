@@ -8,7 +8,8 @@ import sys
 import threading
 
 from kdcore.cli.common import _interrupt_on_signals, _print_group, _print_summary, _ProgressBars, _run_json
-from kdcore.config import ConfigError, load_config
+from kdcore.config import ConfigError
+from kdcore.configure import load_config
 
 
 def _configs(args):

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.config import ConfigError, RunConfig
+from kdcore.configure import build_config
 from kdcore.engine.checkpoint import NO_SPACE, CheckpointError
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event

@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from kdcore.config import TEACHER_TRAIN_KEYS, ConfigError, RunConfig, build_config
+from kdcore.config import TEACHER_TRAIN_KEYS, ConfigError, RunConfig
+from kdcore.configure import build_config
 
 SAMPLERS = ("tpe", "random", "grid")  # how the space is searched: Optuna's TPE, random draws, or every grid point
 PRUNERS = ("median", "hyperband", "none")  # how lagging trials are stopped early

@@ -19,7 +19,8 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from kdcore.config import ConfigError, RunConfig, build_config
+from kdcore.config import ConfigError, RunConfig
+from kdcore.configure import build_config
 from kdcore.engine.events import Event
 from kdcore.engine.run import fine_tuned, read_finished, teacher_phase
 from kdcore.experiments import format_seeds, parse_seeds
