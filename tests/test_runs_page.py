@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the app's own packages (ui), as `streamlit run` would see them
@@ -89,6 +90,7 @@ def test_a_cli_run_at_t_30_reopens_in_new_experiment_at_t_30(runs_db, capsys):
     run_id = int(capsys.readouterr().out.split()[0])
     store = Store(runs_db["url"])
     assert store.get_run(run_id).temperature == 30
+    st.cache_data.clear()  # the runs list is cached for 2 s: the page must see the run just submitted
     at = open_page("pages/runs.py")
     at.text_input(key="runs_search").set_value("hot").run()
     _select_first(at)
