@@ -173,11 +173,9 @@ class JobManager:
 
     def cancel(self, run_id: int) -> bool:
         """Drops a queued run, or asks whichever worker runs it to stop at its next step."""
-        try:
-            self.store.request_cancel(run_id)
-        except (ValueError, RunNotFound):
-            return False
-        return True
+        from kdcore.jobs.service import RunService  # the one rule for cancelling, shared with the pages
+
+        return RunService(self.store).cancel(run_id)
 
     # ---- reading ---------------------------------------------------------------------------
     def snapshot(self, run_id: int) -> Optional[LiveState]:
