@@ -240,7 +240,7 @@ def test_an_old_read_only_store_says_it_needs_an_upgrade_and_is_never_migrated(t
         result = kdcore("runs", "list", db=_url(path))
         assert result.returncode == 2
         line = _one_error_line(result)
-        assert "needs an upgrade (schema of release 0.1.0 to 0003) and is read-only here" in line, line
+        assert "needs an upgrade (schema of release 0.1.0 to 0004) and is read-only here" in line, line
         assert "someone who can write it must open it once" in line
     assert _digest(path) == digest
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:

@@ -102,7 +102,7 @@ def test_a_diverged_run_is_not_resumed_with_the_same_settings(tmp_path):
     run_id = store.create_run(build_config(CONFIG))
     store.claim("w:1", run_id=run_id)
     store.finish_run(run_id, "failed", error="student: the loss became nan at epoch 3, step 40; lower train.lr",
-                     worker="w:1")
+                     worker="w:1", failure="diverged")
     shown = _kdcore(store.url, "runs", "resume", str(run_id))
     assert shown.returncode == 1 and "diverged" in shown.stderr and "lower train.lr" in shown.stderr
     assert store.get_run(run_id).status == "failed"
@@ -122,3 +122,46 @@ def test_a_worker_can_resume_interrupted_runs_by_itself(tmp_path, flag):
     out = _kdcore(store.url, "worker", flag, "--exit-when-idle", timeout=STALL_S * 2)
     assert out.returncode == 0, out.stderr[-2000:]
     assert store.get_run(run_id).status == "completed" and store.get_run(run_id).attempt == 2
+
+
+def test_a_run_that_diverges_for_real_is_stored_as_diverged_and_refused_a_resume(tmp_path):
+    from kdcore.jobs import run_here
+
+    store = Store(f"sqlite:///{tmp_path}/runs.db")
+    config = build_config({**CONFIG, "teacher": {"arch": "tiny_cnn", "epochs": 1},
+                           "train": {**CONFIG["train"], "epochs": 3, "batch_size": 32, "optimizer": "sgd",
+                                     "lr": 10.0, "momentum": 0.0, "weight_decay": 1.0}})  # w <- -9 w each step
+    run_id, status = run_here(store, config)
+    run = store.get_run(run_id)
+    assert status == "failed" and run.failure == "diverged", (run.failure, run.error)
+    assert "diverged" in resumable(run, store)
+
+
+def test_a_store_from_before_the_failure_field_knows_its_diverged_runs(tmp_path):
+    """Schema 0003 kept a failure's kind in its words only: the upgrade reads them once into the field."""
+    import shutil
+    import sqlite3
+
+    folder = Path(shutil.copytree(ROOT / "tests" / "fixtures" / "store-0.3", tmp_path / "store"))
+    with sqlite3.connect(folder / "kdcore.db") as db:
+        db.execute("UPDATE runs SET status='failed', error='student: the loss became nan at epoch 3, step 4' "
+                   "WHERE id=2")
+        db.execute("UPDATE runs SET status='failed', error='the data folder is missing' WHERE id=3")
+    store = Store(f"sqlite:///{folder / 'kdcore.db'}")
+    assert store.get_run(2).failure == "diverged" and store.get_run(3).failure is None
+    assert "diverged" in resumable(store.get_run(2), store) and resumable(store.get_run(3), store) is None
+
+
+def test_resuming_here_takes_the_run_without_a_trip_through_the_queue(tmp_path):
+    from kdcore.jobs import ActionRefused, RunService
+
+    store = Store(f"sqlite:///{tmp_path}/runs.db")
+    run_id = store.create_run(build_config(CONFIG))
+    store.claim("gone:1", run_id=run_id)
+    store.finish_run(run_id, "interrupted", error="its worker stopped", worker="gone:1")
+    RunService(store).resume(run_id, here="cli:2")
+    run = store.get_run(run_id)
+    assert (run.status, run.worker, run.attempt) == ("running", "cli:2", 2)
+    assert store.claim("other:3") is None  # it never sat in the queue for another worker to take
+    with pytest.raises(ActionRefused, match="only an interrupted, cancelled or failed run"):
+        RunService(store).resume(run_id, here="cli:4")

@@ -153,7 +153,7 @@ def test_a_0_1_0_store_is_upgraded_in_place_keeping_every_run_metric_and_file(tm
     assert {"teacher_weights", "student_weights", "test_logits"} <= set(files) and all(p.is_file() for p in files.values())
     assert store.run_dir(1) == tmp_path / "old" / "1"
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
     assert store.list_studies() == []  # the studies' tables came with the upgrade
     new = store.create_run(_config())
     assert new == 3 and store.get_run(new).uuid

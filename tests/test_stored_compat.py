@@ -39,8 +39,23 @@ def old_store(tmp_path) -> Path:
     return Path(shutil.copytree(FIXTURE, tmp_path / "store"))
 
 
+def _rows(db: Path, without=()) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if t != "alembic_version"]
+        out = {}
+        for table in tables:
+            cursor = conn.execute(f"SELECT * FROM {table} ORDER BY rowid")
+            names = [d[0] for d in cursor.description]
+            out[table] = [{n: v for n, v in zip(names, row) if n not in without} for row in cursor]
+    return out
+
+
 def test_a_store_written_before_the_refactor_lists_and_shows_the_same(old_store):
     before = _digests(old_store)
+    rows_before = _rows(old_store / "kdcore.db")
     assert _kdcore_json(old_store / "kdcore.db", "runs", "list") == json.loads((EXPECTED / "runs-list.json").read_text())
     for run_id in (1, 2, 3):
         shown = _kdcore_json(old_store / "kdcore.db", "runs", "show", str(run_id))
@@ -48,7 +63,9 @@ def test_a_store_written_before_the_refactor_lists_and_shows_the_same(old_store)
     group = json.loads((EXPECTED / "group.json").read_text())
     assert _kdcore_json(old_store / "kdcore.db", "groups", "show", group["group"]) == group
     after = {k: v for k, v in _digests(old_store).items() if not k.endswith(("-wal", "-shm", ".lock"))}
-    assert after == before  # reading migrates nothing and touches no file
+    # the run folders are untouched; the store file gained schema 0004's failure column, every stored value kept
+    assert {k: v for k, v in after.items() if k != "kdcore.db"} == {k: v for k, v in before.items() if k != "kdcore.db"}
+    assert _rows(old_store / "kdcore.db", without=("failure",)) == rows_before
 
 
 def test_the_run_folders_of_the_old_store_name_the_same_files(old_store):

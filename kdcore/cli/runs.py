@@ -74,18 +74,20 @@ def _print_attempts(run) -> None:
 
 
 def cmd_runs_resume(args) -> int:
-    from kdcore.jobs import resume_here
-    from kdcore.store import RunNotFound, Store
+    from kdcore.jobs import ActionRefused, RunService, execute_job
+    from kdcore.store import Store, this_worker
 
     store = Store(args.db)
     store.expire_leases(force=True)
     interrupt = threading.Event()
     bars = _ProgressBars()
+    worker = this_worker("resume")
     try:
+        RunService(store).resume(args.id, here=worker)
         with _interrupt_on_signals(interrupt):
-            status = resume_here(store, args.id, interrupt=interrupt, listener=bars)
-    except (RunNotFound, ValueError) as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+            status = execute_job(store, args.id, worker=worker, interrupt=interrupt, listener=bars)
+    except ActionRefused as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         bars.close()
@@ -97,12 +99,13 @@ def cmd_runs_resume(args) -> int:
 
 
 def cmd_runs_cancel(args) -> int:
-    from kdcore.store import RunNotFound, Store
+    from kdcore.jobs import ActionRefused, RunService
+    from kdcore.store import Store
 
     try:
-        outcome = Store(args.db).request_cancel(args.id)
-    except (RunNotFound, ValueError) as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+        outcome = RunService(Store(args.db), here=False).cancel(args.id, refuse=True)
+    except ActionRefused as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"run {args.id} " + ("cancelled (it was queued)" if outcome == "cancelled"
                                else "will stop at its next step (its worker reads the request within a few seconds)"))
@@ -110,6 +113,7 @@ def cmd_runs_cancel(args) -> int:
 
 
 def cmd_runs_delete(args) -> int:
+    from kdcore.jobs import ActionRefused, RunService
     from kdcore.store import Store
 
     store = Store(args.db)
@@ -124,8 +128,8 @@ def cmd_runs_delete(args) -> int:
             print("kept")
             return 1
     try:
-        kept = store.delete_run(args.id)
-    except ValueError as err:
+        kept = RunService(store, here=False).delete(args.id)
+    except ActionRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"run {args.id} deleted" + (f"; {kept}" if kept else ""))

@@ -7,7 +7,8 @@ cancel flag; any process can submit, watch or cancel any run.
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.manager import JobManager, get_manager
 from kdcore.jobs.recorder import FLUSH_SECONDS, Heartbeat, Recorder
-from kdcore.jobs.worker import Worker, describe_error, execute_job, resumable, resume_here, run_here
+from kdcore.jobs.service import ActionRefused, RunService, resumable
+from kdcore.jobs.worker import Worker, describe_error, execute_job, run_here
 
-__all__ = ["FLUSH_SECONDS", "Heartbeat", "JobManager", "LiveState", "Recorder", "Worker", "describe_error",
-           "execute_job", "get_manager", "resumable", "resume_here", "run_here"]
+__all__ = ["FLUSH_SECONDS", "ActionRefused", "Heartbeat", "JobManager", "LiveState", "Recorder", "RunService", "Worker",
+           "describe_error", "execute_job", "get_manager", "resumable", "run_here"]

@@ -9,12 +9,39 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from kdcore.checks import check_runnable
 from kdcore.config import ConfigError, RunConfig
-from kdcore.jobs.worker import resumable
-from kdcore.store import RunNotFound, Store
+from kdcore.record.failure import STOPPED, resumable_failure
+from kdcore.store import RunNotFound, Store, lease_note
 
 
 class ActionRefused(ValueError):
     """An action a run does not allow now (resume a completed run, delete a running one), in words."""
+
+
+def folder_lost(store: Store, run) -> Optional[str]:
+    """Why a run cannot go on from its folder: the folder is gone although the run saved work in it; else None.
+
+    Resuming then would silently train every phase again, the teacher included.
+    """
+    folder = store.run_dir(run.id)
+    if folder.is_dir():
+        return None
+    saved = store.artefacts(run.id) or len(store.metrics_frame([run.id], kind="epoch"))
+    if not saved:  # it stopped before finishing an epoch: nothing was lost, it starts over as it would anyway
+        return None
+    return (f"run {run.id}'s folder {folder} is gone (deleted or moved), and with it the weights and state it saved; "
+            "resuming would train everything again, its teacher included: start a new run from its config instead "
+            f"(save the config `kdcore runs show {run.id}` prints as a YAML file and run `kdcore train FILE`)")
+
+
+def resumable(run, store: Optional[Store] = None) -> Optional[str]:
+    """Why a stored run cannot be resumed, or None when it can; with `store`, its folder is checked too."""
+    if run.status not in STOPPED:
+        lease = f" ({lease_note(run)})" if run.status == "running" else ""
+        return f"run {run.id} is {run.status}{lease}; only an interrupted, cancelled or failed run can be resumed"
+    if run.status == "failed" and not resumable_failure(run.failure):
+        return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
+                "would diverge again: start a new run from it with a lower train.lr or temperature")
+    return folder_lost(store, run) if store is not None else None
 
 
 class RunService:
@@ -68,24 +95,31 @@ class RunService:
         return ids
 
     # ---- stopping and going on ---------------------------------------------------------------------------
-    def cancel(self, run_id: int) -> bool:
-        """Drops a queued run, or asks its worker to stop a running one; False when it has already finished."""
+    def cancel(self, run_id: int, *, refuse: bool = False) -> Optional[str]:
+        """Drops a queued run ("cancelled"), or asks its worker to stop a running one at its next step
+        ("requested"); None when it has already finished or is not stored.
+
+        Raises:
+            ActionRefused, with `refuse`, instead of returning None: why it cannot be cancelled.
+        """
         try:
-            self.store.request_cancel(run_id)
-        except (ValueError, RunNotFound):
-            return False
-        return True
+            return self.store.request_cancel(run_id)
+        except (ValueError, RunNotFound) as err:
+            if refuse:
+                raise ActionRefused(err.args[0]) from None
+            return None
 
     def resume_problem(self, run_id: int) -> Optional[str]:
-        """Why the run cannot be resumed now (kdcore.jobs.worker.resumable, its folder included); None if it can."""
+        """Why the run cannot be resumed now (`resumable`, its folder included); None if it can."""
         try:
             run = self.store.get_run(run_id)
         except RunNotFound:
             return f"run {run_id} is not stored"
         return resumable(run, self.store)
 
-    def resume(self, run_id: int) -> None:
-        """Puts a stopped run back in the queue; a worker goes on from its last saved epoch.
+    def resume(self, run_id: int, *, here: Optional[str] = None) -> None:
+        """Resumes a stopped run from its last saved epoch: back in the queue for any worker or, with `here`
+        (a worker's name, `kdcore resume`), taken straight by that worker, which then executes it.
 
         Raises:
             ActionRefused: it cannot be resumed (why), or another process requeued or took it meanwhile.
@@ -93,9 +127,23 @@ class RunService:
         problem = self.resume_problem(run_id)
         if problem:
             raise ActionRefused(problem)
-        if not self.store.requeue(run_id):
+        taken = (self.store.claim(here, run_id=run_id, statuses=STOPPED) is not None if here
+                 else self.store.requeue(run_id))
+        if not taken:
             raise ActionRefused(f"run {run_id} was resumed or changed by another process meanwhile")
-        self._wake()
+        if not here:
+            self._wake()
+
+    def resume_interrupted(self) -> list[tuple[int, str]]:
+        """Resumes every interrupted run (a killed worker, a restarted machine) through the queue, except those
+        whose folder is gone; returns (run number, why) of each run left."""
+        left = []
+        for run in self.store.list_runs(status=["interrupted"]):
+            try:
+                self.resume(run.id)
+            except ActionRefused as why:
+                left.append((run.id, str(why)))
+        return left
 
     # ---- editing ----------------------------------------------------------------------------------------
     def delete(self, run_id: int) -> Optional[str]:

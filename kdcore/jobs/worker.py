@@ -5,6 +5,7 @@ any machine, and `kdcore train` for the run it submits itself.
 """
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import torch
 
 from kdcore.config import ConfigError, RunConfig
 from kdcore.configure import build_config
-from kdcore.engine.checkpoint import NO_SPACE, CheckpointError
+from kdcore.engine.checkpoint import CheckpointError, NoSpaceLeft
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
 from kdcore.engine.run import execute_run
@@ -25,6 +26,8 @@ from kdcore.engine.trainer import TrainingDiverged
 from kdcore.jobs.attempts import Attempt
 from kdcore.jobs.live import LiveState
 from kdcore.jobs.recorder import Heartbeat, Recorder
+from kdcore.jobs.service import RunService
+from kdcore.record import failure
 from kdcore.record.folder import LAST_SUFFIX, RunFolder
 from kdcore.record.phases import BASELINE, STUDENT, TEACHER
 from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, lease_note, this_worker
@@ -114,7 +117,7 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     live = LiveState(run_id=run_id, status="running", run_started=time.time())
     pruning = _trial_pruning(store, run_id)
     recorder = Recorder(store, live, _listeners(listener, pruning))
-    status, summary, error = "failed", None, None
+    status, summary, error, kind = "failed", None, None, None
     with Heartbeat(store, run_id, worker, recorder) as beat:
         recorder.on_phase = beat.poke
         pruned = lambda: pruning is not None and pruning.pruned_epoch is not None  # noqa: E731
@@ -141,8 +144,8 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
             else:
                 status = "completed"
         except Exception as err:  # a failed run is stored with its reason; the worker goes on
-            error, status = describe_error(err), "failed"
-            if cuda_context_lost(err):
+            error, status, kind = describe_error(err), "failed", failure_kind(err)
+            if kind == failure.DEVICE_LOST:
                 error = f"{DEVICE_LOST}: {error}"
                 if device_lost is not None:
                     device_lost.set()
@@ -158,15 +161,30 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
                         f"files in {store.run_dir(run_id)}")
     if beat.lost.is_set():
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
-    _finish(store, run_id, status, attempt.summary(run, summary, status), error, worker)
+    _finish(store, run_id, status, attempt.summary(run, summary, status), error, worker, kind)
     return status
 
 
+def failure_kind(err: BaseException) -> Optional[str]:
+    """The kind of a run's failure (kdcore.record.failure) where it decides what can be done next; else None."""
+    if cuda_context_lost(err):
+        return failure.DEVICE_LOST
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, TrainingDiverged):
+            return failure.DIVERGED
+        if isinstance(err, NoSpaceLeft) or (isinstance(err, OSError) and err.errno == errno.ENOSPC):
+            return failure.NO_SPACE
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _finish(store: Store, run_id: int, status: str, summary: Optional[dict], error: Optional[str],
-            worker: str) -> None:
+            worker: str, kind: Optional[str] = None) -> None:
     """Records a run's end; a full disk gets one more try, as failed, after its partial files are gone."""
     try:
-        store.finish_run(run_id, status, summary, error, worker=worker)
+        store.finish_run(run_id, status, summary, error, worker=worker, failure=kind)
         return
     except StoreFull as err:
         full = err
@@ -177,7 +195,8 @@ def _finish(store: Store, run_id: int, status: str, summary: Optional[dict], err
         partial.unlink(missing_ok=True)
     try:
         store.make_room()
-        store.finish_run(run_id, "failed", summary, f"{full}\n\n{error or ''}".strip(), worker=worker)
+        store.finish_run(run_id, "failed", summary, f"{full}\n\n{error or ''}".strip(), worker=worker,
+                         failure=failure.NO_SPACE)
     except StoreError:
         raise StoreFull(f"{full}. Run {run_id} could not be marked failed: it shows as running until its lease "
                         f"expires (KDCORE_LEASE_GRACE_S, {lease_grace_s():.0f} s), then as interrupted") from None
@@ -218,49 +237,6 @@ def _record_files(store: Store, run_id: int) -> None:
             store.add_artefact(run_id, f"{kind}_weights", weights[kind])
     if folder.test_logits.is_file() and "test_logits" not in known:
         store.add_artefact(run_id, "test_logits", folder.test_logits)
-
-
-DIVERGED = "the loss became"  # in a diverged run's error: resuming it would diverge again
-
-
-def folder_lost(store: Store, run) -> Optional[str]:
-    """Why a run cannot go on from its folder: the folder is gone although the run saved work in it; else None.
-
-    Resuming then would silently train every phase again, the teacher included.
-    """
-    folder = store.run_dir(run.id)
-    if folder.is_dir():
-        return None
-    saved = store.artefacts(run.id) or len(store.metrics_frame([run.id], kind="epoch"))
-    if not saved:  # it stopped before finishing an epoch: nothing was lost, it starts over as it would anyway
-        return None
-    return (f"run {run.id}'s folder {folder} is gone (deleted or moved), and with it the weights and state it saved; "
-            "resuming would train everything again, its teacher included: start a new run from its config instead "
-            f"(save the config `kdcore runs show {run.id}` prints as a YAML file and run `kdcore train FILE`)")
-
-
-def resumable(run, store: Optional[Store] = None) -> Optional[str]:
-    """Why a stored run cannot be resumed, or None when it can; with `store`, its folder is checked too."""
-    if run.status not in ("interrupted", "cancelled", "failed"):
-        lease = f" ({lease_note(run)})" if run.status == "running" else ""
-        return f"run {run.id} is {run.status}{lease}; only an interrupted, cancelled or failed run can be resumed"
-    if run.status == "failed" and DIVERGED in (run.error or ""):
-        return (f"run {run.id} diverged ({(run.error or '').split(chr(10))[0]}); resuming it with the same settings "
-                "would diverge again: start a new run from it with a lower train.lr or temperature")
-    return folder_lost(store, run) if store is not None else None
-
-
-def resume_here(store: Store, run_id: int, *, interrupt: Optional[threading.Event] = None,
-                listener: Optional[Callable[[Event], None]] = None) -> str:
-    """Claims a stopped run for this process and goes on from its last saved epoch; returns its final status."""
-    run = store.get_run(run_id)
-    problem = resumable(run, store)
-    if problem:
-        raise ValueError(problem)
-    worker = this_worker("resume")
-    if not store.requeue(run_id) or store.claim(worker, run_id=run_id) is None:
-        raise ValueError(f"run {run_id} was taken by another process meanwhile")
-    return execute_job(store, run_id, worker=worker, interrupt=interrupt, listener=listener)
 
 
 class Worker:
@@ -344,7 +320,7 @@ class Worker:
             finally:
                 self.current = None
             done.append((run_id, status))
-            if status == "failed" and NO_SPACE in (self.store.get_run(run_id).error or ""):
+            if status == "failed" and self.store.get_run(run_id).failure == failure.NO_SPACE:
                 raise StoreFull(f"run {run_id} failed: {self.store.get_run(run_id).error.splitlines()[0]}; "
                                 "this worker stops rather than fail every run after it")
             if device_lost.is_set():
@@ -357,13 +333,10 @@ class Worker:
 
     def _requeue_interrupted(self) -> None:
         """Puts interrupted runs back in the queue, except those whose folder is gone (said once per run)."""
-        for run in self.store.list_runs(status=["interrupted"]):
-            lost = folder_lost(self.store, run)
-            if lost is None:
-                self.store.requeue(run.id, statuses=("interrupted",))
-            elif run.id not in self._left:
-                self._left.add(run.id)
-                print(f"kdcore worker {self.id}: not resuming {lost}", file=sys.stderr, flush=True)
+        for run_id, why in RunService(self.store, here=False).resume_interrupted():
+            if run_id not in self._left:
+                self._left.add(run_id)
+                print(f"kdcore worker {self.id}: not resuming: {why}", file=sys.stderr, flush=True)
 
     def _expire_stale(self) -> None:
         """Marks runs of dead workers interrupted, so none stays `running` when nobody lists runs."""

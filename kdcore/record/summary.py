@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 from kdcore.record.phases import BASELINE, STUDENT, teacher_phases
 
 # Summary keys copied into the runs table's own columns when a run finishes: the runs table, group reports and
-# sorting read them in one query, without parsing thousands of summaries (kdcore.store's SUMMARY_COLUMNS).
+# sorting read them in one query, without parsing thousands of summaries (kdcore.store.Store.finish_run).
 PROMOTED_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
                     "teacher_params", "student_params", "teacher_flops", "student_flops")
 # Summary keys the runs frame reads out of the summary JSON, not columns of their own (kdcore.store's

@@ -18,7 +18,7 @@ from kdcore.store.connect import (CHECK_MAX_BYTES, DEFAULT_URL, ELSEWHERE, MIGRA
 from kdcore.store.frames import FRAME_FROM_SUMMARY, TEXT_FROM_SUMMARY, _ci, _loads, _loads_any  # noqa: F401
 from kdcore.store.queue import (DEFAULT_GRACE_S, EXPIRE_EVERY_S, HEARTBEAT_S, host_name,  # noqa: F401
                                 lease_grace_s, lease_note, this_worker)
-from kdcore.store.runs import SUMMARY_COLUMNS, RunNotFound, Store  # noqa: F401
+from kdcore.store.runs import RunNotFound, Store  # noqa: F401
 from kdcore.store.studies import StudyExists, StudyNotFound, StudyRecords  # noqa: F401
 from kdcore.store.tables import (ACTIVE, DAMAGED_LABEL, FINISHED, JSON_COLUMNS, STATUSES, Artefact,  # noqa: F401
                                  Metric, Run, Study, Trial, unreadable, utcnow)

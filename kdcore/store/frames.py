@@ -7,6 +7,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 from sqlmodel import Session, select
 
+from kdcore.record.summary import FRAME_KEYS
 from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
 
 def _loads_any(text: Optional[str]):
@@ -28,14 +29,11 @@ def _ci(i: int):
     return read
 
 
-# Columns of the runs table read from each run's summary JSON
+# Columns of the runs table read from each run's summary JSON (kdcore.record.summary.FRAME_KEYS): the interval as
+# its two ends, the evaluation precision as text, every other key as a number of the same name
 FRAME_FROM_SUMMARY = {
     "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
-    "kd_gain_p_value": lambda s: s.get("kd_gain_p_value"), "test_images": lambda s: s.get("test_images"),
-    "teacher_from_run": lambda s: s.get("teacher_from_run"), "baseline_from_run": lambda s: s.get("baseline_from_run"),
-    "ensemble_test_acc": lambda s: s.get("ensemble_test_acc"),
-    "student_latency_ms_b1": lambda s: s.get("student_latency_ms_b1"),
-    "teacher_latency_ms_b1": lambda s: s.get("teacher_latency_ms_b1"),
+    **{key: (lambda s, key=key: s.get(key)) for key in FRAME_KEYS if key not in ("kd_gain_ci95", "eval_precision")},
 }
 TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision")}  # bf16 or fp32
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
+from kdcore.record.failure import STOPPED
 from kdcore.store.frames import _loads
 from kdcore.store.tables import ACTIVE, Run, utcnow
 
@@ -56,9 +57,11 @@ class QueueRecords:
     read_only: bool
     _last_expiry: float
 
-    def claim(self, worker: str, run_id: Optional[int] = None, groups: Optional[Iterable[str]] = None) -> Optional[int]:
+    def claim(self, worker: str, run_id: Optional[int] = None, groups: Optional[Iterable[str]] = None,
+              statuses: Iterable[str] = ("queued",)) -> Optional[int]:
         """Takes the oldest queued run (or `run_id` if still queued; of `groups` only, if given) for `worker`,
-        atomically.
+        atomically. With `statuses` (STOPPED) and `run_id`, it takes a stopped run straight back to resume it
+        in this process, without a trip through the queue where another worker could take it first.
 
         PostgreSQL locks the row with FOR UPDATE SKIP LOCKED, so concurrent workers take
         different runs; SQLite serialises claims with a short BEGIN IMMEDIATE transaction.
@@ -67,9 +70,10 @@ class QueueRecords:
             The claimed run's number, or None when nothing (or not that run) is queued.
         """
         now = utcnow()
+        statuses = list(statuses)
         values = dict(status="running", worker=worker, heartbeat_at=now, started_at=now, finished_at=None,
-                      cancel_requested=False, attempt=Run.attempt + 1, live_json="{}")
-        pick = select(Run.id).where(Run.status == "queued")
+                      cancel_requested=False, attempt=Run.attempt + 1, live_json="{}", phase=None, failure=None)
+        pick = select(Run.id).where(Run.status.in_(statuses))
         if groups is not None:
             pick = pick.where(Run.group.in_(list(groups)))
         pick = pick.where(Run.id == run_id) if run_id is not None else pick.order_by(Run.id).limit(1)
@@ -78,7 +82,7 @@ class QueueRecords:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading the queue
                 chosen = conn.execute(pick).scalar()
                 if chosen is not None:
-                    conn.execute(update(Run).where(Run.id == chosen, Run.status == "queued").values(**values))
+                    conn.execute(update(Run).where(Run.id == chosen, Run.status.in_(statuses)).values(**values))
                 conn.commit()
             return chosen
         with Session(self.engine) as s:
@@ -164,11 +168,11 @@ class QueueRecords:
             rows = s.execute(select(Run.id, Run.status).where(Run.status.in_(ACTIVE)).order_by(Run.id)).all()
         return [i for i, st in rows if st == "running"], [i for i, st in rows if st == "queued"]
 
-    def requeue(self, run_id: int, statuses: Iterable[str] = ("interrupted", "cancelled", "failed")) -> bool:
+    def requeue(self, run_id: int, statuses: Iterable[str] = STOPPED) -> bool:
         """Puts a stopped run back in the queue to be resumed by a worker; False if it is not stopped."""
         with Session(self.engine) as s:
             done = s.execute(update(Run).where(Run.id == run_id, Run.status.in_(list(statuses))).values(
                 status="queued", finished_at=None, worker=None, heartbeat_at=None, cancel_requested=False,
-                phase=None, live_json="{}")).rowcount
+                phase=None, live_json="{}", failure=None)).rowcount
             s.commit()
         return bool(done)

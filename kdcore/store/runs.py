@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import func, insert, update
 from sqlmodel import Session, delete, select
 
+from kdcore.record.summary import PROMOTED_COLUMNS
 from kdcore.store.connect import (SQLITE_MAGIC, FolderOutsideRoot, StoreGone, _engine_for, _read_only_error,
                                   _read_only_why, _sqlite_path, default_artefact_root, default_url)
 from kdcore.store.frames import FrameRecords
@@ -21,8 +22,6 @@ from kdcore.store.queue import QueueRecords, lease_note, this_worker
 from kdcore.store.studies import StudyRecords
 from kdcore.store.tables import ACTIVE, STATUSES, Artefact, Metric, Run, utcnow
 
-SUMMARY_COLUMNS = ("teacher_test_acc", "student_test_acc", "baseline_test_acc", "kd_gain", "student_best_val_acc",
-                   "teacher_params", "student_params", "teacher_flops", "student_flops")
 
 
 class RunNotFound(KeyError):
@@ -147,18 +146,21 @@ class Store(QueueRecords, FrameRecords, StudyRecords):
                      worker=worker or this_worker())
 
     def finish_run(self, run_id: int, status: str, summary: Optional[dict] = None, error: Optional[str] = None,
-                   worker: Optional[str] = None) -> bool:
+                   worker: Optional[str] = None, failure: Optional[str] = None) -> bool:
         """Records a run's end. With `worker`, only while that worker still holds the run's lease.
+
+        `failure`: a failed run's kind of failure (kdcore.record.failure), when it decides what can be done next.
 
         Returns:
             False when the lease was lost (another process already marked the run interrupted).
         """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "phase": None}
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "phase": None,
+                                  "failure": failure}
         if summary is not None:
             values["summary_json"] = json.dumps(summary, default=float)
-            for key in SUMMARY_COLUMNS:
+            for key in PROMOTED_COLUMNS:
                 if key in summary and summary[key] == summary[key]:  # skip NaN
                     values[key] = summary[key]
         q = update(Run).where(Run.id == run_id)

@@ -31,6 +31,7 @@ class Run(SQLModel, table=True):
     config_json: str = "{}"
     summary_json: str = "{}"
     error: Optional[str] = None
+    failure: Optional[str] = None  # a failed run's kind of failure (kdcore.record.failure), where it matters
     device: Optional[str] = None
     owner: Optional[str] = None  # 0.1.0's host:pid; kept for old stores, `worker` holds it now
     worker: Optional[str] = None  # host:pid of the process holding the run's lease
