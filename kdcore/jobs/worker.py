@@ -30,7 +30,7 @@ from kdcore.jobs.service import RunService
 from kdcore.record import failure
 from kdcore.record.folder import LAST_SUFFIX, RunFolder
 from kdcore.record.phases import BASELINE, STUDENT, TEACHER
-from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, lease_note, this_worker
+from kdcore.store import Store, StoreError, StoreFull, StoreGone, lease_grace_s, this_worker
 
 
 class StoreRuns:
