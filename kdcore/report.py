@@ -348,11 +348,13 @@ def _dataset(run):
 
 
 def _gain_block(page: _Page, summary: dict) -> None:
-    discordant = summary.get("kd_gain_discordant") or {}
-    words = gain_sentence(summary)
-    ci = summary.get("kd_gain_ci95") or (None, None)
-    low, high = (ci + [None, None])[:2] if isinstance(ci, list) else ci
-    cls = "good" if (low is not None and low > 0) else "bad" if (high is not None and high < 0) else ""
+    stored = RunSummary.from_stored(summary)
+    discordant = stored.discordant()
+    words = gain_sentence(stored)
+    low, high = stored.gain_interval()
+    p = stored.gain_p_value()
+    real = p is not None and p < 0.05 and low is not None and high is not None and (low > 0 or high < 0)
+    cls = ("good" if low > 0 else "bad") if real else ""
     page.add('<div class="headline">'
              + _big("KD gain", text.points(summary.get("kd_gain")))
              + _big("95% interval", text.points_range(low, high) + " pts" if low is not None else "—")
@@ -360,11 +362,13 @@ def _gain_block(page: _Page, summary: dict) -> None:
              + _big("baseline test accuracy", text.pct(summary.get("baseline_test_acc")))
              + "</div>")
     page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(words)}.</div>')
+    for flag in stored.teacher_flags():
+        page.add(f'<div class="verdict bad teacher-flag"><b>Warning:</b> {esc(flag[0].upper() + flag[1:])}.</div>')
     if discordant:
         page.p(f"The distilled student gets {discordant.get('student_only', 0)} test images right that the baseline "
                f"gets wrong, and the baseline {discordant.get('baseline_only', 0)} that the student gets wrong; "
-               "the interval is a paired bootstrap over the test images, the p-value McNemar's exact test.",
-               "note")
+               "the p-value is McNemar's exact test on those images, and the interval is the exact interval that "
+               "inverts the same test, so the two always agree.", "note")
 
 
 def _samples(page: _Page, run, logits: dict, data, names: list[str], teacher: str) -> None:

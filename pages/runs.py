@@ -12,7 +12,7 @@ import streamlit as st
 from kdcore.analysis import (confusion_matrix, expected_calibration_error, fixed_and_broken, per_class_accuracy,
                              per_class_gain, reliability_table)
 from kdcore.jobs.service import ActionRefused
-from kdcore.record import phase_order, teacher_phases
+from kdcore.record import RunSummary, phase_order, teacher_phases
 from kdcore import charts, text
 from kdcore.data import DatasetError
 from ui import form, images, parts, state
@@ -36,8 +36,8 @@ COLUMNS = {
     "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
                                                  help="Student minus baseline test accuracy, in percentage points"),
     "kd_gain_interval": st.column_config.TextColumn(
-        "95% interval (pts)", help="Paired bootstrap over the test images: where the gain would likely fall on other "
-                                   "test images like these"),
+        "95% interval (pts)", help="Where the gain would likely fall on other test images like these: the exact "
+                                   "interval of McNemar's test, so it excludes 0 exactly when p < 0.05"),
     "kd_gain_p_value": st.column_config.NumberColumn(
         "p", format="%.2g", help="McNemar's exact test: the chance of a split of test images at least this uneven "
                                  "if the distilled student and the baseline were equally good"),
@@ -291,6 +291,8 @@ def summary_view(run) -> None:
                 st.session_state["live_pick"] = run.id
                 st.switch_page("pages/live.py")
     parts.summary_card(run.summary)
+    for flag in RunSummary.from_stored(run.summary).teacher_flags():  # the gain above then means little
+        st.warning(flag[0].upper() + flag[1:] + ".", icon=":material/warning:")
     if run.notes:
         st.markdown(f"**Notes:** {run.notes}")
     if st.button("New experiment from this run", icon=":material/content_copy:", key=f"restart_{run.id}"):

@@ -146,8 +146,8 @@ def gain_verdict(summary: dict) -> None:
     if discordant:
         st.caption(f"The student got {discordant.get('student_only', 0)} test images right that the baseline got "
                    f"wrong, and the baseline {discordant.get('baseline_only', 0)} the other way. The interval is where "
-                   "the gain would likely fall on other test images like these (a paired bootstrap over the test "
-                   "images); p is the chance of a split at least this uneven if both students were equally good "
+                   "the gain would likely fall on other test images like these (the exact interval of the same "
+                   "test, so the two agree); p is the chance of a split at least this uneven if both students were equally good "
                    "(McNemar's exact test). A new seed can still move the gain: run several seeds for that.")
 
 

@@ -80,7 +80,7 @@ def _lease_suffix(run) -> str:
 
 
 def _print_summary(run) -> None:
-    from kdcore.stats import describe_paired
+    from kdcore.record.summary import RunSummary, gain_sentence
     from kdcore.text import own_settings
 
     s = run.summary
@@ -114,9 +114,9 @@ def _print_summary(run) -> None:
         shared = f"  (trained by run {s['baseline_from_run']})" if "baseline_from_run" in s else ""
         print(f"  baseline {'(student from scratch)':<20} test acc {_pct(s.get('baseline_test_acc'))}{shared}")
         if s.get("kd_gain") is not None:
-            discordant = s.get("kd_gain_discordant") or {}
-            net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
-            print(f"  KD gain  {describe_paired(s.get('kd_gain'), s.get('kd_gain_ci95'), s.get('kd_gain_p_value'), s.get('test_images'), net)}")
+            print(f"  KD gain  {gain_sentence(s)}")
+    for flag in RunSummary.from_stored(s).teacher_flags():
+        print(f"  warning: {flag}")
     if "compression" in s:
         than = " than its teachers together" if len(teachers) > 1 else ""
         print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs (2 per MAC){than}; "
