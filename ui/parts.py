@@ -153,6 +153,9 @@ def gain_verdict(summary: dict) -> None:
 
 def group_card(report: dict) -> None:
     """A seed group's or sweep's answer: mean ± std over its completed runs, the interval, in words."""
+    if report.get("swept"):  # a sweep has no spread over seeds of its own: each setting has one (Runs page)
+        st.info(f"**KD gain:** {report['kd_gain_in_words']}.", icon=":material/grid_view:")
+        return
     agg = report["aggregate"]
     done = report["statuses"].get("completed", 0)
     total = len(report["run_ids"])
