@@ -25,7 +25,6 @@ import torch
 from kdcore import charts, text
 from kdcore.experiments import format_seeds, group_report
 from kdcore.record import RunFolder, RunSummary, gain_sentence, teacher_phases
-from kdcore.stats import describe_spread
 from kdcore.store.tables import DAMAGED_LABEL
 
 SHOWN_IMAGES = 4  # test images whose softened distributions the report draws: 3 right, 1 wrong
@@ -207,7 +206,7 @@ def _teacher_arches(run) -> str:
     return text.teachers_line(run.config, run.teacher_arch)
 
 
-def _setup_sentences(run, seeds: Optional[Sequence[int]] = None) -> list[str]:
+def _setup_sentences(run, seeds: Optional[Sequence[int]] = None, swept: Sequence[str] = ()) -> list[str]:
     cfg = run.config or {}
     train = cfg.get("train") or {}
     dataset = cfg.get("dataset") or {}
@@ -220,8 +219,11 @@ def _setup_sentences(run, seeds: Optional[Sequence[int]] = None) -> list[str]:
         + " (knowledge distillation) than when it is trained on the labels alone?",
         f"Setup: the teacher{'s' if several else ''} ({teachers}) distil{'' if several else 's'} "
         f"into the student ({run.student_arch}{_options(student.get('options'))}) on the {run.dataset} dataset.",
-        f"Method: {text.method_line(cfg, run.method)}, at temperature T = {text.number(run.temperature)} and "
-        f"α = {text.number(run.alpha)} (the weight of the teacher's soft targets; 1 − α weighs the labels).",
+        f"Method: {text.method_line(cfg, run.method)}, at "
+        + ("the temperatures T swept below" if "distill.temperature" in swept
+           else f"temperature T = {text.number(run.temperature)}")
+        + " and " + ("the values of α swept below" if "distill.alpha" in swept else f"α = {text.number(run.alpha)}")
+        + " (α is the weight of the teacher's soft targets; 1 − α weighs the labels).",
     ]
     epochs = train.get("epochs")
     teacher_epochs = (cfg.get("teacher") or {}).get("epochs")
@@ -235,6 +237,8 @@ def _setup_sentences(run, seeds: Optional[Sequence[int]] = None) -> list[str]:
         how += f"; {len(seeds)} seeds ({format_seeds(seeds)}), each a full repeat of the experiment"
     else:
         how += f", seed {train.get('seed')}"
+    if swept:
+        how += f"; a sweep over {', '.join(swept)}, each setting (a cell) run with every seed"
     if dataset.get("student_fraction") not in (None, 1, 1.0):
         how += f"; the student saw {text.pct(dataset['student_fraction'], 0)} of the labelled training images"
     sentences.append(how + ".")
@@ -348,11 +352,13 @@ def _dataset(run):
 
 
 def _gain_block(page: _Page, summary: dict) -> None:
-    discordant = summary.get("kd_gain_discordant") or {}
-    words = gain_sentence(summary)
-    ci = summary.get("kd_gain_ci95") or (None, None)
-    low, high = (ci + [None, None])[:2] if isinstance(ci, list) else ci
-    cls = "good" if (low is not None and low > 0) else "bad" if (high is not None and high < 0) else ""
+    stored = RunSummary.from_stored(summary)
+    discordant = stored.discordant()
+    words = gain_sentence(stored)
+    low, high = stored.gain_interval()
+    p = stored.gain_p_value()
+    real = p is not None and p < 0.05 and low is not None and high is not None and (low > 0 or high < 0)
+    cls = ("good" if low > 0 else "bad") if real else ""
     page.add('<div class="headline">'
              + _big("KD gain", text.points(summary.get("kd_gain")))
              + _big("95% interval", text.points_range(low, high) + " pts" if low is not None else "—")
@@ -360,11 +366,13 @@ def _gain_block(page: _Page, summary: dict) -> None:
              + _big("baseline test accuracy", text.pct(summary.get("baseline_test_acc")))
              + "</div>")
     page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(words)}.</div>')
+    for flag in stored.teacher_flags():
+        page.add(f'<div class="verdict bad teacher-flag"><b>Warning:</b> {esc(flag[0].upper() + flag[1:])}.</div>')
     if discordant:
         page.p(f"The distilled student gets {discordant.get('student_only', 0)} test images right that the baseline "
                f"gets wrong, and the baseline {discordant.get('baseline_only', 0)} that the student gets wrong; "
-               "the interval is a paired bootstrap over the test images, the p-value McNemar's exact test.",
-               "note")
+               "the p-value is McNemar's exact test on those images, and the interval is the exact interval that "
+               "inverts the same test, so the two always agree.", "note")
 
 
 def _samples(page: _Page, run, logits: dict, data, names: list[str], teacher: str) -> None:
@@ -518,17 +526,50 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
     done = [r for r in runs if r.status == "completed"]
     first = done[0]
     name = report["group"]
+    swept = report["swept"]
     page.title = f"kdcore report · group {name}"
     page.add(f"<h1>Group: {esc(name)}</h1>")
     statuses = ", ".join(f"{n} {k}" for k, n in report["statuses"].items())
     page.p(f"kdcore report generated {datetime.now():%Y-%m-%d %H:%M}; {len(runs)} runs ({statuses}).", "meta")
     page.h2("The question and the setup")
-    for sentence in _setup_sentences(first, report["seeds"]):
+    for sentence in _setup_sentences(first, report["seeds"], swept):
         page.p(sentence)
-    swept = {(r.temperature, r.alpha) for r in done}
-    if len(swept) > 1:
-        page.p(f"This group is a sweep over {len({t for t, _ in swept})} temperatures and "
-               f"{len({a for _, a in swept})} values of α; the numbers below pool all its cells.")
+    frame = _group_frame(store, runs)
+    if swept:
+        _sweep_answer(page, report, frame[frame["status"] == "completed"])
+    else:
+        _seeds_answer(page, report, frame[frame["status"] == "completed"])
+    page.h2("The runs" if swept else "The seeds")
+    seed_rows = []
+    cell_of = {i: c["label"] for c in report["cells"] for i in c["run_ids"]}
+    for r in runs:
+        s = RunSummary.from_stored(r.summary or {})
+        seed_rows.append([f"#{r.id}" + (f" {DAMAGED_LABEL}" if r.damaged else ""),
+                          r.config.get("train", {}).get("seed", "?"), r.status,
+                          cell_of.get(r.id, "?") if swept else f"T={text.number(r.temperature)}, α={text.number(r.alpha)}",
+                          text.pct(r.teacher_test_acc), text.pct(r.baseline_test_acc), text.pct(r.student_test_acc),
+                          text.points(r.kd_gain), text.points_range(*s.gain_interval()),
+                          text.p_value(s.gain_p_value())])
+    page.add(_table(["run", "seed", "status", "setting" if swept else "T, α", "teacher", "baseline", "student",
+                     "KD gain", "its 95% interval", "p"], seed_rows))
+    page.h2("Accuracy, size and speed")
+    header, size_rows, where = _size_rows(store, first, latency)
+    page.add(_table(header, size_rows))
+    page.p(f"Test accuracy of run #{first.id} (seed {first.config.get('train', {}).get('seed')}"
+           + (f", {cell_of.get(first.id)}" if swept else "") + "); sizes are the same "
+           f"for every seed. FLOPs and MACs are per image (a multiply-add counts as 2 FLOPs, 1 MAC). Latency is the "
+           f"median time of one forward pass; {where}.", "note")
+    if not swept:  # a sweep's curves differ by setting: each run's report has its own
+        page.h2("Training curves, mean over seeds")
+        curves = store.metrics_frame([r.id for r in done], kind="epoch")
+        page.figures_row([charts.averaged_curves(curves, "val_acc"), charts.averaged_curves(curves, "train_loss")])
+    differ = ", ".join(["train.seed"] + swept)
+    page.h2(f"The config (run #{first.id}; the runs differ only in {differ})")
+    _config(page, first)
+
+
+def _seeds_answer(page: _Page, report: dict, completed: pd.DataFrame) -> None:
+    """A seed group's answer: the gain's mean over seeds, its t-interval, and each quantity's spread."""
     agg = report["aggregate"]
     page.h2("The answer: KD gain across seeds")
     spread = agg.get("kd_gain")
@@ -539,7 +580,7 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
              + _big("95% interval across seeds", text.points_range(*ci) + " pts" if ci[0] is not None else "—")
              + _big("seeds completed", str((spread or {}).get("n", 0)))
              + "</div>")
-    page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(describe_spread(spread))}.</div>')
+    page.add(f'<div class="verdict {cls}" id="gain"><b>KD gain:</b> {esc(report["kd_gain_in_words"])}.</div>')
     page.p("The interval is a Student-t interval of the mean over the completed seeds: each seed repeats the "
            "whole experiment, so it says how much the gain varies between repeats, not only within one test set.",
            "note")
@@ -557,32 +598,28 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
                         if a["ci95"] else "—")
         rows.append([label, mean, "—" if a["std"] is None else f"{100 * a['std']:.2f} pts", interval, a["n"]])
     page.add(_table(["", "mean", "std", "95% interval", "n"], rows))
-    frame = _group_frame(store, runs)
-    page.figures_row([charts.group_dots(frame[frame["status"] == "completed"], agg)])
-    page.h2("The seeds")
-    seed_rows = []
-    for r in runs:
-        s = r.summary or {}
-        ci_r = s.get("kd_gain_ci95") or [None, None]
-        seed_rows.append([f"#{r.id}" + (f" {DAMAGED_LABEL}" if r.damaged else ""),
-                          r.config.get("train", {}).get("seed", "?"), r.status,
-                          f"T={text.number(r.temperature)}, α={text.number(r.alpha)}",
-                          text.pct(r.teacher_test_acc), text.pct(r.baseline_test_acc), text.pct(r.student_test_acc),
-                          text.points(r.kd_gain), text.points_range(*ci_r[:2]),
-                          text.p_value(s.get("kd_gain_p_value"))])
-    page.add(_table(["run", "seed", "status", "T, α", "teacher", "baseline", "student", "KD gain",
-                     "its 95% interval", "p"], seed_rows))
-    page.h2("Accuracy, size and speed")
-    header, size_rows, where = _size_rows(store, first, latency)
-    page.add(_table(header, size_rows))
-    page.p(f"Test accuracy of run #{first.id} (seed {first.config.get('train', {}).get('seed')}); sizes are the same "
-           f"for every seed. FLOPs and MACs are per image (a multiply-add counts as 2 FLOPs, 1 MAC). Latency is the "
-           f"median time of one forward pass; {where}.", "note")
-    page.h2("Training curves, mean over seeds")
-    curves = store.metrics_frame([r.id for r in done], kind="epoch")
-    page.figures_row([charts.averaged_curves(curves, "val_acc"), charts.averaged_curves(curves, "train_loss")])
-    page.h2(f"The config (run #{first.id}; the seeds differ only in train.seed)")
-    _config(page, first)
+    page.figures_row([charts.group_dots(completed, agg)])
+
+
+def _sweep_answer(page: _Page, report: dict, completed: pd.DataFrame) -> None:
+    """A sweep's answer, one row per setting (cell): never an average across settings."""
+    cells = report["cells"]
+    page.h2("The answer: KD gain per setting")
+    page.add(f'<div class="verdict" id="gain"><b>KD gain:</b> {esc(report["kd_gain_in_words"])}.</div>')
+    rows = []
+    for cell in cells:
+        gain = cell["aggregate"].get("kd_gain")
+        seeds = (gain or {}).get("n", 0)
+        interval = text.points_range(*gain["ci95"]) + " pts across seeds" if gain and gain["ci95"] else "—"
+        rows.append([cell["label"], f"{seeds} of {len(cell['run_ids'])}", text.points((gain or {}).get("mean")),
+                     interval, cell["kd_gain_in_words"]])
+    page.add(_table(["setting", "seeds completed", "mean KD gain", "95% interval", "in words"], rows))
+    page.p("Each setting is summarised on its own: with several seeds, by a Student-t interval of its mean gain over "
+           "them; with one seed, by that run's own paired test over the test images, which says nothing about how "
+           f"the gain varies between seeds. Picking the best of {len(cells)} settings by its gain favours a lucky "
+           "one: confirm it over new seeds.", "note")
+    if set(report["swept"]) <= {"distill.temperature", "distill.alpha"}:
+        page.figures_row([charts.sweep_heatmap(completed, value="kd_gain")])
 
 
 def _study_report(page: _Page, store, name: str) -> None:

@@ -12,7 +12,7 @@ import streamlit as st
 from kdcore.analysis import (confusion_matrix, expected_calibration_error, fixed_and_broken, per_class_accuracy,
                              per_class_gain, reliability_table)
 from kdcore.jobs.service import ActionRefused
-from kdcore.record import phase_order, teacher_phases
+from kdcore.record import RunSummary, phase_order, teacher_phases
 from kdcore import charts, text
 from kdcore.data import DatasetError
 from ui import form, images, parts, state
@@ -36,8 +36,8 @@ COLUMNS = {
     "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
                                                  help="Student minus baseline test accuracy, in percentage points"),
     "kd_gain_interval": st.column_config.TextColumn(
-        "95% interval (pts)", help="Paired bootstrap over the test images: where the gain would likely fall on other "
-                                   "test images like these"),
+        "95% interval (pts)", help="Where the gain would likely fall on other test images like these: the exact "
+                                   "interval of McNemar's test, so it excludes 0 exactly when p < 0.05"),
     "kd_gain_p_value": st.column_config.NumberColumn(
         "p", format="%.2g", help="McNemar's exact test: the chance of a split of test images at least this uneven "
                                  "if the distilled student and the baseline were equally good"),
@@ -196,15 +196,23 @@ def groups_tab(view: pd.DataFrame) -> None:
     group = st.selectbox("Group", groups, key="runs_group")
     report = state.group(group)
     members = runs[runs["group"] == group]
-    if report is not None:
+    swept = report["swept"] if report is not None else []
+    if report is not None and not swept:  # repeats of one setting: its spread over seeds
         parts.group_card(report)
         st.plotly_chart(charts.group_dots(members, report["aggregate"]), key="runs_group_dots")
-    swept = members[["temperature", "alpha"]].drop_duplicates()
-    if len(swept) > 1:
-        a, _ = st.columns([1, 3])
-        value = a.radio("Heatmap of", ["kd_gain", "student_test_acc"], horizontal=True, key="runs_sweep_value",
-                        format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
-        st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
+    elif report is not None:  # a sweep: one summary per setting (cell), never pooled across settings
+        st.info(f"**KD gain:** {report['kd_gain_in_words']}.", icon=":material/grid_view:")
+        st.dataframe(_cells_frame(report["cells"]), hide_index=True, width="stretch")
+        if set(swept) <= {"distill.temperature", "distill.alpha"}:
+            a, _ = st.columns([1, 3])
+            value = a.radio("Heatmap of", ["kd_gain", "student_test_acc"], horizontal=True, key="runs_sweep_value",
+                            format_func={"kd_gain": "KD gain", "student_test_acc": "student test accuracy"}.get)
+            st.plotly_chart(charts.sweep_heatmap(members, value=value), key="runs_sweep")
+        cells = {c["label"]: c for c in report["cells"]}
+        cell = cells[st.selectbox("Setting", list(cells), key="runs_group_cell")]
+        members = members[members["id"].isin(cell["run_ids"])]
+        st.caption(f"**{cell['label']}:** {cell['kd_gain_in_words']}.")
+        st.plotly_chart(charts.group_dots(members, cell["aggregate"]), key="runs_group_dots")
     a, b = st.columns([1, 3])
     curves = state.metrics(members["id"], kind="epoch")
     names = charts.metric_names(curves)
@@ -214,6 +222,18 @@ def groups_tab(view: pd.DataFrame) -> None:
     shared = members.dropna(subset=["shares"])
     if not shared.empty:
         st.caption("Shared phases: " + "; ".join(f"#{i} reuses the {s}" for i, s in zip(shared["id"], shared["shares"])))
+
+
+def _cells_frame(cells: list[dict]) -> pd.DataFrame:
+    """A sweep's settings, one row each: seeds completed, mean KD gain and its interval across seeds."""
+    rows = []
+    for c in cells:
+        gain = c["aggregate"].get("kd_gain") or {}
+        rows.append({"Setting": c["label"], "Runs completed": f"{c['completed']} of {len(c['run_ids'])}",
+                     "Mean KD gain": text.points(gain.get("mean")),
+                     "95% interval across seeds": text.points_range(*gain["ci95"]) if gain.get("ci95") else "—",
+                     "In words": c["kd_gain_in_words"]})
+    return pd.DataFrame(rows)
 
 
 TABS = {"Groups": lambda: groups_tab(view), "Frontier": lambda: frontier_tab(view),
@@ -291,6 +311,8 @@ def summary_view(run) -> None:
                 st.session_state["live_pick"] = run.id
                 st.switch_page("pages/live.py")
     parts.summary_card(run.summary)
+    for flag in RunSummary.from_stored(run.summary).teacher_flags():  # the gain above then means little
+        st.warning(flag[0].upper() + flag[1:] + ".", icon=":material/warning:")
     if run.notes:
         st.markdown(f"**Notes:** {run.notes}")
     if st.button("New experiment from this run", icon=":material/content_copy:", key=f"restart_{run.id}"):

@@ -6,7 +6,9 @@ import pytest
 
 from kdcore.config import ConfigError
 from kdcore.experiments import format_seeds, parse_seeds
-from kdcore.stats import across_seeds, describe_paired, describe_spread, mcnemar_exact, paired_bootstrap_ci, paired_gain
+from scipy import stats as scipy_stats
+
+from kdcore.stats import across_seeds, describe_paired, describe_spread, mcnemar_exact, paired_exact_ci, paired_gain
 
 
 def _pairs(only_a: int, only_b: int, both: int, neither: int):
@@ -30,30 +32,19 @@ def test_paired_gain_counts_the_discordant_images_and_its_interval_contains_the_
     assert (g.only_a_right, g.only_b_right, g.test_images, g.net_images) == (30, 10, 400, 20)
     assert g.gain == pytest.approx(20 / 400)
     assert g.ci95[0] < g.gain < g.ci95[1]
-    # by hand: the normal approximation of the paired difference, d = (b - c) / n,
-    # se = sqrt((b + c) / n - d^2) / sqrt(n) -> 0.05 ± 1.96 * 0.01561 = [0.0194, 0.0806]
-    se = math.sqrt(40 / 400 - 0.05 ** 2) / math.sqrt(400)
-    assert g.ci95[0] == pytest.approx(0.05 - 1.96 * se, abs=0.004)
-    assert g.ci95[1] == pytest.approx(0.05 + 1.96 * se, abs=0.004)
+    # by hand: Clopper-Pearson for the 30 of 40 discordant images the student gets right, from beta quantiles,
+    # mapped to the difference (2p - 1) * 40 / 400
+    share_low, share_high = scipy_stats.beta.ppf(0.025, 30, 11), scipy_stats.beta.ppf(0.975, 31, 10)
+    assert g.ci95 == pytest.approx(((2 * share_low - 1) / 10, (2 * share_high - 1) / 10))
     assert g.p_value == pytest.approx(mcnemar_exact(30, 10))
     assert g.real
-
-
-def test_the_bootstrap_is_seeded_and_agrees_with_resampling_image_indices():
-    a, b = _pairs(only_a=9, only_b=4, both=80, neither=7)
-    assert paired_gain(a, b).ci95 == paired_gain(a, b).ci95
-    rng = np.random.default_rng(1)
-    d = a.astype(int) - b.astype(int)
-    idx = rng.integers(0, len(d), size=(20_000, len(d)))
-    brute = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
-    assert paired_gain(a, b).ci95 == pytest.approx(tuple(brute), abs=0.011)  # one image is 0.01
 
 
 def test_no_discordant_images_means_no_gain_and_no_evidence():
     a, b = _pairs(only_a=0, only_b=0, both=50, neither=3)
     g = paired_gain(a, b)
     assert g.gain == 0 and g.ci95 == (0.0, 0.0) and g.p_value == 1.0 and not g.real
-    assert all(math.isnan(v) for v in paired_bootstrap_ci(0, 0, 0))  # no images, no interval
+    assert all(math.isnan(v) for v in paired_exact_ci(0, 0, 0))  # no images, no interval
 
 
 def test_unequal_prediction_arrays_are_refused():

@@ -146,13 +146,16 @@ def gain_verdict(summary: dict) -> None:
     if discordant:
         st.caption(f"The student got {discordant.get('student_only', 0)} test images right that the baseline got "
                    f"wrong, and the baseline {discordant.get('baseline_only', 0)} the other way. The interval is where "
-                   "the gain would likely fall on other test images like these (a paired bootstrap over the test "
-                   "images); p is the chance of a split at least this uneven if both students were equally good "
+                   "the gain would likely fall on other test images like these (the exact interval of the same "
+                   "test, so the two agree); p is the chance of a split at least this uneven if both students were equally good "
                    "(McNemar's exact test). A new seed can still move the gain: run several seeds for that.")
 
 
 def group_card(report: dict) -> None:
     """A seed group's or sweep's answer: mean ± std over its completed runs, the interval, in words."""
+    if report.get("swept"):  # a sweep has no spread over seeds of its own: each setting has one (Runs page)
+        st.info(f"**KD gain:** {report['kd_gain_in_words']}.", icon=":material/grid_view:")
+        return
     agg = report["aggregate"]
     done = report["statuses"].get("completed", 0)
     total = len(report["run_ids"])

@@ -10,7 +10,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from kdcore.record import TEACHER
+from kdcore.record import TEACHER, RunSummary
 
 
 def _pct(value) -> str:
@@ -80,7 +80,7 @@ def _lease_suffix(run) -> str:
 
 
 def _print_summary(run) -> None:
-    from kdcore.stats import describe_paired
+    from kdcore.record.summary import gain_sentence
     from kdcore.text import own_settings
 
     s = run.summary
@@ -114,9 +114,9 @@ def _print_summary(run) -> None:
         shared = f"  (trained by run {s['baseline_from_run']})" if "baseline_from_run" in s else ""
         print(f"  baseline {'(student from scratch)':<20} test acc {_pct(s.get('baseline_test_acc'))}{shared}")
         if s.get("kd_gain") is not None:
-            discordant = s.get("kd_gain_discordant") or {}
-            net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
-            print(f"  KD gain  {describe_paired(s.get('kd_gain'), s.get('kd_gain_ci95'), s.get('kd_gain_p_value'), s.get('test_images'), net)}")
+            print(f"  KD gain  {gain_sentence(s)}")
+    for flag in RunSummary.from_stored(s).teacher_flags():
+        print(f"  warning: {flag}")
     if "compression" in s:
         than = " than its teachers together" if len(teachers) > 1 else ""
         print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs (2 per MAC){than}; "
@@ -127,29 +127,54 @@ def _print_summary(run) -> None:
 
 
 def _print_group(report: dict, runs) -> None:
-    from kdcore.experiments import format_seeds
+    """A group's runs, then per cell (one setting of the swept keys) its spread over seeds; never pooled."""
+    from kdcore.experiments import SWEEP_LABELS, format_seeds
     from kdcore.store import DAMAGED_LABEL
 
+    keys, cells = report["swept"], report["cells"]
     print(f"group {report['group']}")
     print(f"  {len(runs)} runs (" + ", ".join(f"{n} {k}" for k, n in report["statuses"].items())
           + f"), seeds {format_seeds([s for s in report['seeds'] if s is not None])}, "
-          f"{report['teachers_trained']} teacher(s) trained")
-    print(f"  {'run':>5} {'seed':>5} {'status':<10} {'teacher':>8} {'student':>8} {'baseline':>8} {'gain':>7}  p")
+          f"{report['teachers_trained']} teacher(s) trained"
+          + (f"; a sweep of {len(cells)} settings of {', '.join(SWEEP_LABELS.get(k, k) for k in keys)}" if keys else ""))
+    cell_of = {i: c["label"] for c in cells for i in c["run_ids"]}
+    width = max([len("setting")] + [len(c["label"]) for c in cells]) if keys else 0
+    setting = f" {'setting':<{width}}" if keys else ""
+    print(f"  {'run':>5} {'seed':>5}{setting} {'status':<10} {'teacher':>8} {'student':>8} {'baseline':>8} {'gain':>7}  p")
     for r in sorted(runs, key=lambda r: r.id):
         s = r.summary
         gain = "-" if r.kd_gain is None else f"{100 * r.kd_gain:+.2f}"
-        p = s.get("kd_gain_p_value")
+        p = RunSummary.from_stored(s).gain_p_value()
         seed = r.config.get("train", {}).get("seed")  # None when its config is damaged
-        print(f"  {r.id:>5} {'-' if seed is None else seed:>5} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
+        label = f" {cell_of.get(r.id, '?'):<{width}}" if keys else ""
+        print(f"  {r.id:>5} {'-' if seed is None else seed:>5}{label} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
               f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}  {'' if p is None else f'{p:.2g}'}"
               + (f"  {DAMAGED_LABEL}" if r.damaged else ""))
-    agg = report["aggregate"]
+    if not keys:
+        _print_spread(report["aggregate"], "  ")
+        print(f"  KD gain   {report['kd_gain_in_words']}")
+        return
+    print(f"  {report['kd_gain_in_words']}:")
+    for cell in cells:
+        print(f"  {cell['label']}  ({cell['completed']} of {len(cell['run_ids'])} runs completed)")
+        _print_spread(cell["aggregate"], "    ")
+        print(f"    KD gain   {cell['kd_gain_in_words']}")
+
+
+def _print_spread(agg: dict, indent: str) -> None:
     for key, label in (("teacher_test_acc", "teacher"), ("student_test_acc", "student"), ("baseline_test_acc", "baseline")):
         a = agg.get(key)
         if a:
             spread = f" ± {100 * a['std']:.2f}" if a["std"] is not None else ""
-            print(f"  {label:<9} {100 * a['mean']:.2f}%{spread} over {a['n']} seed(s)")
-    print(f"  KD gain   {report['kd_gain_in_words']}")
+            print(f"{indent}{label:<9} {100 * a['mean']:.2f}%{spread} over {a['n']} seed(s)")
+
+
+def _group_json(report: dict, runs) -> dict:
+    """A group as JSON: its runs, the swept keys and one entry per cell (setting) with its spread over seeds.
+    `aggregate` is the one cell's for a seed group and null per quantity for a sweep (settings are not pooled)."""
+    return {"group": report["group"], "runs": [_run_json(r) for r in sorted(runs, key=lambda r: r.id)],
+            "swept": report["swept"], "cells": report["cells"], "aggregate": report["aggregate"],
+            "kd_gain_in_words": report["kd_gain_in_words"]}
 
 
 def _run_json(run) -> dict:

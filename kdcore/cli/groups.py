@@ -1,10 +1,10 @@
-"""`kdcore groups`: seed groups and sweeps, with their mean, spread and interval across seeds."""
+"""`kdcore groups`: seed groups and sweeps; per setting of a sweep (a cell), the mean, spread and interval across seeds."""
 from __future__ import annotations
 
 import json
 import sys
 
-from kdcore.cli.common import _print_group, _run_json
+from kdcore.cli.common import _group_json, _print_group
 
 
 def cmd_groups_list(args) -> int:
@@ -31,8 +31,7 @@ def cmd_groups_show(args) -> int:
         return 1
     report = group_report(runs)
     if args.json:
-        print(json.dumps({"group": report["group"], "runs": [_run_json(r) for r in sorted(runs, key=lambda r: r.id)],
-                          "aggregate": report["aggregate"]}, indent=2))
+        print(json.dumps(_group_json(report, runs), indent=2))
     else:
         _print_group(report, runs)
     return 0
@@ -44,7 +43,7 @@ def add_parsers(sub) -> None:
     glist = groups_sub.add_parser("list", help="list groups, newest first")
     glist.add_argument("--json", action="store_true")
     glist.set_defaults(func=cmd_groups_list)
-    gshow = groups_sub.add_parser("show", help="a group's runs, mean ± std and the interval across seeds")
+    gshow = groups_sub.add_parser("show", help="a group's runs; per setting, mean ± std and the interval across seeds")
     gshow.add_argument("name")
     gshow.add_argument("--json", action="store_true")
     gshow.set_defaults(func=cmd_groups_show)

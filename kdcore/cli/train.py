@@ -7,19 +7,31 @@ import os
 import sys
 import threading
 
-from kdcore.cli.common import _interrupt_on_signals, _print_group, _print_summary, _ProgressBars, _run_json
+from kdcore.cli.common import (_group_json, _interrupt_on_signals, _print_group, _print_summary, _ProgressBars,
+                               _run_json)
 from kdcore.config import ConfigError
 from kdcore.configure import load_config
 
 
 def _configs(args):
-    """The config(s) a train or submit command asks for: one, or one per seed in a group."""
-    from kdcore.experiments import expand, parse_seeds
+    """The config(s) a train or submit command asks for: one, or a group (one run per seed and swept setting)."""
+    from kdcore.experiments import expand, parse_seeds, parse_sweep
 
     config = load_config(args.config, args.set)
-    if args.seeds is None:
+    if args.seeds is None and not args.sweep:
         return [config]
-    return expand(config, seeds=parse_seeds(args.seeds), teacher_per_seed=args.teacher_per_seed)
+    sweep: dict[str, list] = {}
+    for item in args.sweep:
+        key, values = parse_sweep(item)
+        if key in sweep:
+            raise ConfigError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=V1,V2")
+        sweep[key] = values
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    return expand(config, seeds=seeds, sweep=sweep, teacher_per_seed=args.teacher_per_seed)
+
+
+def _grouped(args) -> bool:
+    return args.seeds is not None or bool(args.sweep)
 
 
 def cmd_train(args) -> int:
@@ -39,7 +51,7 @@ def cmd_train(args) -> int:
     worker = this_worker("train")
     # submitted already claimed: another worker on the same queue cannot take them first
     run_ids = [store.create_run(cfg, worker=worker) for cfg in configs[:1]] + [store.create_run(cfg) for cfg in configs[1:]]
-    if args.seeds is not None:
+    if _grouped(args):
         print(f"group {configs[0].group!r}: runs {', '.join(map(str, run_ids))}", file=sys.stderr)
     interrupt = threading.Event()
     statuses = []
@@ -62,13 +74,12 @@ def cmd_train(args) -> int:
             finally:
                 bars.close()
     runs = [store.get_run(r) for r in run_ids]
-    if args.seeds is None:
+    if not _grouped(args):
         print(json.dumps(_run_json(runs[0]), indent=2)) if args.json else _print_summary(runs[0])
     else:
         report = group_report(runs)
         if args.json:
-            print(json.dumps({"group": report["group"], "runs": [_run_json(r) for r in runs],
-                              "aggregate": report["aggregate"]}, indent=2))
+            print(json.dumps(_group_json(report, runs), indent=2))
         else:
             _print_group(report, runs)
     if interrupt.is_set():
@@ -91,7 +102,7 @@ def cmd_submit(args) -> int:
     store = Store(args.db)
     run_ids = [store.create_run(cfg) for cfg in configs]
     if args.json:
-        print(json.dumps({"runs": run_ids, "group": configs[0].group if args.seeds is not None else None}))
+        print(json.dumps({"runs": run_ids, "group": configs[0].group if _grouped(args) else None}))
     else:
         print(" ".join(map(str, run_ids)))
         print(f"queued {len(run_ids)} run(s); a `kdcore worker` (or the dashboard) on the same --db runs them",
@@ -163,6 +174,10 @@ def cmd_worker(args) -> int:
     return 130 if interrupt.is_set() else 0
 
 
+SWEEP_HELP = ("one run per value of a config key, all in one group, e.g. distill.temperature=2,4,8; repeat it to "
+              "sweep several keys (every combination), combine it with --seeds to repeat each setting")
+
+
 def add_parsers(sub) -> None:
     train = sub.add_parser("train", help="run a distillation experiment from a YAML config")
     train.add_argument("config", help="YAML file, e.g. examples/digits.yaml")
@@ -170,6 +185,8 @@ def add_parsers(sub) -> None:
     train.add_argument("--json", action="store_true", help="print the finished run (or group) as JSON")
     train.add_argument("--seeds", default=None, metavar="LIST",
                        help="run once per seed as one group, e.g. 0,1,2 or 0-4; prints the mean, spread and interval")
+    train.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                       help=SWEEP_HELP + "; prints each setting's gain, over seeds with --seeds")
     train.add_argument("--teacher-per-seed", action="store_true",
                        help="with --seeds: train a teacher for each seed instead of one for the group")
     train.set_defaults(func=cmd_train)
@@ -178,6 +195,7 @@ def add_parsers(sub) -> None:
     submit.add_argument("config", help="YAML file, e.g. examples/digits.yaml")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     submit.add_argument("--seeds", default=None, metavar="LIST", help="one run per seed, as one group: 0,1,2 or 0-4")
+    submit.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help=SWEEP_HELP)
     submit.add_argument("--teacher-per-seed", action="store_true", help="with --seeds: a teacher per seed")
     submit.add_argument("--json", action="store_true", help="print the run ids as JSON")
     submit.set_defaults(func=cmd_submit)

@@ -22,6 +22,10 @@ FRAME_KEYS = ("kd_gain_ci95", "kd_gain_p_value", "test_images", "teacher_from_ru
               "ensemble_test_acc", "student_latency_ms_b1", "teacher_latency_ms_b1", "eval_precision")
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
 def _number(value) -> Optional[float]:
     """A stored number, or None for a missing, non-numeric or NaN one."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
@@ -115,15 +119,68 @@ class RunSummary:
         return _number(self._data.get("kd_gain"))
 
     def gain_interval(self) -> tuple[Optional[float], Optional[float]]:
+        """The KD gain's 95% interval: recomputed from the discordant counts when the run stored them (so a run
+        stored with a bootstrap interval reads the exact one that agrees with its test), else as stored."""
+        counts = self._counts()
+        if counts is not None:
+            from kdcore.stats import paired_exact_ci
+
+            return paired_exact_ci(*counts)
         ci = self._data.get("kd_gain_ci95")
         if isinstance(ci, (list, tuple)) and len(ci) == 2:
             return _number(ci[0]), _number(ci[1])
         return None, None
 
+    def gain_p_value(self) -> Optional[float]:
+        """McNemar's exact p-value of the gain (from the discordant counts when stored)."""
+        counts = self._counts()
+        if counts is not None:
+            from kdcore.stats import mcnemar_exact
+
+            return mcnemar_exact(*counts[:2])
+        return _number(self._data.get("kd_gain_p_value"))
+
+    def _counts(self) -> Optional[tuple[int, int, int]]:
+        """(student only right, baseline only right, test images), when all three are stored."""
+        d, n = self.discordant(), self._data.get("test_images")
+        counts = (d.get("student_only"), d.get("baseline_only"), n)
+        if all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) and n > 0:
+            return counts
+        return None
+
     def discordant(self) -> dict:
         """{"student_only": n, "baseline_only": m}: test images one of them gets right and the other wrong."""
         found = self._data.get("kd_gain_discordant")
         return found if isinstance(found, dict) else {}
+
+    def teacher_flags(self) -> list[str]:
+        """Why this run's KD gain may mean little: a teacher at chance, or teachers no better than the baseline.
+
+        Computed from stored fields (num_classes, test_images or test_size, the accuracies), so old runs read too.
+        """
+        from kdcore.stats import at_chance, no_better
+
+        n = self._data.get("test_images") or self._data.get("test_size")
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+        classes = self._data.get("num_classes")
+        flags = []
+        teachers = self.teachers()
+        if isinstance(classes, int) and classes >= 2:
+            for t in teachers:
+                if t.test_acc is not None and at_chance(t.test_acc, classes, n):
+                    flags.append(f"{t.phase.replace('_', ' ')} at chance: its test accuracy {_pct(t.test_acc)} is "
+                                 f"within noise of guessing ({_pct(1 / classes)} for {classes} classes), so it has "
+                                 "nothing to teach and the KD gain says nothing about distillation")
+        several = len(teachers) > 1
+        source = _number(self._data.get("ensemble_test_acc")) if several else \
+            (teachers[0].test_acc if teachers else None)
+        baseline = _number(self._data.get(f"{BASELINE}_test_acc"))
+        if not flags and source is not None and baseline is not None and no_better(source, baseline, n):
+            who = f"the {len(teachers)} teachers together" if several else "teacher"
+            flags.append(f"{who} no better than the baseline: {_pct(source)} against the baseline's "
+                         f"{_pct(baseline)} (the student trained alone), so the student can learn little from "
+                         f"{'them' if several else 'it'} that it does not learn alone and the KD gain means little")
+        return flags
 
     def gain_sentence(self) -> str:
         """The KD gain in words: its interval, the net test images, whether it is more than chance."""
@@ -131,8 +188,8 @@ class RunSummary:
 
         discordant = self.discordant()
         net = discordant.get("student_only", 0) - discordant.get("baseline_only", 0) if discordant else None
-        ci = self._data.get("kd_gain_ci95")
-        return describe_paired(self._data.get("kd_gain"), ci, self._data.get("kd_gain_p_value"),
+        low, high = self.gain_interval()
+        return describe_paired(self._data.get("kd_gain"), None if low is None else [low, high], self.gain_p_value(),
                                self._data.get("test_images"), net)
 
 
