@@ -19,6 +19,7 @@ COMBINE_LABELS = {"average": "Average of their softened probabilities",
 k = form.key
 
 st.title("New experiment")
+form.restore()  # what was typed before a visit to another page
 form.ensure_defaults(state.demo_config().model_copy(update={"name": ""}))  # a new run, not named after the demo
 runs = state.runs_frame()
 run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.itertuples()}
@@ -29,6 +30,8 @@ with st.expander("Start from a stored run", icon=":material/content_copy:"):
     if runs.empty:
         st.caption("No stored runs yet.")
     else:
+        if st.session_state.get("ui.source_run") not in run_labels:  # deleted while the form was away
+            st.session_state.pop("ui.source_run", None)
         left, right = st.columns([4, 1], vertical_alignment="bottom")
         source_run = left.selectbox("Run", list(run_labels), format_func=run_labels.get, key="ui.source_run")
         right.button("Fill the form", key="ui.fill",
@@ -434,8 +437,11 @@ temperatures, alphas, group = [], [], ""
 if sweep:
     a, b, c = st.columns(3)
     # every field renders before any is parsed: a widget skipped by an error loses its value
-    t_text = a.text_input("T values", value="2, 4, 8", key="ui.sweep_t") if uses_t else f"{T:g}"
-    alpha_text = b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha")
+    for name, value in (("ui.sweep_t", "2, 4, 8"), ("ui.sweep_alpha", "0.5, 0.9"),
+                        ("ui.sweep_group", f"sweep-{dt.datetime.now():%Y%m%d-%H%M}")):
+        st.session_state.setdefault(name, value)  # first values; a widget's own default would fight a restored one
+    t_text = a.text_input("T values", key="ui.sweep_t") if uses_t else f"{T:g}"
+    alpha_text = b.text_input("α values", key="ui.sweep_alpha")
     try:
         temperatures = form.parse_list(t_text)
     except ValueError as err:
@@ -444,7 +450,7 @@ if sweep:
         alphas = form.parse_list(alpha_text)
     except ValueError as err:
         fields.add("sweep.alpha", f"α values: {err}")
-    group = c.text_input("Group name", value=f"sweep-{dt.datetime.now():%Y%m%d-%H%M}", key="ui.sweep_group").strip()
+    group = c.text_input("Group name", key="ui.sweep_group").strip()
     if not (temperatures and alphas and group):
         fields.add("sweep", "give at least one T, one α and a group name")
     fields.slot("sweep")
@@ -458,13 +464,16 @@ if search:
         fields.add("search", "a study picks its own settings and seeds: clear Seeds and turn the sweep off")
     st.caption("The form above is where every trial starts; the space below says which keys vary and over what. "
                "`kdcore methods` lists each method's options (write them as distill.options.NAME).")
-    st.session_state.setdefault("ui.search_space", form.default_space(method, uses_t))
+    for name, value in (("ui.search_space", form.default_space(method, uses_t)), ("ui.search_trials", 20),
+                        ("ui.search_objective", state.DEFAULT_OBJECTIVE), ("ui.search_parallel", 1),
+                        ("ui.search_confirm", "0-4"),
+                        ("ui.search_name", f"{v['dataset.name']} study {dt.datetime.now():%Y-%m-%d %H:%M}")):
+        st.session_state.setdefault(name, value)
     space_text = st.text_area("Search space (YAML)", key="ui.search_space", height=150)
     a, b, c, d = st.columns(4)
     study_settings = dict(
-        trials=int(a.number_input("Trials", min_value=1, max_value=1000, value=20, key="ui.search_trials")),
+        trials=int(a.number_input("Trials", min_value=1, max_value=1000, key="ui.search_trials")),
         objective=b.selectbox("Objective (validation)", list(state.objectives()), key="ui.search_objective",
-                              index=list(state.objectives()).index(state.DEFAULT_OBJECTIVE),
                               format_func=lambda o: state.objectives()[o]),
         sampler=c.selectbox("Sampler", state.SAMPLERS, key="ui.search_sampler",
                             help="tpe: Optuna's default, learns where good settings lie; random; grid: every "
@@ -473,15 +482,14 @@ if search:
                            help="Stops a trial whose student's validation accuracy lags the others' at the same "
                                 "epoch"))
     a, b, c = st.columns([1, 1, 2])
-    study_settings["parallel"] = int(a.number_input("Trials at once", min_value=1, max_value=64, value=1,
+    study_settings["parallel"] = int(a.number_input("Trials at once", min_value=1, max_value=64,
                                                     key="ui.search_parallel",
                                                     help="More than 1 only helps with several workers on this store"))
-    confirm_text = b.text_input("Confirm over seeds", value="0-4", key="ui.search_confirm",
+    confirm_text = b.text_input("Confirm over seeds", key="ui.search_confirm",
                                 help="At the end, the best trial runs again over these seeds (the trials train with "
                                      "seed 1000) and the study answers with its gain on test and a 95% interval. "
                                      "Empty: confirm later from the Studies page.")
-    study_name = c.text_input("Study name", key="ui.search_name",
-                              value=f"{v['dataset.name']} study {dt.datetime.now():%Y-%m-%d %H:%M}").strip()
+    study_name = c.text_input("Study name", key="ui.search_name").strip()
     study_settings["confirm_seeds"] = confirm_text.strip() or None
     problem = state.study_problem(study_name, study_settings["confirm_seeds"])
     if problem:
@@ -521,10 +529,13 @@ elif count > 1 and config is not None:
 if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
     if search:
         st.session_state["ui.study"] = state.start_study(study_name, config, space, **study_settings)
+        form.forget("ui.search_name")  # the next study is a new one
         st.switch_page("pages/studies.py")
     queued = expand(config, seeds=seeds, temperatures=temperatures or None, alphas=alphas or None,
                     group=group or None, teacher_per_seed=teacher_per_seed) if sweep or seeds else [config]
     if state.launch(queued):
+        form.forget("ui.sweep_group")  # the next sweep is a new group
         st.switch_page("pages/live.py")
 if fields.errors:
     st.caption("Fix the fields marked in red to launch.")
+form.remember()  # this run's last values, should the user now go to another page

@@ -54,6 +54,11 @@ TEACHERS = "ui.teachers"  # how many teachers the form shows
 COMBINE = "ui.combine"  # several teachers: "average" (equal weights) or "weights" (one number each)
 OPTIONS_OF = "ui.options_of"  # the method whose options the f.distill.options.* keys hold
 STUDENT_START = "ui.student_start"  # "scratch", "run" or "checkpoint"
+KEPT = "form.kept"  # the form's values under a key no widget owns: Streamlit forgets a widget's value on pages
+# that do not draw it, so a visit to another page would otherwise reset the form
+_KEPT_UI = re.compile(r"ui\.(source_run|images_from|seeds|teacher_per_seed|sweep\w*|search\w*|teachers|combine|"
+                      r"options_of|student_start|student_run|finetune(\.\d+)?|own_training(\.\d+)?|options_from(\.\d+)?|"
+                      r"uploaded\.[\w.]+)")
 # config keys whose widget shows a different form of the value: lists and dicts as text
 _AS_TEXT = re.compile(r"tags|train\.milestones|(teacher|teachers\.\d+|student)\.options")
 _SECTIONS = "|".join(re.escape(k) for k in RunConfig.model_fields) + r"|\(config\)"
@@ -172,6 +177,31 @@ def start_from(config: dict) -> None:
     _drop_method_options()
     for name, value in widget_values(config).items():
         st.session_state[name] = value
+    remember()
+
+
+def _kept(name: str) -> bool:
+    return name.startswith(PREFIX) or bool(_KEPT_UI.fullmatch(name))
+
+
+def remember() -> None:
+    """Copies the form's values under KEPT; call at the start and the end of every run of the page."""
+    st.session_state[KEPT] = {name: st.session_state[name] for name in list(st.session_state) if _kept(str(name))}
+
+
+def forget(*names: str) -> None:
+    """Drops these keys from the form and from what it keeps, so they start afresh on the next visit."""
+    for name in names:
+        st.session_state.pop(name, None)
+        st.session_state.get(KEPT, {}).pop(name, None)
+
+
+def restore() -> None:
+    """Gives back the values the form held when the user went to another page; call before any widget."""
+    for name, value in st.session_state.get(KEPT, {}).items():
+        if name not in st.session_state:
+            st.session_state[name] = value
+    remember()
 
 
 def ensure_defaults(default: RunConfig) -> None:

@@ -1,0 +1,63 @@
+"""The New experiment form as a person uses it: nothing typed is lost, nothing stale is queued, every refusal
+is one plain message. Driven headless with streamlit.testing, as tests/test_pages.py does."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the app's own packages (ui), as `streamlit run` would see them
+
+from kdcore.store import Store  # noqa: E402
+from tests.helpers import errors, new_experiment_with, no_exceptions, open_page  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def empty_db(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")  # nothing here trains: queued runs stay queued
+    url = f"sqlite:///{tmp_path}/kdcore.db"
+    monkeypatch.setenv("KDCORE_DB_URL", url)
+    return url
+
+
+def _away_and_back(at, page: str = "pages/runs.py"):
+    at.switch_page(page).run()
+    no_exceptions(at)
+    at.switch_page("pages/new_experiment.py").run()
+    no_exceptions(at)
+    return at
+
+
+def test_every_field_survives_a_visit_to_another_page():
+    at = open_page("pages/new_experiment.py")
+    at.selectbox(key="f.distill.method").set_value("dkd").run()
+    at.number_input(key="f.distill.options.nckd_weight").set_value(2.0)
+    at.slider(key="f.distill.temperature").set_value(6.0)
+    at.slider(key="f.distill.alpha").set_value(0.4)
+    at.number_input(key="f.train.epochs").set_value(7)
+    at.text_input(key="f.name").set_value("kept run")
+    at.text_input(key="f.tags").set_value("a, b")
+    at.text_input(key="f.teacher.options").set_value("width: 48")
+    at.text_input(key="ui.seeds").set_value("0-2")
+    at.toggle(key="ui.sweep").set_value(True).run()
+    at.text_input(key="ui.sweep_alpha").set_value("0.3, 0.6").run()
+    no_exceptions(at)
+
+    _away_and_back(at)
+    kept = {name: at.session_state[name] for name in
+            ("f.distill.method", "f.distill.options.nckd_weight", "f.distill.temperature", "f.distill.alpha",
+             "f.train.epochs", "f.name", "f.tags", "f.teacher.options", "ui.seeds", "ui.sweep", "ui.sweep_alpha")}
+    assert kept == {"f.distill.method": "dkd", "f.distill.options.nckd_weight": 2.0, "f.distill.temperature": 6.0,
+                    "f.distill.alpha": 0.4, "f.train.epochs": 7, "f.name": "kept run", "f.tags": "a, b",
+                    "f.teacher.options": "width: 48", "ui.seeds": "0-2", "ui.sweep": True,
+                    "ui.sweep_alpha": "0.3, 0.6"}
+    assert at.number_input(key="f.train.epochs").value == 7  # the widget shows it, not only the state
+
+
+def test_a_sweep_field_hidden_and_shown_again_keeps_what_was_typed():
+    at = new_experiment_with(**{"ui.sweep": True})
+    at.text_input(key="ui.sweep_t").set_value("1, 3").run()
+    at.toggle(key="ui.sweep").set_value(False).run()
+    at.toggle(key="ui.sweep").set_value(True).run()
+    no_exceptions(at)
+    assert at.text_input(key="ui.sweep_t").value == "1, 3"
