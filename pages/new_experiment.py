@@ -1,6 +1,7 @@
 """New experiment: a run's config from widgets, checked as it changes, then queued (alone or as a sweep)."""
 import datetime as dt
 import json
+import re
 
 import streamlit as st
 
@@ -82,7 +83,7 @@ if info.num_classes is None:
 def architecture(role: str, label: str) -> str:
     st.markdown(f"**{label}**")
     return st.selectbox("Architecture", MODELS.names(), key=k(f"{role}.arch"),
-                        format_func=lambda n: f"{n} · {describe_model(n)}")
+                        format_func=lambda n: f"{n} · {describe_model(n)}", on_change=form.reset_options, args=(role,))
 
 
 def too_large(arch: str, options: dict):
@@ -101,7 +102,9 @@ def show_profile(role: str, arch: str, options: dict):
         profile = (checks.estimate_profile(arch, shape[0] or 10, shape[1], shape[2], options) if refusal else
                    state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True)))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        fields.add(f"{role}.options", f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))  # torchvision's own TypeError
+        fields.add(f"{role}.options", f"{arch} takes no option {unknown[1]!r}: remove it from the options" if unknown
+                   else f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
         return None
     if refusal:
         fields.add(f"{role}.options", f"{arch} would have {refusal}")
@@ -516,7 +519,7 @@ if config is not None and sweep:
             for path, message in bad.items():
                 fields.add("sweep", f"T = {t:g}, α = {a:g}: {path}: {message}")
 for message in fields.show():
-    st.error(message, icon=":material/error:")
+    st.error(form.plain(message), icon=":material/error:")
 
 count = (len(temperatures) * len(alphas) if sweep else 1) * (len(seeds) if seeds else 1)
 label = f"Queue {count} runs" if count > 1 else "Launch"

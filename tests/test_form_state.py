@@ -61,3 +61,35 @@ def test_a_sweep_field_hidden_and_shown_again_keeps_what_was_typed():
     at.toggle(key="ui.sweep").set_value(True).run()
     no_exceptions(at)
     assert at.text_input(key="ui.sweep_t").value == "1, 3"
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "resnet18", "mlp"])
+def test_changing_the_teacher_architecture_starts_from_its_own_default_options(arch):
+    at = open_page("pages/new_experiment.py")
+    assert at.text_input(key="f.teacher.options").value == "{width: 96}"  # the demo's teacher
+    at.selectbox(key="f.teacher.arch").set_value(arch).run()
+    no_exceptions(at)
+    assert at.text_input(key="f.teacher.options").value == ""
+    assert "teacher.options" not in errors(at)
+    at.selectbox(key="f.teacher.arch").set_value("small_cnn").run()  # back to the demo's: its options again
+    assert at.text_input(key="f.teacher.options").value == "{width: 96}"
+
+
+def test_changing_the_student_architecture_starts_from_its_own_default_options():
+    at = open_page("pages/new_experiment.py")
+    at.selectbox(key="f.student.arch").set_value("small_cnn").run()
+    assert at.text_input(key="f.student.options").value == ""
+    assert "student.options" not in errors(at)
+
+
+def test_an_option_a_torchvision_model_does_not_take_is_named_in_plain_words():
+    at = new_experiment_with(**{"f.teacher.arch": "resnet18", "f.teacher.options": "width: 96"})
+    shown = errors(at)
+    assert "resnet18 takes no option 'width'" in shown
+    assert "__init__" not in shown and "unexpected keyword" not in shown
+
+
+def test_errors_beside_fields_show_underscores_and_stars_as_typed():
+    at = new_experiment_with(**{"f.teacher.arch": "mobilenet_v2", "f.teacher.options": "__width__: 2"})
+    shown = errors(at)
+    assert "mobilenet\\_v2" in shown and "\\_\\_width\\_\\_" in shown  # escaped, so Markdown draws them as is

@@ -215,6 +215,24 @@ def ensure_defaults(default: RunConfig) -> None:
         st.session_state.setdefault(name, value)
 
 
+def role_base(role: str) -> dict:
+    """The base config's entry for a model's widgets: `student`, `teacher` or `teachers.<i>`."""
+    if role == "student":
+        return dict(base().get("student") or {})
+    i = 0 if role == "teacher" else int(role.rsplit(".", 1)[1])
+    teachers = _teacher_list(base())
+    return dict(teachers[i]) if i < len(teachers) else {}
+
+
+def reset_options(role: str) -> None:
+    """On a change of architecture, its options start from that architecture's defaults (none typed), or from
+    the base config's when it is the base's architecture: another model's options would not fit it."""
+    entry = role_base(role)
+    arch = st.session_state.get(key(f"{role}.arch"))
+    options = entry.get("options") if entry.get("arch") == arch else None
+    st.session_state[key(f"{role}.options")] = _as_widget_value(f"{role}.options", options or {})
+
+
 def method_options(method: dict) -> None:
     """Makes the option widgets hold `method`'s values: on a switch of method, its declared defaults.
 
@@ -293,6 +311,14 @@ def option_input(option: dict) -> Any:
 
 def key(path: str) -> str:
     return PREFIX + path
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-!|~$])")
+
+
+def plain(text: str) -> str:
+    """Text shown as it is in a widget that reads Markdown: `__init__` stays `__init__`, not a bold "init"."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def parse_list(text: str, kind=float) -> list:
@@ -376,7 +402,7 @@ class FieldErrors:
                 unplaced.append(f"{path}: {message}")
                 continue
             placeholder = self.slots[slot]
-            by_placeholder.setdefault(id(placeholder), (placeholder, []))[1].append(f"`{path}`: {message}")
+            by_placeholder.setdefault(id(placeholder), (placeholder, []))[1].append(f"`{path}`: {plain(message)}")
         for placeholder, messages in by_placeholder.values():
             placeholder.error("  \n".join(messages), icon=":material/error:")
         return unplaced
