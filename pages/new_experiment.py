@@ -58,7 +58,7 @@ if name == "imagefolder":
                 root = str(uploads.extract_zip(zipped.getvalue(), zipped.name, state.store().artefact_root / "uploads"))
             except uploads.UploadError as err:
                 fields.add("dataset.root", str(err))
-    image_size = right.number_input("Image side after resizing (pixels)", min_value=8, max_value=512,
+    image_size = right.number_input("Image side after resizing (pixels)",
                                     key=k("dataset.image_size"), placeholder="64")
 elif not info.embedded:
     root = right.text_input("Data root", key=k("dataset.root"), placeholder=str(data_root(None))) or None
@@ -150,7 +150,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
                                     key=k(f"{prefix}.source"), horizontal=True)
     checkpoint = problem_key = None
     if source == "train":
-        t["epochs"] = st.number_input("Teacher epochs", min_value=1, key=k(f"{prefix}.epochs"))
+        t["epochs"] = st.number_input("Teacher epochs", key=k(f"{prefix}.epochs"))
         t.update(own_training(i, prefix))
     elif source == "run":
         finished = stored_weights("teacher")
@@ -182,7 +182,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
             if not st.session_state.get(epochs_key):
                 st.session_state[epochs_key] = 2
             a, b = st.columns(2, vertical_alignment="bottom")
-            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", min_value=1, key=epochs_key)
+            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", key=epochs_key)
             t["finetune_last_stage_only"] = b.toggle(
                 "Only the last stage", key=k(f"{prefix}.finetune_last_stage_only"),
                 help="Train only the last stage and the head; earlier layers keep the loaded weights")
@@ -221,7 +221,7 @@ def own_training(i: int, prefix: str) -> dict:
                         ("train.lr", v["train.lr"]), ("train.weight_decay", v["train.weight_decay"])):
         st.session_state.setdefault(k(f"{prefix}.{name}"), value)  # it starts from what the others get
     a, b, c = st.columns(3)
-    augment = {"crop_padding": a.number_input("Its crop padding (pixels)", min_value=0, max_value=16,
+    augment = {"crop_padding": a.number_input("Its crop padding (pixels)",
                                               key=k(f"{prefix}.augment.crop_padding")),
                "flip": b.toggle("Its random flip", key=k(f"{prefix}.augment.flip")),
                "rotation": c.slider("Its rotation (degrees)", 0.0, 45.0, step=1.0, key=k(f"{prefix}.augment.rotation"))}
@@ -297,7 +297,7 @@ with teacher_col:
             for i, col in enumerate(st.columns(n_teachers)):
                 weight_key = k(f"distill.teacher_weights.{i}")
                 st.session_state.setdefault(weight_key, 1.0)
-                weights.append(col.number_input(f"Teacher {i + 1}", min_value=0.0, step=0.1, format="%g",
+                weights.append(col.number_input(f"Teacher {i + 1}", step=0.1, format="%g",
                                                 key=weight_key))
             st.caption("Each teacher's softened probabilities are weighted by its number over their sum.")
         fields.slot("distill.teacher_weights")
@@ -360,9 +360,9 @@ for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t):
 st.subheader("Training")
 cols = st.columns(4)
 with cols[0]:
-    v["train.epochs"] = st.number_input("Student epochs", min_value=1, key=k("train.epochs"),
+    v["train.epochs"] = st.number_input("Student epochs", key=k("train.epochs"),
                                         help="The baseline gets the same")
-    v["train.batch_size"] = st.number_input("Batch size", min_value=1, key=k("train.batch_size"))
+    v["train.batch_size"] = st.number_input("Batch size", key=k("train.batch_size"))
     fields.slot("train.epochs", "train.batch_size")
 with cols[1]:
     v["train.optimizer"] = optimizer = st.selectbox("Optimizer", ["adam", "adamw", "sgd"], key=k("train.optimizer"))
@@ -387,7 +387,7 @@ with cols[2]:
         "Student's share of train", 0.05, 1.0, step=0.05, key=k("dataset.student_fraction"),
         help="The distilled student and its baseline learn from this share of the training images (the same "
              "images for both); the teacher learns from all. Soft targets help most when labels are scarce.")
-    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", min_value=0,
+    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)",
                                                          key=k("train.early_stopping_patience"))
     fields.slot("train.schedule", "train.milestones", "train.gamma", "dataset.val_fraction",
                 "train.early_stopping_patience", "dataset.student_fraction")
@@ -406,8 +406,8 @@ with cols[3]:
                 "train.fused_optimizer", "train")
 with st.expander("Augmentation"):
     a, b, c = st.columns(3)
-    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", min_value=0,
-                                                       max_value=16, key=k("dataset.augment.crop_padding"))
+    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)",
+                                                       key=k("dataset.augment.crop_padding"))
     v["dataset.augment.flip"] = b.toggle("Random horizontal flip", key=k("dataset.augment.flip"))
     v["dataset.augment.rotation"] = c.slider("Random rotation (degrees)", 0.0, 45.0, step=1.0,
                                              key=k("dataset.augment.rotation"))
@@ -475,7 +475,7 @@ if search:
     space_text = st.text_area("Search space (YAML)", key="ui.search_space", height=150)
     a, b, c, d = st.columns(4)
     study_settings = dict(
-        trials=int(a.number_input("Trials", min_value=1, max_value=1000, key="ui.search_trials")),
+        trials=int(a.number_input("Trials", key="ui.search_trials")),
         objective=b.selectbox("Objective (validation)", list(state.objectives()), key="ui.search_objective",
                               format_func=lambda o: state.objectives()[o]),
         sampler=c.selectbox("Sampler", state.SAMPLERS, key="ui.search_sampler",
@@ -485,7 +485,7 @@ if search:
                            help="Stops a trial whose student's validation accuracy lags the others' at the same "
                                 "epoch"))
     a, b, c = st.columns([1, 1, 2])
-    study_settings["parallel"] = int(a.number_input("Trials at once", min_value=1, max_value=64,
+    study_settings["parallel"] = int(a.number_input("Trials at once",
                                                     key="ui.search_parallel",
                                                     help="More than 1 only helps with several workers on this store"))
     confirm_text = b.text_input("Confirm over seeds", key="ui.search_confirm",
@@ -494,6 +494,9 @@ if search:
                                      "Empty: confirm later from the Studies page.")
     study_name = c.text_input("Study name", key="ui.search_name").strip()
     study_settings["confirm_seeds"] = confirm_text.strip() or None
+    for what, value, high in (("trials", study_settings["trials"], 1000), ("trials at once", study_settings["parallel"], 64)):
+        if not 1 <= value <= high:  # checked here, not by the widget, so a refused number never hides behind the last
+            fields.add("search", f"{what}: give a whole number from 1 to {high}")
     problem = state.study_problem(study_name, study_settings["confirm_seeds"])
     if problem:
         fields.add("search", problem)

@@ -93,3 +93,28 @@ def test_errors_beside_fields_show_underscores_and_stars_as_typed():
     at = new_experiment_with(**{"f.teacher.arch": "mobilenet_v2", "f.teacher.options": "__width__: 2"})
     shown = errors(at)
     assert "mobilenet\\_v2" in shown and "\\_\\_width\\_\\_" in shown  # escaped, so Markdown draws them as is
+
+
+@pytest.mark.parametrize("field, path", [("f.train.epochs", "train.epochs"), ("f.train.batch_size", "train.batch_size"),
+                                         ("f.teacher.epochs", "teacher.epochs")])
+def test_a_zero_typed_in_a_number_field_is_marked_and_blocks_launch(field, path):
+    at = open_page("pages/new_experiment.py")
+    at.number_input(key=field).set_value(0).run()
+    no_exceptions(at)
+    assert path in errors(at)
+    assert at.button(key="ui.launch").disabled
+    assert Store().count_runs() == 0
+
+
+def test_number_fields_carry_no_bounds_the_browser_would_enforce_by_keeping_the_old_value():
+    # Chromium does not send a number outside a widget's min/max: the field turns red and the previous value
+    # stays in the session, so Launch would queue what is no longer on screen. The config's checks bound them.
+    at = new_experiment_with(**{"f.distill.method": "dkd", "f.teacher.source": "train", "ui.own_training": True})
+    bounded = [n.key for n in at.number_input if n.key.startswith("f.") and (n.proto.has_min or n.proto.has_max)]
+    assert bounded == []
+
+
+def test_a_method_option_shows_a_rounded_value():
+    at = new_experiment_with(**{"f.distill.method": "dkd"})
+    warmup = at.number_input(key="f.distill.options.warmup")
+    assert warmup.format == "%.4g"  # the browser shows a bare "%g" as 0.08333333333333333

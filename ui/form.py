@@ -22,6 +22,7 @@ from kdcore.inputs import InputRefused, load_yaml
 PREFIX = "f."
 BASE = "f.base"
 T_STEP = 0.5  # the temperature sliders' step
+NUMBER_FORMAT = "%.4g"  # the browser writes a bare "%g" as the whole float: 0.08333333333333333
 
 
 def _t_bounds() -> tuple[float, float, bool]:
@@ -272,8 +273,8 @@ def _step(option: dict) -> float:
 def option_input(option: dict) -> Any:
     """One method option as a widget drawn from its declaration; returns its value for the config.
 
-    Numbers get the declared bounds (an exclusive bound is enforced by validation, whose message shows
-    beside the options), booleans a toggle, a fixed set of values a selectbox, text a text input; any other
+    Numbers are checked by validation against the declared bounds (its message shows beside the options) and
+    shown to 4 significant digits, booleans a toggle, a fixed set of values a selectbox, text a text input; any other
     type is typed as YAML.
     """
     name, help_ = option["name"], option.get("help") or None
@@ -285,18 +286,13 @@ def option_input(option: dict) -> Any:
         return st.toggle(name, key=widget_key, help=help_)
     if kind in ("number", "integer"):
         cast = float if kind == "number" else int
-        low = option.get("minimum", option.get("exclusiveMinimum"))
-        high = option.get("maximum", option.get("exclusiveMaximum"))
-        if kind == "integer":  # an exclusive integer bound is the next whole number
-            low = low + 1 if "minimum" not in option and low is not None else low
-            high = high - 1 if "maximum" not in option and high is not None else high
         current = st.session_state.get(widget_key)
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             st.session_state[widget_key] = cast(current)  # int and float arguments cannot be mixed
-        return st.number_input(name, min_value=None if low is None else cast(low),
-                               max_value=None if high is None else cast(high),
-                               step=cast(_step(option)) if kind == "number" else 1,
-                               format="%g" if kind == "number" else "%d", key=widget_key, help=help_)
+        # no widget bounds: the browser would keep the last value in range while showing the one typed;
+        # validation refuses it beside the options instead, and Launch stays disabled
+        return st.number_input(name, step=cast(_step(option)) if kind == "number" else 1,
+                               format=NUMBER_FORMAT if kind == "number" else "%d", key=widget_key, help=help_)
     if kind == "string":
         return st.text_input(name, key=widget_key, help=help_)
     typed = st.text_input(f"{name} (YAML)", key=widget_key, help=help_)
