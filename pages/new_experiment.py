@@ -446,16 +446,16 @@ if sweep:
     t_text = a.text_input("T values", key="ui.sweep_t") if uses_t else f"{T:g}"
     alpha_text = b.text_input("α values", key="ui.sweep_alpha")
     try:
-        temperatures = form.parse_list(t_text)
+        temperatures = form.parse_sweep(t_text)
     except ValueError as err:
         fields.add("sweep.T", f"T values: {err}")
     try:
-        alphas = form.parse_list(alpha_text)
+        alphas = form.parse_sweep(alpha_text)
     except ValueError as err:
         fields.add("sweep.alpha", f"α values: {err}")
     group = c.text_input("Group name", key="ui.sweep_group").strip()
-    if not (temperatures and alphas and group):
-        fields.add("sweep", "give at least one T, one α and a group name")
+    if not group:
+        fields.add("sweep.group", "give the group a name")
     fields.slot("sweep")
 
 search = st.toggle("Search for a setting that pays off (a study of many runs)", key="ui.search",
@@ -542,6 +542,8 @@ if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bo
     if state.launch(queued):
         form.forget("ui.sweep_group")  # the next sweep is a new group
         st.switch_page("pages/live.py")
-if fields.errors:
-    st.caption("Fix the fields marked in red to launch.")
+if fields.marked:
+    st.caption(f"Fix the fields marked in red to launch: {', '.join(f'`{path}`' for path in fields.marked)}.")
+elif fields.errors:
+    st.caption("Fix the problems listed above to launch.")
 form.remember()  # this run's last values, should the user now go to another page

@@ -118,3 +118,36 @@ def test_a_method_option_shows_a_rounded_value():
     at = new_experiment_with(**{"f.distill.method": "dkd"})
     warmup = at.number_input(key="f.distill.options.warmup")
     assert warmup.format == "%.4g"  # the browser shows a bare "%g" as 0.08333333333333333
+
+
+def _captions(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_a_sweep_typo_shows_one_message_that_names_the_value():
+    at = new_experiment_with(**{"ui.sweep": True})
+    at.text_input(key="ui.sweep_t").set_value("2, hot").run()
+    shown = errors(at)
+    assert shown.count("`sweep") == 1 and "'hot' is not a number" in shown, shown
+    assert "give at least one" not in shown
+    assert at.button(key="ui.launch").disabled
+
+
+@pytest.mark.parametrize("field, typed", [("ui.sweep_t", "4, 4"), ("ui.sweep_alpha", "0.5, 0.9, 0.5")])
+def test_a_value_given_twice_in_a_sweep_is_refused_not_queued_as_identical_runs(field, typed):
+    at = new_experiment_with(**{"ui.sweep": True})
+    at.text_input(key=field).set_value(typed).run()
+    assert "given more than once" in errors(at)
+    assert at.button(key="ui.launch").disabled
+
+
+def test_fix_the_fields_marked_in_red_names_them_and_goes_once_they_are_fixed():
+    at = new_experiment_with(**{"ui.sweep": True})
+    assert "Fix the fields" not in _captions(at)
+    at.text_input(key="ui.sweep_t").set_value("2, hot")
+    at.number_input(key="f.train.epochs").set_value(0).run()
+    assert "Fix the fields marked in red to launch: `train.epochs`, `sweep.T`." in _captions(at)
+    at.text_input(key="ui.sweep_t").set_value("2, 8").run()
+    assert "`sweep.T`" not in _captions(at) and "`train.epochs`" in _captions(at)
+    at.number_input(key="f.train.epochs").set_value(3).run()
+    assert "Fix the" not in _captions(at) and not at.button(key="ui.launch").disabled

@@ -329,6 +329,19 @@ def parse_list(text: str, kind=float) -> list:
     return values
 
 
+def parse_sweep(text: str) -> list[float]:
+    """A sweep's values, "2, 4, 8" -> [2.0, 4.0, 8.0]; refuses none at all and a value given twice (the same run
+    would be queued twice), with a ValueError saying which."""
+    values = parse_list(text)
+    if not values:
+        raise ValueError("give at least one value")
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(f'{value:g}' for value in repeated)} given more than once: each value makes "
+                         "one run, so give it once")
+    return values
+
+
 def parse_options(text: str) -> dict:
     """Model options typed as YAML, e.g. `width: 16` or `{hidden: [256, 128]}`."""
     if not text.strip():
@@ -366,6 +379,7 @@ class FieldErrors:
     def __init__(self) -> None:
         self.slots: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
+        self.marked: list[str] = []  # the config keys whose errors show beside their fields, once shown
 
     def slot(self, *paths: str) -> None:
         placeholder = st.empty()
@@ -398,7 +412,10 @@ class FieldErrors:
                 unplaced.append(f"{path}: {message}")
                 continue
             placeholder = self.slots[slot]
+            self.marked.append(path)
             by_placeholder.setdefault(id(placeholder), (placeholder, []))[1].append(f"`{path}`: {plain(message)}")
+        order = list(self.slots)  # the order of the fields on the page
+        self.marked.sort(key=lambda path: order.index(self._slot_for(path)))
         for placeholder, messages in by_placeholder.values():
             placeholder.error("  \n".join(messages), icon=":material/error:")
         return unplaced
