@@ -41,7 +41,8 @@ with st.expander("Start from a stored run", icon=":material/content_copy:"):
 # ---- data ------------------------------------------------------------------------------------
 st.subheader("Data")
 left, right = st.columns([1, 2])
-v["dataset.name"] = name = left.selectbox("Dataset", DATASETS.names(), key=k("dataset.name"))
+v["dataset.name"] = name = left.selectbox("Dataset", DATASETS.names(), key=k("dataset.name"),
+                                                  on_change=form.reset_data_root)
 info = dataset_info(name)
 right.caption(info.description)
 root, download, image_size = None, False, None

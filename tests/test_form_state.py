@@ -151,3 +151,12 @@ def test_fix_the_fields_marked_in_red_names_them_and_goes_once_they_are_fixed():
     assert "`sweep.T`" not in _captions(at) and "`train.epochs`" in _captions(at)
     at.number_input(key="f.train.epochs").set_value(3).run()
     assert "Fix the" not in _captions(at) and not at.button(key="ui.launch").disabled
+
+
+def test_an_image_folder_path_does_not_carry_over_into_another_datasets_root(tmp_path):
+    at = open_page("pages/new_experiment.py")
+    at.selectbox(key="f.dataset.name").set_value("imagefolder").run()
+    at.text_input(key="f.dataset.root").set_value(str(tmp_path / "pets")).run()
+    at.selectbox(key="f.dataset.name").set_value("mnist").run()
+    no_exceptions(at)
+    assert at.text_input(key="f.dataset.root").value == ""

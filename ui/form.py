@@ -234,6 +234,14 @@ def reset_options(role: str) -> None:
     st.session_state[key(f"{role}.options")] = _as_widget_value(f"{role}.options", options or {})
 
 
+def reset_data_root() -> None:
+    """On a change of dataset, its root starts empty (the dataset's default folder), or as the base config has it
+    when it is the base's dataset: an image folder typed for one dataset is no root for another."""
+    data = base().get("dataset") or {}
+    same = data.get("name") == st.session_state.get(key("dataset.name"))
+    st.session_state[key("dataset.root")] = (data.get("root") or "") if same else ""
+
+
 def method_options(method: dict) -> None:
     """Makes the option widgets hold `method`'s values: on a switch of method, its declared defaults.
 
