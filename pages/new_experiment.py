@@ -200,7 +200,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
     if checkpoint is not None and not too_large(arch, options):
         problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=finetune)
         if problem:
-            fields.add(problem_key, problem)
+            fields.add(problem_key, uploads.shown_name(problem, checkpoint))
     fields.slot(*([prefix, "teachers.0"] if i == 0 else [prefix]))
     profile = show_profile(prefix, arch, options)
     if i == count - 1 and i > 0:
@@ -263,7 +263,7 @@ def student_start(arch: str, options: dict) -> None:
         problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=True,
                                            role="student")
         if problem:
-            fields.add("student.checkpoint", problem)
+            fields.add("student.checkpoint", uploads.shown_name(problem, checkpoint))
 
 
 teacher_col, student_col, ratio_col = st.columns([5, 5, 2], gap="medium")

@@ -91,8 +91,9 @@ def test_an_option_a_torchvision_model_does_not_take_is_named_in_plain_words():
 
 def test_errors_beside_fields_show_underscores_and_stars_as_typed():
     at = new_experiment_with(**{"f.teacher.arch": "mobilenet_v2", "f.teacher.options": "__width__: 2"})
-    shown = errors(at)
-    assert "mobilenet\\_v2" in shown and "\\_\\_width\\_\\_" in shown  # escaped, so Markdown draws them as is
+    source = "\n".join(e.value for e in at.error)  # the Markdown the page sends
+    assert "mobilenet\\_v2" in source and "\\_\\_width\\_\\_" in source  # escaped: Markdown draws them as typed
+    assert "mobilenet_v2 takes no option '__width__'" in errors(at)
 
 
 @pytest.mark.parametrize("field, path", [("f.train.epochs", "train.epochs"), ("f.train.batch_size", "train.batch_size"),
