@@ -354,7 +354,8 @@ if spec["options"]:
         with columns[n % len(columns)]:
             v[f"distill.options.{option['name']}"] = form.option_input(option)
 fields.slot("distill.options")
-for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t):
+chosen = {option["name"]: v[f"distill.options.{option['name']}"] for option in spec["options"]}
+for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t, chosen, spec.get("symbols")):
     st.latex(line)
 
 # ---- training ------------------------------------------------------------------------------------

@@ -161,3 +161,16 @@ def test_an_image_folder_path_does_not_carry_over_into_another_datasets_root(tmp
     at.selectbox(key="f.dataset.name").set_value("mnist").run()
     no_exceptions(at)
     assert at.text_input(key="f.dataset.root").value == ""
+
+
+def test_the_dkd_formula_shows_the_configured_weights_rounded_and_wrapped():
+    at = new_experiment_with(**{"f.distill.method": "dkd"})
+    at.number_input(key="f.distill.options.nckd_weight").set_value(2.0)
+    at.number_input(key="f.distill.options.tckd_weight").set_value(0.5)
+    at.slider(key="f.distill.temperature").set_value(4.0).run()
+    formula = [line.value for line in at.latex]
+    shown = " ".join(formula)
+    assert r"2\cdot 16" in shown and r"0.5\cdot 16" in shown  # λ_nc and λ_tc with their values, times T² = 16
+    assert r"\tfrac{e}{0.0833\cdot E}" in shown and "0.08333" not in shown  # warmup 20/240, rounded
+    rows = [row for line in formula for row in line.split("\\\\")]
+    assert max(len(row) for row in rows) < 200, max(rows, key=len)  # one term per row: nothing runs off the page
