@@ -59,7 +59,7 @@ if name == "imagefolder":
                 root = str(uploads.extract_zip(zipped.getvalue(), zipped.name, state.store().artefact_root / "uploads"))
             except uploads.UploadError as err:
                 fields.add("dataset.root", str(err))
-    image_size = right.number_input("Image side after resizing (pixels)",
+    image_size = right.number_input("Image side after resizing (pixels)", step=1,
                                     key=k("dataset.image_size"), placeholder="64")
 elif not info.embedded:
     root = right.text_input("Data root", key=k("dataset.root"), placeholder=str(data_root(None))) or None
@@ -151,7 +151,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
                                     key=k(f"{prefix}.source"), horizontal=True)
     checkpoint = problem_key = None
     if source == "train":
-        t["epochs"] = st.number_input("Teacher epochs", key=k(f"{prefix}.epochs"))
+        t["epochs"] = st.number_input("Teacher epochs", step=1, key=k(f"{prefix}.epochs"))
         t.update(own_training(i, prefix))
     elif source == "run":
         finished = stored_weights("teacher")
@@ -183,7 +183,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
             if not st.session_state.get(epochs_key):
                 st.session_state[epochs_key] = 2
             a, b = st.columns(2, vertical_alignment="bottom")
-            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", key=epochs_key)
+            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", step=1, key=epochs_key)
             t["finetune_last_stage_only"] = b.toggle(
                 "Only the last stage", key=k(f"{prefix}.finetune_last_stage_only"),
                 help="Train only the last stage and the head; earlier layers keep the loaded weights")
@@ -222,7 +222,7 @@ def own_training(i: int, prefix: str) -> dict:
                         ("train.lr", v["train.lr"]), ("train.weight_decay", v["train.weight_decay"])):
         st.session_state.setdefault(k(f"{prefix}.{name}"), value)  # it starts from what the others get
     a, b, c = st.columns(3)
-    augment = {"crop_padding": a.number_input("Its crop padding (pixels)",
+    augment = {"crop_padding": a.number_input("Its crop padding (pixels)", step=1,
                                               key=k(f"{prefix}.augment.crop_padding")),
                "flip": b.toggle("Its random flip", key=k(f"{prefix}.augment.flip")),
                "rotation": c.slider("Its rotation (degrees)", 0.0, 45.0, step=1.0, key=k(f"{prefix}.augment.rotation"))}
@@ -362,9 +362,9 @@ for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t, chosen, s
 st.subheader("Training")
 cols = st.columns(4)
 with cols[0]:
-    v["train.epochs"] = st.number_input("Student epochs", key=k("train.epochs"),
+    v["train.epochs"] = st.number_input("Student epochs", step=1, key=k("train.epochs"),
                                         help="The baseline gets the same")
-    v["train.batch_size"] = st.number_input("Batch size", key=k("train.batch_size"))
+    v["train.batch_size"] = st.number_input("Batch size", step=1, key=k("train.batch_size"))
     fields.slot("train.epochs", "train.batch_size")
 with cols[1]:
     v["train.optimizer"] = optimizer = st.selectbox("Optimizer", ["adam", "adamw", "sgd"], key=k("train.optimizer"))
@@ -389,7 +389,7 @@ with cols[2]:
         "Student's share of train", 0.05, 1.0, step=0.05, key=k("dataset.student_fraction"),
         help="The distilled student and its baseline learn from this share of the training images (the same "
              "images for both); the teacher learns from all. Soft targets help most when labels are scarce.")
-    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)",
+    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", step=1,
                                                          key=k("train.early_stopping_patience"))
     fields.slot("train.schedule", "train.milestones", "train.gamma", "dataset.val_fraction",
                 "train.early_stopping_patience", "dataset.student_fraction")
@@ -408,7 +408,7 @@ with cols[3]:
                 "train.fused_optimizer", "train")
 with st.expander("Augmentation"):
     a, b, c = st.columns(3)
-    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)",
+    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", step=1,
                                                        key=k("dataset.augment.crop_padding"))
     v["dataset.augment.flip"] = b.toggle("Random horizontal flip", key=k("dataset.augment.flip"))
     v["dataset.augment.rotation"] = c.slider("Random rotation (degrees)", 0.0, 45.0, step=1.0,
@@ -477,7 +477,7 @@ if search:
     space_text = st.text_area("Search space (YAML)", key="ui.search_space", height=150)
     a, b, c, d = st.columns(4)
     study_settings = dict(
-        trials=int(a.number_input("Trials", key="ui.search_trials")),
+        trials=int(a.number_input("Trials", step=1, key="ui.search_trials")),
         objective=b.selectbox("Objective (validation)", list(state.objectives()), key="ui.search_objective",
                               format_func=lambda o: state.objectives()[o]),
         sampler=c.selectbox("Sampler", state.SAMPLERS, key="ui.search_sampler",
@@ -487,7 +487,7 @@ if search:
                            help="Stops a trial whose student's validation accuracy lags the others' at the same "
                                 "epoch"))
     a, b, c = st.columns([1, 1, 2])
-    study_settings["parallel"] = int(a.number_input("Trials at once",
+    study_settings["parallel"] = int(a.number_input("Trials at once", step=1,
                                                     key="ui.search_parallel",
                                                     help="More than 1 only helps with several workers on this store"))
     confirm_text = b.text_input("Confirm over seeds", key="ui.search_confirm",

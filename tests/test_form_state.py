@@ -113,6 +113,9 @@ def test_number_fields_carry_no_bounds_the_browser_would_enforce_by_keeping_the_
     at = new_experiment_with(**{"f.distill.method": "dkd", "f.teacher.source": "train", "ui.own_training": True})
     bounded = [n.key for n in at.number_input if n.key.startswith("f.") and (n.proto.has_min or n.proto.has_max)]
     assert bounded == []
+    whole = {n.key for n in at.number_input if n.proto.data_type == n.proto.INT}  # shown as 7, not 7.00
+    assert {"f.train.epochs", "f.train.batch_size", "f.teacher.epochs", "f.train.early_stopping_patience",
+            "f.dataset.augment.crop_padding", "f.teacher.augment.crop_padding"} <= whole
 
 
 def test_a_method_option_shows_a_rounded_value():

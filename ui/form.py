@@ -267,6 +267,15 @@ def _option_value(option: dict, value: Any) -> Any:
     return "" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def bounds_text(option: dict) -> str:
+    """A number option's declared range in words: "(from 0 to 1000)", "(above 0)", "" when unbounded."""
+    low, high = option.get("minimum"), option.get("maximum")
+    above, below = option.get("exclusiveMinimum"), option.get("exclusiveMaximum")
+    parts = ([f"from {low:g}"] if low is not None else [f"above {above:g}"] if above is not None else []) + \
+            ([f"to {high:g}"] if high is not None else [f"below {below:g}"] if below is not None else [])
+    return f"({' '.join(parts)})" if parts else ""
+
+
 def _step(option: dict) -> float:
     """A step of about a tenth of the default's order of magnitude, and at most a twentieth of the range."""
     default = abs(float(option.get("default") or 0.0))
@@ -298,9 +307,10 @@ def option_input(option: dict) -> Any:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             st.session_state[widget_key] = cast(current)  # int and float arguments cannot be mixed
         # no widget bounds: the browser would keep the last value in range while showing the one typed;
-        # validation refuses it beside the options instead, and Launch stays disabled
+        # validation refuses it beside the options instead, and Launch stays disabled. The help says the range.
         return st.number_input(name, step=cast(_step(option)) if kind == "number" else 1,
-                               format=NUMBER_FORMAT if kind == "number" else "%d", key=widget_key, help=help_)
+                               format=NUMBER_FORMAT if kind == "number" else "%d", key=widget_key,
+                               help=" ".join(filter(None, [help_, bounds_text(option)])) or None)
     if kind == "string":
         return st.text_input(name, key=widget_key, help=help_)
     typed = st.text_input(f"{name} (YAML)", key=widget_key, help=help_)
