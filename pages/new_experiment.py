@@ -2,6 +2,7 @@
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import streamlit as st
 
@@ -133,6 +134,22 @@ def stored_weights(phase: str) -> list[int]:
     return [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, phase)]
 
 
+def uploaded_checkpoint(uploader: str):
+    """The stored path of the checkpoint uploaded here, or None. Coming back from another page empties the
+    uploader, so the file uploaded before is kept under a key of the form's own; removing or replacing it in
+    the uploader forgets it."""
+    kept = f"ui.uploaded.{uploader}"
+    uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key=uploader,
+                                on_change=form.forget, args=(kept,))
+    if uploaded is not None:
+        st.session_state[kept] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
+                                                             state.store().artefact_root / "uploads"))
+    elif st.session_state.get(kept):
+        st.caption(uploads.shown_name(f"Using {Path(st.session_state[kept]).name}, uploaded before",
+                                      st.session_state[kept]))
+    return st.session_state.get(kept)
+
+
 def add_teacher(count: int) -> None:
     """One more teacher, trained here for as many epochs as the first, with its architecture's own defaults."""
     first, new = form.teacher_prefix(0), form.teacher_prefix(count)
@@ -162,11 +179,9 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
         if t["run_id"] is not None:
             checkpoint, problem_key = state.weights_path(t["run_id"], "teacher"), f"{prefix}.run_id"
     else:
-        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"],
-                                    key="ui.checkpoint" if i == 0 else f"ui.checkpoint.{i}")
+        uploaded = uploaded_checkpoint("ui.checkpoint" if i == 0 else f"ui.checkpoint.{i}")
         if uploaded is not None:
-            t["checkpoint"] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
-                                                          state.store().artefact_root / "uploads"))
+            t["checkpoint"] = uploaded
         elif t.get("checkpoint"):
             st.caption(f"Using {t['checkpoint']}")
         if t.get("checkpoint"):
@@ -249,10 +264,9 @@ def student_start(arch: str, options: dict) -> None:
         if checkpoint is None:
             fields.add("student.checkpoint", "choose the run whose student to start from")
     elif start == "checkpoint":
-        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key="ui.student_checkpoint")
+        uploaded = uploaded_checkpoint("ui.student_checkpoint")
         if uploaded is not None:
-            checkpoint = uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
-                                                 state.store().artefact_root / "uploads")
+            checkpoint = uploaded
         elif form.base().get("student", {}).get("checkpoint"):
             checkpoint = form.base()["student"]["checkpoint"]
             st.caption(f"Using {checkpoint}")

@@ -64,3 +64,35 @@ def test_what_was_typed_is_still_there_after_a_visit_to_another_page(dashboard, 
     _idle(page)
     assert page.get_by_label("Run name", exact=True).input_value() == "kept in the browser"
     assert page.get_by_label("Student epochs", exact=True).input_value() == "7"
+
+
+def test_an_uploaded_teacher_checkpoint_survives_a_page_visit_and_goes_when_removed(dashboard, page, tmp_path):
+    from kdcore.engine.checkpoint import save_checkpoint
+    from kdcore.models import create_model
+
+    url, _ = dashboard
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, create_model("small_cnn", 10, 1, 8, width=96), arch="small_cnn", num_classes=10,
+                    in_channels=1, image_size=8, options={"width": 96})
+    _new_experiment(page, url)
+    page.get_by_text("An uploaded checkpoint").first.click()
+    _idle(page)
+    required = page.get_by_text("teacher.checkpoint is required")
+    required.first.wait_for()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(path))
+    required.first.wait_for(state="detached")
+    _idle(page)
+
+    page.get_by_role("link", name="Runs").first.click()
+    page.get_by_role("heading", name="Runs").first.wait_for()
+    _idle(page)
+    page.get_by_role("link", name="New experiment").first.click()
+    page.get_by_text("Using teacher.pt, uploaded before").wait_for()
+    _idle(page)
+    assert required.count() == 0
+
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(path))
+    page.get_by_text("teacher.pt", exact=True).first.wait_for()
+    _idle(page)
+    page.get_by_role("button", name="Remove teacher.pt").click()
+    required.first.wait_for()  # removed in the uploader: no longer used

@@ -77,3 +77,21 @@ def test_a_bad_teacher_checkpoint_uploaded_in_the_form_is_refused_in_plain_words
     assert f"`teacher.checkpoint`: {name}" in shown  # the name the user chose
     assert not any(t in shown for t in LIBRARY_TEXT), shown
     assert at.button(key="ui.launch").disabled
+
+
+def test_an_uploaded_teacher_checkpoint_is_still_used_after_a_visit_to_another_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_DB_URL", f"sqlite:///{tmp_path}/kdcore.db")
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    good = _good(tmp_path / "teacher.pt")
+    at = new_experiment_with(**{"f.teacher.source": "checkpoint", "f.teacher.arch": "small_cnn",
+                                "f.teacher.options": ""})
+    at.file_uploader(key="ui.checkpoint").upload("teacher.pt", good.read_bytes()).run()
+    assert "teacher" not in errors(at) and not at.button(key="ui.launch").disabled, errors(at)
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/new_experiment.py").run()
+    no_exceptions(at)
+    assert "teacher" not in errors(at) and not at.button(key="ui.launch").disabled, errors(at)
+    assert any(c.value == "Using teacher.pt, uploaded before" for c in at.caption)
+    at.file_uploader(key="ui.checkpoint").upload("teacher.pt", good.read_bytes()).run()
+    at.file_uploader(key="ui.checkpoint").clear().run()  # removed by the user: no longer used
+    assert "teacher.checkpoint is required" in errors(at)

@@ -58,8 +58,7 @@ STUDENT_START = "ui.student_start"  # "scratch", "run" or "checkpoint"
 KEPT = "form.kept"  # the form's values under a key no widget owns: Streamlit forgets a widget's value on pages
 # that do not draw it, so a visit to another page would otherwise reset the form
 _KEPT_UI = re.compile(r"ui\.(source_run|images_from|seeds|teacher_per_seed|sweep\w*|search\w*|teachers|combine|"
-                      r"options_of|student_start|student_run|finetune(\.\d+)?|own_training(\.\d+)?|options_from(\.\d+)?|"
-                      r"uploaded\.[\w.]+)")
+                      r"options_of|student_start|student_run|finetune(\.\d+)?|own_training(\.\d+)?|options_from(\.\d+)?)")
 # config keys whose widget shows a different form of the value: lists and dicts as text
 _AS_TEXT = re.compile(r"tags|train\.milestones|(teacher|teachers\.\d+|student)\.options")
 _SECTIONS = "|".join(re.escape(k) for k in RunConfig.model_fields) + r"|\(config\)"
