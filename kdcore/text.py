@@ -122,9 +122,35 @@ def at_temperature(latex: str, temperature: float) -> str:
     return _T.sub(f"{temperature:g}", latex)
 
 
-def loss_latex(method: str, formula: str, temperature: float, alpha: float, uses_temperature: bool) -> list[str]:
+_ADJACENT_NUMBERS = re.compile(r"(\d)\s*\\,\s*(\d)")  # "8\,16" once λ and T² have their values: 8·16
+
+
+def with_options(latex: str, options: dict, symbols: dict[str, str]) -> str:
+    """LaTeX with each option's symbol (`\\lambda_{nc}` for nckd_weight) replaced by its value, rounded as a
+    reader writes it (0.0833, not 0.08333333333333333)."""
+    for name, symbol in symbols.items():
+        value = options.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown = str(int(value)) if float(value).is_integer() and abs(value) < 1e7 else f"{value:.3g}"
+            latex = latex.replace(symbol, shown)
+    return latex
+
+
+def wrapped(latex: str, title: str = "") -> str:
+    """A formula of several parts joined by `,\\quad` as one part per row (after its title's), so it never runs
+    off the page."""
+    rows = re.split(r",\s*\\quad\s*", latex)
+    if len(rows) == 1:
+        return rf"{title}\quad {latex}" if title else latex
+    rows = [r",\\ ".join(rows)]
+    return r"\begin{gathered}" + (rf"{title}\\ " if title else "") + rows[0] + r"\end{gathered}"
+
+
+def loss_latex(method: str, formula: str, temperature: float, alpha: float, uses_temperature: bool,
+               options: Optional[dict] = None, symbols: Optional[dict[str, str]] = None) -> list[str]:
     """The loss of a run as LaTeX lines: (1-α)·CE + α·(the method's terms), symbolic and with α's value; the
-    method's own formula; and that formula at this T, when the method uses T."""
+    method's own formula; and that formula with this T and the method's options (`symbols` maps an option to
+    its symbol in the formula), each part on its own row."""
     terms = formula_terms(formula)
     name = method.replace("_", r"\_")
     symbol = " + ".join(rf"\mathcal{{L}}_{{{t}}}" for t in terms) or rf"\mathcal{{L}}_{{\mathrm{{{name}}}}}"
@@ -133,11 +159,12 @@ def loss_latex(method: str, formula: str, temperature: float, alpha: float, uses
     lines = [rf"\begin{{aligned}}\mathcal{{L}} &= (1-\alpha)\,{ce} + \alpha\,{grouped}\\"
              rf"&= {1 - alpha:.2f}\,{ce} + {alpha:.2f}\,{grouped}\end{{aligned}}"]
     own = formula if terms else rf"\mathcal{{L}}_{{\mathrm{{{name}}}}} = {formula}"
-    lines.append(own)
-    if uses_temperature:
-        valued = at_temperature(own, temperature)
-        if valued != own:
-            lines.append(rf"\text{{at }} T = {temperature:g}:\quad {valued}")
+    lines.append(wrapped(own))
+    valued = with_options(at_temperature(own, temperature) if uses_temperature else own, options or {}, symbols or {})
+    if valued != own:
+        valued = _ADJACENT_NUMBERS.sub(r"\1\\cdot \2", valued)
+        where = rf"\text{{at }} T = {temperature:g}" if uses_temperature else r"\text{with these options}"
+        lines.append(wrapped(valued, f"{where}:"))
     return lines
 
 

@@ -1,6 +1,8 @@
 """New experiment: a run's config from widgets, checked as it changes, then queued (alone or as a sweep)."""
 import datetime as dt
 import json
+import re
+from pathlib import Path
 
 import streamlit as st
 
@@ -19,6 +21,7 @@ COMBINE_LABELS = {"average": "Average of their softened probabilities",
 k = form.key
 
 st.title("New experiment")
+form.restore()  # what was typed before a visit to another page
 form.ensure_defaults(state.demo_config().model_copy(update={"name": ""}))  # a new run, not named after the demo
 runs = state.runs_frame()
 run_labels = {int(r.id): text.run_label(r.id, r.name, r.status) for r in runs.itertuples()}
@@ -29,6 +32,8 @@ with st.expander("Start from a stored run", icon=":material/content_copy:"):
     if runs.empty:
         st.caption("No stored runs yet.")
     else:
+        if st.session_state.get("ui.source_run") not in run_labels:  # deleted while the form was away
+            st.session_state.pop("ui.source_run", None)
         left, right = st.columns([4, 1], vertical_alignment="bottom")
         source_run = left.selectbox("Run", list(run_labels), format_func=run_labels.get, key="ui.source_run")
         right.button("Fill the form", key="ui.fill",
@@ -37,7 +42,8 @@ with st.expander("Start from a stored run", icon=":material/content_copy:"):
 # ---- data ------------------------------------------------------------------------------------
 st.subheader("Data")
 left, right = st.columns([1, 2])
-v["dataset.name"] = name = left.selectbox("Dataset", DATASETS.names(), key=k("dataset.name"))
+v["dataset.name"] = name = left.selectbox("Dataset", DATASETS.names(), key=k("dataset.name"),
+                                                  on_change=form.reset_data_root)
 info = dataset_info(name)
 right.caption(info.description)
 root, download, image_size = None, False, None
@@ -54,7 +60,7 @@ if name == "imagefolder":
                 root = str(uploads.extract_zip(zipped.getvalue(), zipped.name, state.store().artefact_root / "uploads"))
             except uploads.UploadError as err:
                 fields.add("dataset.root", str(err))
-    image_size = right.number_input("Image side after resizing (pixels)", min_value=8, max_value=512,
+    image_size = right.number_input("Image side after resizing (pixels)", step=1,
                                     key=k("dataset.image_size"), placeholder="64")
 elif not info.embedded:
     root = right.text_input("Data root", key=k("dataset.root"), placeholder=str(data_root(None))) or None
@@ -79,7 +85,7 @@ if info.num_classes is None:
 def architecture(role: str, label: str) -> str:
     st.markdown(f"**{label}**")
     return st.selectbox("Architecture", MODELS.names(), key=k(f"{role}.arch"),
-                        format_func=lambda n: f"{n} · {describe_model(n)}")
+                        format_func=lambda n: f"{n} · {describe_model(n)}", on_change=form.reset_options, args=(role,))
 
 
 def too_large(arch: str, options: dict):
@@ -98,7 +104,9 @@ def show_profile(role: str, arch: str, options: dict):
         profile = (checks.estimate_profile(arch, shape[0] or 10, shape[1], shape[2], options) if refusal else
                    state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True)))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        fields.add(f"{role}.options", f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))  # torchvision's own TypeError
+        fields.add(f"{role}.options", f"{arch} takes no option {unknown[1]!r}: remove it from the options" if unknown
+                   else f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
         return None
     if refusal:
         fields.add(f"{role}.options", f"{arch} would have {refusal}")
@@ -126,6 +134,22 @@ def stored_weights(phase: str) -> list[int]:
     return [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, phase)]
 
 
+def uploaded_checkpoint(uploader: str):
+    """The stored path of the checkpoint uploaded here, or None. Coming back from another page empties the
+    uploader, so the file uploaded before is kept under a key of the form's own; removing or replacing it in
+    the uploader forgets it."""
+    kept = f"ui.uploaded.{uploader}"
+    uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key=uploader,
+                                on_change=form.forget, args=(kept,))
+    if uploaded is not None:
+        st.session_state[kept] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
+                                                             state.store().artefact_root / "uploads"))
+    elif st.session_state.get(kept):
+        st.caption(uploads.shown_name(f"Using {Path(st.session_state[kept]).name}, uploaded before",
+                                      st.session_state[kept]))
+    return st.session_state.get(kept)
+
+
 def add_teacher(count: int) -> None:
     """One more teacher, trained here for as many epochs as the first, with its architecture's own defaults."""
     first, new = form.teacher_prefix(0), form.teacher_prefix(count)
@@ -144,7 +168,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
                                     key=k(f"{prefix}.source"), horizontal=True)
     checkpoint = problem_key = None
     if source == "train":
-        t["epochs"] = st.number_input("Teacher epochs", min_value=1, key=k(f"{prefix}.epochs"))
+        t["epochs"] = st.number_input("Teacher epochs", step=1, key=k(f"{prefix}.epochs"))
         t.update(own_training(i, prefix))
     elif source == "run":
         finished = stored_weights("teacher")
@@ -155,11 +179,9 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
         if t["run_id"] is not None:
             checkpoint, problem_key = state.weights_path(t["run_id"], "teacher"), f"{prefix}.run_id"
     else:
-        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"],
-                                    key="ui.checkpoint" if i == 0 else f"ui.checkpoint.{i}")
+        uploaded = uploaded_checkpoint("ui.checkpoint" if i == 0 else f"ui.checkpoint.{i}")
         if uploaded is not None:
-            t["checkpoint"] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
-                                                          state.store().artefact_root / "uploads"))
+            t["checkpoint"] = uploaded
         elif t.get("checkpoint"):
             st.caption(f"Using {t['checkpoint']}")
         if t.get("checkpoint"):
@@ -176,7 +198,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
             if not st.session_state.get(epochs_key):
                 st.session_state[epochs_key] = 2
             a, b = st.columns(2, vertical_alignment="bottom")
-            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", min_value=1, key=epochs_key)
+            t["finetune_epochs"] = a.number_input("Fine-tuning epochs", step=1, key=epochs_key)
             t["finetune_last_stage_only"] = b.toggle(
                 "Only the last stage", key=k(f"{prefix}.finetune_last_stage_only"),
                 help="Train only the last stage and the head; earlier layers keep the loaded weights")
@@ -193,7 +215,7 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
     if checkpoint is not None and not too_large(arch, options):
         problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=finetune)
         if problem:
-            fields.add(problem_key, problem)
+            fields.add(problem_key, uploads.shown_name(problem, checkpoint))
     fields.slot(*([prefix, "teachers.0"] if i == 0 else [prefix]))
     profile = show_profile(prefix, arch, options)
     if i == count - 1 and i > 0:
@@ -215,7 +237,7 @@ def own_training(i: int, prefix: str) -> dict:
                         ("train.lr", v["train.lr"]), ("train.weight_decay", v["train.weight_decay"])):
         st.session_state.setdefault(k(f"{prefix}.{name}"), value)  # it starts from what the others get
     a, b, c = st.columns(3)
-    augment = {"crop_padding": a.number_input("Its crop padding (pixels)", min_value=0, max_value=16,
+    augment = {"crop_padding": a.number_input("Its crop padding (pixels)", step=1,
                                               key=k(f"{prefix}.augment.crop_padding")),
                "flip": b.toggle("Its random flip", key=k(f"{prefix}.augment.flip")),
                "rotation": c.slider("Its rotation (degrees)", 0.0, 45.0, step=1.0, key=k(f"{prefix}.augment.rotation"))}
@@ -242,10 +264,9 @@ def student_start(arch: str, options: dict) -> None:
         if checkpoint is None:
             fields.add("student.checkpoint", "choose the run whose student to start from")
     elif start == "checkpoint":
-        uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key="ui.student_checkpoint")
+        uploaded = uploaded_checkpoint("ui.student_checkpoint")
         if uploaded is not None:
-            checkpoint = uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
-                                                 state.store().artefact_root / "uploads")
+            checkpoint = uploaded
         elif form.base().get("student", {}).get("checkpoint"):
             checkpoint = form.base()["student"]["checkpoint"]
             st.caption(f"Using {checkpoint}")
@@ -256,7 +277,7 @@ def student_start(arch: str, options: dict) -> None:
         problem = state.checkpoint_problem(checkpoint, arch, shape[0], shape[1], shape[2], options, new_head=True,
                                            role="student")
         if problem:
-            fields.add("student.checkpoint", problem)
+            fields.add("student.checkpoint", uploads.shown_name(problem, checkpoint))
 
 
 teacher_col, student_col, ratio_col = st.columns([5, 5, 2], gap="medium")
@@ -291,7 +312,7 @@ with teacher_col:
             for i, col in enumerate(st.columns(n_teachers)):
                 weight_key = k(f"distill.teacher_weights.{i}")
                 st.session_state.setdefault(weight_key, 1.0)
-                weights.append(col.number_input(f"Teacher {i + 1}", min_value=0.0, step=0.1, format="%g",
+                weights.append(col.number_input(f"Teacher {i + 1}", step=0.1, format="%g",
                                                 key=weight_key))
             st.caption("Each teacher's softened probabilities are weighted by its number over their sum.")
         fields.slot("distill.teacher_weights")
@@ -347,16 +368,17 @@ if spec["options"]:
         with columns[n % len(columns)]:
             v[f"distill.options.{option['name']}"] = form.option_input(option)
 fields.slot("distill.options")
-for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t):
+chosen = {option["name"]: v[f"distill.options.{option['name']}"] for option in spec["options"]}
+for line in text.loss_latex(method, spec["formula"], T, alpha, uses_t, chosen, spec.get("symbols")):
     st.latex(line)
 
 # ---- training ------------------------------------------------------------------------------------
 st.subheader("Training")
 cols = st.columns(4)
 with cols[0]:
-    v["train.epochs"] = st.number_input("Student epochs", min_value=1, key=k("train.epochs"),
+    v["train.epochs"] = st.number_input("Student epochs", step=1, key=k("train.epochs"),
                                         help="The baseline gets the same")
-    v["train.batch_size"] = st.number_input("Batch size", min_value=1, key=k("train.batch_size"))
+    v["train.batch_size"] = st.number_input("Batch size", step=1, key=k("train.batch_size"))
     fields.slot("train.epochs", "train.batch_size")
 with cols[1]:
     v["train.optimizer"] = optimizer = st.selectbox("Optimizer", ["adam", "adamw", "sgd"], key=k("train.optimizer"))
@@ -381,7 +403,7 @@ with cols[2]:
         "Student's share of train", 0.05, 1.0, step=0.05, key=k("dataset.student_fraction"),
         help="The distilled student and its baseline learn from this share of the training images (the same "
              "images for both); the teacher learns from all. Soft targets help most when labels are scarce.")
-    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", min_value=0,
+    v["train.early_stopping_patience"] = st.number_input("Early stopping patience (0 = off)", step=1,
                                                          key=k("train.early_stopping_patience"))
     fields.slot("train.schedule", "train.milestones", "train.gamma", "dataset.val_fraction",
                 "train.early_stopping_patience", "dataset.student_fraction")
@@ -400,8 +422,8 @@ with cols[3]:
                 "train.fused_optimizer", "train")
 with st.expander("Augmentation"):
     a, b, c = st.columns(3)
-    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", min_value=0,
-                                                       max_value=16, key=k("dataset.augment.crop_padding"))
+    v["dataset.augment.crop_padding"] = a.number_input("Random crop padding (pixels, 0 = off)", step=1,
+                                                       key=k("dataset.augment.crop_padding"))
     v["dataset.augment.flip"] = b.toggle("Random horizontal flip", key=k("dataset.augment.flip"))
     v["dataset.augment.rotation"] = c.slider("Random rotation (degrees)", 0.0, 45.0, step=1.0,
                                              key=k("dataset.augment.rotation"))
@@ -434,19 +456,22 @@ temperatures, alphas, group = [], [], ""
 if sweep:
     a, b, c = st.columns(3)
     # every field renders before any is parsed: a widget skipped by an error loses its value
-    t_text = a.text_input("T values", value="2, 4, 8", key="ui.sweep_t") if uses_t else f"{T:g}"
-    alpha_text = b.text_input("α values", value="0.5, 0.9", key="ui.sweep_alpha")
+    for name, value in (("ui.sweep_t", "2, 4, 8"), ("ui.sweep_alpha", "0.5, 0.9"),
+                        ("ui.sweep_group", f"sweep-{dt.datetime.now():%Y%m%d-%H%M}")):
+        st.session_state.setdefault(name, value)  # first values; a widget's own default would fight a restored one
+    t_text = a.text_input("T values", key="ui.sweep_t") if uses_t else f"{T:g}"
+    alpha_text = b.text_input("α values", key="ui.sweep_alpha")
     try:
-        temperatures = form.parse_list(t_text)
+        temperatures = form.parse_sweep(t_text)
     except ValueError as err:
         fields.add("sweep.T", f"T values: {err}")
     try:
-        alphas = form.parse_list(alpha_text)
+        alphas = form.parse_sweep(alpha_text)
     except ValueError as err:
         fields.add("sweep.alpha", f"α values: {err}")
-    group = c.text_input("Group name", value=f"sweep-{dt.datetime.now():%Y%m%d-%H%M}", key="ui.sweep_group").strip()
-    if not (temperatures and alphas and group):
-        fields.add("sweep", "give at least one T, one α and a group name")
+    group = c.text_input("Group name", key="ui.sweep_group").strip()
+    if not group:
+        fields.add("sweep.group", "give the group a name")
     fields.slot("sweep")
 
 search = st.toggle("Search for a setting that pays off (a study of many runs)", key="ui.search",
@@ -458,13 +483,16 @@ if search:
         fields.add("search", "a study picks its own settings and seeds: clear Seeds and turn the sweep off")
     st.caption("The form above is where every trial starts; the space below says which keys vary and over what. "
                "`kdcore methods` lists each method's options (write them as distill.options.NAME).")
-    st.session_state.setdefault("ui.search_space", form.default_space(method, uses_t))
+    for name, value in (("ui.search_space", form.default_space(method, uses_t)), ("ui.search_trials", 20),
+                        ("ui.search_objective", state.DEFAULT_OBJECTIVE), ("ui.search_parallel", 1),
+                        ("ui.search_confirm", "0-4"),
+                        ("ui.search_name", f"{v['dataset.name']} study {dt.datetime.now():%Y-%m-%d %H:%M}")):
+        st.session_state.setdefault(name, value)
     space_text = st.text_area("Search space (YAML)", key="ui.search_space", height=150)
     a, b, c, d = st.columns(4)
     study_settings = dict(
-        trials=int(a.number_input("Trials", min_value=1, max_value=1000, value=20, key="ui.search_trials")),
+        trials=int(a.number_input("Trials", step=1, key="ui.search_trials")),
         objective=b.selectbox("Objective (validation)", list(state.objectives()), key="ui.search_objective",
-                              index=list(state.objectives()).index(state.DEFAULT_OBJECTIVE),
                               format_func=lambda o: state.objectives()[o]),
         sampler=c.selectbox("Sampler", state.SAMPLERS, key="ui.search_sampler",
                             help="tpe: Optuna's default, learns where good settings lie; random; grid: every "
@@ -473,16 +501,18 @@ if search:
                            help="Stops a trial whose student's validation accuracy lags the others' at the same "
                                 "epoch"))
     a, b, c = st.columns([1, 1, 2])
-    study_settings["parallel"] = int(a.number_input("Trials at once", min_value=1, max_value=64, value=1,
+    study_settings["parallel"] = int(a.number_input("Trials at once", step=1,
                                                     key="ui.search_parallel",
                                                     help="More than 1 only helps with several workers on this store"))
-    confirm_text = b.text_input("Confirm over seeds", value="0-4", key="ui.search_confirm",
+    confirm_text = b.text_input("Confirm over seeds", key="ui.search_confirm",
                                 help="At the end, the best trial runs again over these seeds (the trials train with "
                                      "seed 1000) and the study answers with its gain on test and a 95% interval. "
                                      "Empty: confirm later from the Studies page.")
-    study_name = c.text_input("Study name", key="ui.search_name",
-                              value=f"{v['dataset.name']} study {dt.datetime.now():%Y-%m-%d %H:%M}").strip()
+    study_name = c.text_input("Study name", key="ui.search_name").strip()
     study_settings["confirm_seeds"] = confirm_text.strip() or None
+    for what, value, high in (("trials", study_settings["trials"], 1000), ("trials at once", study_settings["parallel"], 64)):
+        if not 1 <= value <= high:  # checked here, not by the widget, so a refused number never hides behind the last
+            fields.add("search", f"{what}: give a whole number from 1 to {high}")
     problem = state.study_problem(study_name, study_settings["confirm_seeds"])
     if problem:
         fields.add("search", problem)
@@ -508,7 +538,7 @@ if config is not None and sweep:
             for path, message in bad.items():
                 fields.add("sweep", f"T = {t:g}, α = {a:g}: {path}: {message}")
 for message in fields.show():
-    st.error(message, icon=":material/error:")
+    st.error(form.plain(message), icon=":material/error:")
 
 count = (len(temperatures) * len(alphas) if sweep else 1) * (len(seeds) if seeds else 1)
 label = f"Queue {count} runs" if count > 1 else "Launch"
@@ -521,10 +551,15 @@ elif count > 1 and config is not None:
 if st.button(label, type="primary", icon=":material/rocket_launch:", disabled=bool(fields.errors), key="ui.launch"):
     if search:
         st.session_state["ui.study"] = state.start_study(study_name, config, space, **study_settings)
+        form.forget("ui.search_name")  # the next study is a new one
         st.switch_page("pages/studies.py")
     queued = expand(config, seeds=seeds, temperatures=temperatures or None, alphas=alphas or None,
                     group=group or None, teacher_per_seed=teacher_per_seed) if sweep or seeds else [config]
     if state.launch(queued):
+        form.forget("ui.sweep_group")  # the next sweep is a new group
         st.switch_page("pages/live.py")
-if fields.errors:
-    st.caption("Fix the fields marked in red to launch.")
+if fields.marked:
+    st.caption(f"Fix the fields marked in red to launch: {', '.join(f'`{path}`' for path in fields.marked)}.")
+elif fields.errors:
+    st.caption("Fix the problems listed above to launch.")
+form.remember()  # this run's last values, should the user now go to another page

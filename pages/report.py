@@ -28,10 +28,12 @@ def _present(on: bool) -> None:
     # a plain session key, not the toggle's: the toggle is not drawn in presentation mode, and Streamlit
     # forgets the state of a widget it did not draw
     st.session_state["report_presenting"] = on
-    if on:
-        st.query_params["present"] = "1"
-    else:
-        st.query_params.pop("present", None)
+    for name in ("present", "run", "group"):
+        st.query_params.pop(name, None)
+    if on:  # the address names what is shown, so a reload in a meeting shows the same report
+        kind, target = st.session_state.get("report_shown") or (None, None)
+        st.query_params.update({"present": "1", **({"group": target} if kind == "A group" else
+                                                   {"run": str(target)} if target is not None else {})})
 
 
 params = st.query_params

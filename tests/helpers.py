@@ -1,6 +1,7 @@
 """What several test files share: waiting on runs by their progress, and reading AppTest pages."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,8 +36,9 @@ def no_exceptions(at) -> None:
 
 
 def errors(at) -> str:
-    """The error boxes an AppTest page shows, one per line."""
-    return "\n".join(e.value for e in at.error)
+    """The error boxes an AppTest page shows, one per line, as a reader sees them: Markdown's backslash escapes
+    (which keep `__init__` from turning bold) removed."""
+    return re.sub(r"\\([\\`*_{}\[\]<>()#+\-.!|~$])", r"\1", "\n".join(e.value for e in at.error))
 
 
 def open_page(page: str):

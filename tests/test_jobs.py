@@ -177,11 +177,11 @@ def test_checkpoint_mismatches_are_explained(tmp_path):
     assert torch.equal(loaded.state_dict()[next(iter(model.state_dict()))], next(iter(model.state_dict().values())))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         read_checkpoint(corrupt)
     noise = tmp_path / "noise.pt"
     noise.write_bytes(bytes(range(256)) * 4)  # not code, just not a checkpoint: no "could run code" scare
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         read_checkpoint(noise)
 
 

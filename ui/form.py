@@ -22,6 +22,7 @@ from kdcore.inputs import InputRefused, load_yaml
 PREFIX = "f."
 BASE = "f.base"
 T_STEP = 0.5  # the temperature sliders' step
+NUMBER_FORMAT = "%.4g"  # the browser writes a bare "%g" as the whole float: 0.08333333333333333
 
 
 def _t_bounds() -> tuple[float, float, bool]:
@@ -54,6 +55,10 @@ TEACHERS = "ui.teachers"  # how many teachers the form shows
 COMBINE = "ui.combine"  # several teachers: "average" (equal weights) or "weights" (one number each)
 OPTIONS_OF = "ui.options_of"  # the method whose options the f.distill.options.* keys hold
 STUDENT_START = "ui.student_start"  # "scratch", "run" or "checkpoint"
+KEPT = "form.kept"  # the form's values under a key no widget owns: Streamlit forgets a widget's value on pages
+# that do not draw it, so a visit to another page would otherwise reset the form
+_KEPT_UI = re.compile(r"ui\.(source_run|images_from|seeds|teacher_per_seed|sweep\w*|search\w*|teachers|combine|"
+                      r"options_of|student_start|student_run|finetune(\.\d+)?|own_training(\.\d+)?|options_from(\.\d+)?)")
 # config keys whose widget shows a different form of the value: lists and dicts as text
 _AS_TEXT = re.compile(r"tags|train\.milestones|(teacher|teachers\.\d+|student)\.options")
 _SECTIONS = "|".join(re.escape(k) for k in RunConfig.model_fields) + r"|\(config\)"
@@ -172,6 +177,31 @@ def start_from(config: dict) -> None:
     _drop_method_options()
     for name, value in widget_values(config).items():
         st.session_state[name] = value
+    remember()
+
+
+def _kept(name: str) -> bool:
+    return name.startswith(PREFIX) or bool(_KEPT_UI.fullmatch(name))
+
+
+def remember() -> None:
+    """Copies the form's values under KEPT; call at the start and the end of every run of the page."""
+    st.session_state[KEPT] = {name: st.session_state[name] for name in list(st.session_state) if _kept(str(name))}
+
+
+def forget(*names: str) -> None:
+    """Drops these keys from the form and from what it keeps, so they start afresh on the next visit."""
+    for name in names:
+        st.session_state.pop(name, None)
+        st.session_state.get(KEPT, {}).pop(name, None)
+
+
+def restore() -> None:
+    """Gives back the values the form held when the user went to another page; call before any widget."""
+    for name, value in st.session_state.get(KEPT, {}).items():
+        if name not in st.session_state:
+            st.session_state[name] = value
+    remember()
 
 
 def ensure_defaults(default: RunConfig) -> None:
@@ -183,6 +213,32 @@ def ensure_defaults(default: RunConfig) -> None:
         if name.startswith(key("distill.options.")) and shown not in (None, base()["distill"]["method"]):
             continue  # the form shows another method's options now
         st.session_state.setdefault(name, value)
+
+
+def role_base(role: str) -> dict:
+    """The base config's entry for a model's widgets: `student`, `teacher` or `teachers.<i>`."""
+    if role == "student":
+        return dict(base().get("student") or {})
+    i = 0 if role == "teacher" else int(role.rsplit(".", 1)[1])
+    teachers = _teacher_list(base())
+    return dict(teachers[i]) if i < len(teachers) else {}
+
+
+def reset_options(role: str) -> None:
+    """On a change of architecture, its options start from that architecture's defaults (none typed), or from
+    the base config's when it is the base's architecture: another model's options would not fit it."""
+    entry = role_base(role)
+    arch = st.session_state.get(key(f"{role}.arch"))
+    options = entry.get("options") if entry.get("arch") == arch else None
+    st.session_state[key(f"{role}.options")] = _as_widget_value(f"{role}.options", options or {})
+
+
+def reset_data_root() -> None:
+    """On a change of dataset, its root starts empty (the dataset's default folder), or as the base config has it
+    when it is the base's dataset: an image folder typed for one dataset is no root for another."""
+    data = base().get("dataset") or {}
+    same = data.get("name") == st.session_state.get(key("dataset.name"))
+    st.session_state[key("dataset.root")] = (data.get("root") or "") if same else ""
 
 
 def method_options(method: dict) -> None:
@@ -210,6 +266,15 @@ def _option_value(option: dict, value: Any) -> Any:
     return "" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def bounds_text(option: dict) -> str:
+    """A number option's declared range in words: "(from 0 to 1000)", "(above 0)", "" when unbounded."""
+    low, high = option.get("minimum"), option.get("maximum")
+    above, below = option.get("exclusiveMinimum"), option.get("exclusiveMaximum")
+    parts = ([f"from {low:g}"] if low is not None else [f"above {above:g}"] if above is not None else []) + \
+            ([f"to {high:g}"] if high is not None else [f"below {below:g}"] if below is not None else [])
+    return f"({' '.join(parts)})" if parts else ""
+
+
 def _step(option: dict) -> float:
     """A step of about a tenth of the default's order of magnitude, and at most a twentieth of the range."""
     default = abs(float(option.get("default") or 0.0))
@@ -224,8 +289,8 @@ def _step(option: dict) -> float:
 def option_input(option: dict) -> Any:
     """One method option as a widget drawn from its declaration; returns its value for the config.
 
-    Numbers get the declared bounds (an exclusive bound is enforced by validation, whose message shows
-    beside the options), booleans a toggle, a fixed set of values a selectbox, text a text input; any other
+    Numbers are checked by validation against the declared bounds (its message shows beside the options) and
+    shown to 4 significant digits, booleans a toggle, a fixed set of values a selectbox, text a text input; any other
     type is typed as YAML.
     """
     name, help_ = option["name"], option.get("help") or None
@@ -237,18 +302,14 @@ def option_input(option: dict) -> Any:
         return st.toggle(name, key=widget_key, help=help_)
     if kind in ("number", "integer"):
         cast = float if kind == "number" else int
-        low = option.get("minimum", option.get("exclusiveMinimum"))
-        high = option.get("maximum", option.get("exclusiveMaximum"))
-        if kind == "integer":  # an exclusive integer bound is the next whole number
-            low = low + 1 if "minimum" not in option and low is not None else low
-            high = high - 1 if "maximum" not in option and high is not None else high
         current = st.session_state.get(widget_key)
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             st.session_state[widget_key] = cast(current)  # int and float arguments cannot be mixed
-        return st.number_input(name, min_value=None if low is None else cast(low),
-                               max_value=None if high is None else cast(high),
-                               step=cast(_step(option)) if kind == "number" else 1,
-                               format="%g" if kind == "number" else "%d", key=widget_key, help=help_)
+        # no widget bounds: the browser would keep the last value in range while showing the one typed;
+        # validation refuses it beside the options instead, and Launch stays disabled. The help says the range.
+        return st.number_input(name, step=cast(_step(option)) if kind == "number" else 1,
+                               format=NUMBER_FORMAT if kind == "number" else "%d", key=widget_key,
+                               help=" ".join(filter(None, [help_, bounds_text(option)])) or None)
     if kind == "string":
         return st.text_input(name, key=widget_key, help=help_)
     typed = st.text_input(f"{name} (YAML)", key=widget_key, help=help_)
@@ -265,6 +326,14 @@ def key(path: str) -> str:
     return PREFIX + path
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-!|~$])")
+
+
+def plain(text: str) -> str:
+    """Text shown as it is in a widget that reads Markdown: `__init__` stays `__init__`, not a bold "init"."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
 def parse_list(text: str, kind=float) -> list:
     """ "2, 4, 8" -> [2.0, 4.0, 8.0]; raises ValueError naming the entry that is not a number."""
     items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
@@ -274,6 +343,19 @@ def parse_list(text: str, kind=float) -> list:
             values.append(kind(item))
         except ValueError:
             raise ValueError(f"{item!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    return values
+
+
+def parse_sweep(text: str) -> list[float]:
+    """A sweep's values, "2, 4, 8" -> [2.0, 4.0, 8.0]; refuses none at all and a value given twice (the same run
+    would be queued twice), with a ValueError saying which."""
+    values = parse_list(text)
+    if not values:
+        raise ValueError("give at least one value")
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(f'{value:g}' for value in repeated)} given more than once: each value makes "
+                         "one run, so give it once")
     return values
 
 
@@ -314,6 +396,7 @@ class FieldErrors:
     def __init__(self) -> None:
         self.slots: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
+        self.marked: list[str] = []  # the config keys whose errors show beside their fields, once shown
 
     def slot(self, *paths: str) -> None:
         placeholder = st.empty()
@@ -346,7 +429,10 @@ class FieldErrors:
                 unplaced.append(f"{path}: {message}")
                 continue
             placeholder = self.slots[slot]
-            by_placeholder.setdefault(id(placeholder), (placeholder, []))[1].append(f"`{path}`: {message}")
+            self.marked.append(path)
+            by_placeholder.setdefault(id(placeholder), (placeholder, []))[1].append(f"`{path}`: {plain(message)}")
+        order = list(self.slots)  # the order of the fields on the page
+        self.marked.sort(key=lambda path: order.index(self._slot_for(path)))
         for placeholder, messages in by_placeholder.values():
             placeholder.error("  \n".join(messages), icon=":material/error:")
         return unplaced

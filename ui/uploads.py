@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,12 @@ def save_checkpoint(data: bytes, filename: str, uploads: Path) -> Path:
         tmp.write_bytes(data)
         tmp.replace(path)
     return path
+
+
+def shown_name(message: str, path) -> str:
+    """A message about an uploaded file with the name the user chose, not the stored <hash>-<name>."""
+    stored = Path(path).name
+    return message.replace(stored, re.sub(r"^[0-9a-f]{16}-", "", stored))
 
 
 def extract_zip(data: bytes, filename: str, uploads: Path) -> Path:

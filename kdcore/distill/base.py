@@ -56,6 +56,7 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line, with its source
     formula: ClassVar[str] = ""  # LaTeX of the method's term
+    symbols: ClassVar[dict[str, str]] = {}  # option name -> its symbol in `formula`, e.g. "nckd_weight": r"\lambda_{nc}"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     uses_temperature: ClassVar[bool] = True
     # False when the method reads features: the teacher must run on every batch.
@@ -172,6 +173,6 @@ def describe(cls: type[Distiller]) -> dict[str, Any]:
             if key in schema:
                 entry[key] = schema[key]
         options.append(entry)
-    return {"name": cls.name, "title": cls.title, "formula": cls.formula, "options": options,
+    return {"name": cls.name, "title": cls.title, "formula": cls.formula, "symbols": dict(cls.symbols), "options": options,
             "uses_temperature": cls.uses_temperature, "cacheable": cls.cacheable}
 

@@ -59,8 +59,10 @@ class DecoupledKD(Distiller):
     formula = (r"\mathcal{L}_{tckd} = w(e)\,\lambda_{tc}\,T^2\,\mathrm{KL}\big(\mathbf{b}_t\,\|\,\mathbf{b}_s\big),\quad "
                r"\mathcal{L}_{nckd} = w(e)\,\lambda_{nc}\,T^2\,"
                r"\mathrm{KL}\big(\hat{\mathbf{p}}_t\,\|\,\hat{\mathbf{p}}_s\big),\quad "
-               r"\mathbf{b} = [p_{y}, 1 - p_{y}],\ \hat{p}_{k} = \tfrac{p_k}{1 - p_{y}}\ (k \neq y),\ "
+               r"\mathbf{b} = [p_{y}, 1 - p_{y}],\ \hat{p}_{k} = \tfrac{p_k}{1 - p_{y}}\ (k \neq y),\quad "
                r"w(e) = \min\big(\tfrac{e}{\mathrm{warmup}\cdot E}, 1\big)")
+    # each option's symbol in the formula, so the form shows the formula with the configured values
+    symbols = {"tckd_weight": r"\lambda_{tc}", "nckd_weight": r"\lambda_{nc}", "warmup": r"\mathrm{warmup}"}
     Options = DKDOptions
 
     def warmup_factor(self, epoch: int, epochs: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -96,23 +97,40 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        offending = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
-        if offending:
-            raise CheckpointError(
-                f"refused {path.name}: it holds Python objects other than tensors, which could run code when loaded "
-                f"({offending[0][:160]})"
-            ) from None
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (a file saved with torch.save)") from None
-    except Exception as err:  # truncated zip, random bytes, wrong format
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {type(err).__name__}: {str(err)[:200]}") from None
+    except Exception as err:  # noqa: BLE001  torch raises anything from KeyError to its own internal asserts
+        raise _unreadable(path, err) from None
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         return payload
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         return {"state_dict": payload["model"]}
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return {"state_dict": payload}
-    raise CheckpointError(f"{path.name} holds no state_dict (a mapping of parameter names to tensors)")
+    raise CheckpointError(f"{path.name} holds no model weights (a mapping of layer names to tensors): save them "
+                          "with torch.save(model.state_dict(), PATH) and choose that file")
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    """Why torch.load refused a file, as one sentence of ours: the library's text (KeyError: 101, advice to
+    call add_safe_globals, internal asserts) tells a person nothing about their file."""
+    name = path.name
+    found = _GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    if found:
+        return CheckpointError(
+            f"{name} was refused: besides weights it holds a Python object ({found[1]}) that could run code when "
+            "loaded; save only the weights with torch.save(model.state_dict(), PATH) and choose that file")
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if not head:
+        return CheckpointError(f"{name} is empty: choose the file torch.save wrote, or upload it again")
+    if head == _ZIP_MAGIC:
+        return CheckpointError(f"{name} is damaged or cut short (a PyTorch checkpoint, but not all of it can be "
+                               "read): copy or upload it again, or save it again with torch.save")
+    return CheckpointError(f"{name} is not a PyTorch checkpoint (a file written by torch.save): choose the .pt or "
+                           ".pth file that holds the model's weights")
 
 
 def read_compatible(path: str | Path, *, arch: str, num_classes: int, in_channels: int, image_size: int,
@@ -178,7 +196,8 @@ def _load_state(model: nn.Module, state: dict, name: str, arch: str, num_classes
     misfit, replaced = weights_fit(model, state, num_classes, new_head=new_head)
     if misfit:
         raise CheckpointError(
-            f"{name} does not fit a {arch!r} model for {num_classes} classes and {in_channels} channels: {misfit}")
+            f"{name} holds the weights of another model than a {arch!r} for {num_classes} classes and {in_channels} "
+            f"channels ({misfit}); choose the architecture and options it was saved with, or another file")
     if replaced:
         head = classifier_head(model, num_classes)
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
@@ -228,7 +247,12 @@ def state_dict_misfit(own: dict, state: dict) -> str:
     if mismatched:
         details.append("shape mismatch for " + "; ".join(mismatched[:3]))
     if missing:
-        details.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
+        details.append(f"{_weights(len(missing))} of the model missing from the file, such as {', '.join(missing[:3])}")
     if unexpected:
-        details.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+        details.append(f"{_weights(len(unexpected))} in the file that the model does not have, such as "
+                       f"{', '.join(unexpected[:3])}")
     return "; ".join(details)
+
+
+def _weights(count: int) -> str:
+    return f"{count} weight" + ("" if count == 1 else "s")

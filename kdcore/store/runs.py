@@ -180,6 +180,9 @@ class Store(QueueRecords, FrameRecords, StudyRecords):
             if not name.strip():
                 raise ValueError("a run's name cannot be empty")
             values["name"] = name.strip()
+            config = self.get_run(run_id).config  # {} when unreadable: then only the column changes
+            if config:  # the stored config names the run too, so a config diff shows the new name
+                values["config_json"] = json.dumps({**config, "name": values["name"]})
         if tags is not None:
             values["tags"] = json.dumps(sorted({t.strip() for t in tags if t.strip()}))
         if notes is not None:
