@@ -42,10 +42,30 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
+def _legend_rows(fig: go.Figure, width: float = 360.0) -> int:
+    """About how many rows a horizontal legend takes in a chart `width` px wide (a third of the page)."""
+    if fig.layout.showlegend is False:
+        return 0
+    shown = lambda t: t.showlegend or (t.showlegend is None and t.type in ("scatter", "bar"))  # noqa: E731
+    names = [t.name for t in fig.data if t.name and shown(t)]
+    rows, used = 0, width
+    for name in names:
+        need = 7.0 * len(name) + 45  # ~7 px a character, and the line sample before it
+        rows, used = (rows + 1, need) if used + need > width else (rows, used + need)
+    return rows
+
+
 def _style(fig: go.Figure, title: str, uirevision=None, height: int = 320, x: str = "", y: str = "") -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, uirevision=uirevision,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yref="container", yanchor="bottom", y=0),
+    """Title, size and the legend below the plot. Margins grow to fit tick labels, axis titles and the legend
+    (automargin): Streamlit's plotly template, the default in the dashboard's process, sets none of it, and the
+    report built there cut "100%" to "%". The figure grows by the legend's rows, so the plot keeps its height."""
+    extra = 20 * max(0, _legend_rows(fig) - 1)
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height + extra, uirevision=uirevision,
+                      margin=dict(l=10, r=10, t=40, b=10, autoexpand=True),
+                      legend=dict(orientation="h", xref="container", x=0, yref="container", yanchor="bottom", y=0),
                       xaxis_title=x, yaxis_title=y, hovermode="x unified")
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
