@@ -45,6 +45,8 @@ GEOMETRY_JS = r"""
   }
   for (const l of legend)
     for (const o of plots.concat(ticks, titles)) if (overlap(l, o)) problems.push('the legend covers ' + o.what);
+  for (const t of ticks)
+    for (const o of plots) if (overlap(t, o)) problems.push(t.what + ' covers ' + o.what);
   for (const a of axisTitles)
     for (const o of plots.concat(ticks)) if (overlap(a, o)) problems.push(a.what + ' covers ' + o.what);
   const smallest = plots.length ? Math.min(...plots.map((p) => p.y1 - p.y0)) : null;

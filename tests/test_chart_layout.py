@@ -1,7 +1,7 @@
 """Every chart builder drawn in a real Chromium, in the dashboard (Streamlit's plotly.js and theme, in a third of
 the page and across it) and in the offline report (the plotly.js written into the HTML): no tick label, title or
-legend is cut off at the figure's edge, the legend covers no data, ticks or titles, no axis title sits on the data
-or the ticks, and the plot keeps room for the data (the report's "100%" read "%", legends sat on the x ticks, the
+legend is cut off at the figure's edge, the legend covers no data, ticks or titles, no axis title or tick label sits
+on the data (of its own panel or the next), and the plot keeps room for the data (the report's "100%" read "%", legends sat on the x ticks, the
 live loss chart with two teachers had a plot 50 px high)."""
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ pytestmark = pytest.mark.browser
 
 FIGURES = figures()
 MIN_PLOT_PX = 120
+# a panel per phase: drawn across the page, in Live and in the report, never in a third of it
+ACROSS_ONLY = {"loss_parts", "accuracy"}
 SCRIPT = """
 import streamlit as st
 from tests.chart_samples import figures
@@ -59,7 +61,7 @@ def report_page(browser, tmp_path_factory):
 def test_dashboard_charts_show_every_label_whole_with_legends_outside_the_plot(dashboard_charts):
     found = []
     for name in FIGURES:
-        for where in ("wide", "narrow"):
+        for where in ("wide",) if name in ACROSS_ONLY else ("wide", "narrow"):
             found += _verdict(name, f"in the dashboard, {where}", chart_problems(dashboard_charts, f".st-key-{where}-{name}"))
     assert not found, "\n".join(found)
 
@@ -85,5 +87,7 @@ def _built_under(template: str) -> dict:
 def test_report_charts_show_every_label_whole_with_legends_outside_the_plot(report_page, template, width):
     found = []
     for name, fig in _built_under(template).items():
+        if width < 1000 and name in ACROSS_ONLY:
+            continue
         found += _verdict(name, f"in the report ({template} template) at {width} px", draw(report_page, fig, width))
     assert not found, "\n".join(found)
