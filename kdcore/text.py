@@ -18,16 +18,24 @@ def pct(value: Optional[float], digits: int = 1) -> str:
     return "—" if missing(value) else f"{100 * value:.{digits}f}%"
 
 
+MINUS = "\u2212"  # every signed number is written with the minus sign "−", never the hyphen "-"
+
+
+def signed(value: Optional[float], digits: int = 2) -> str:
+    """A number with its sign, '+3.06' or '−0.28'; '—' when missing."""
+    return "—" if missing(value) else f"{value:+.{digits}f}".replace("-", MINUS)
+
+
 def points(value: Optional[float]) -> str:
-    """A difference of two accuracies (fractions) in percentage points, signed."""
-    return "—" if missing(value) else f"{100 * value:+.2f} pts"
+    """A difference of two accuracies (fractions) in percentage points, signed: '−4.46 pts'."""
+    return "—" if missing(value) else f"{signed(100 * value)} pts"
 
 
 def points_range(low: Optional[float], high: Optional[float]) -> str:
     """An interval of accuracy differences in points: '−0.28 to +3.06'."""
     if missing(low) or missing(high):
         return "—"
-    return f"{100 * low:+.2f} to {100 * high:+.2f}".replace("-", "−")
+    return f"{signed(100 * low)} to {signed(100 * high)}"
 
 
 def p_value(p: Optional[float]) -> str:

@@ -29,6 +29,16 @@ def _teachers_macs(summary: dict, teachers: list[PhaseResult]):
     return None if any(text.missing(v) for v in values) else sum(values)
 
 
+def signed_delta(points: float, words: str) -> dict:
+    """st.metric's delta for a signed gain in points, with the minus sign "−" (Streamlit reads only "-" as a fall,
+    so its colour and arrow are set here)."""
+    if text.missing(points):
+        return {}
+    fell = points < 0
+    return dict(delta=f"{text.points(points)} {words}", delta_color="red" if fell else "green",
+                delta_arrow="down" if fell else "up")
+
+
 def cost_row(summary: dict, teachers: list[PhaseResult], t_flops, t_macs) -> None:
     """One line of the compression in both conventions (FLOPs = 2 × MACs), and the batch-1 latencies when measured."""
     if not text.missing(summary.get("student_flops")):
@@ -44,7 +54,7 @@ def cost_row(summary: dict, teachers: list[PhaseResult], t_flops, t_macs) -> Non
     teacher_ms = None if any(text.missing(v) for v in latencies) else sum(latencies)
     threads = summary.get("latency_threads")
     where = f"with {threads} thread{'s' if threads != 1 else ''}" if threads else "threads not recorded"
-    cols = st.columns(6)
+    cols = st.columns(3)
     cols[0].metric("Student latency (batch 1)", text.ms(student_ms),
                    help=f"Time of one forward pass on one image, {where}")
     cols[1].metric(("Teachers'" if len(teachers) > 1 else "Teacher") + " latency (batch 1)", text.ms(teacher_ms),
@@ -67,7 +77,7 @@ def summary_card(summary: dict) -> None:
     several = len(teachers) > 1
     t_params, t_flops = _teachers_total(summary, teachers, "params"), _teachers_total(summary, teachers, "flops")
     whose = f"the {len(teachers)} teachers' together" if several else "the teacher's"
-    cols = st.columns(6)
+    cols = st.columns(3) + st.columns(3)  # two rows of three: six tiles in a row cut values like "−4.46 pts"
     if several:
         weights = summary.get("teacher_weights")
         cols[0].metric("Ensemble test accuracy", text.pct(summary.get("ensemble_test_acc")),
@@ -79,7 +89,7 @@ def summary_card(summary: dict) -> None:
                        help=f"Trained by run #{summary['teacher_from_run']} of this group and reused here"
                        if "teacher_from_run" in summary else None)
     cols[1].metric("Student test accuracy", text.pct(summary.get("student_test_acc")),
-                   delta=None if text.missing(gain) else f"{text.points(gain)} vs baseline")
+                   **signed_delta(gain, "vs baseline"))
     cols[2].metric("Baseline test accuracy", text.pct(summary.get("baseline_test_acc")),
                    help="The same student trained from scratch, without the teacher"
                    + (f"; trained by run #{summary['baseline_from_run']} and shared" if "baseline_from_run" in summary
@@ -113,8 +123,8 @@ def teacher_row(teachers: list[PhaseResult]) -> None:
         before, after = t.pretrained_test_acc, t.test_acc
         tuned = not text.missing(before)
         source = t.source
-        gained = f"{text.points(after - before)} from fine-tuning" if tuned and not text.missing(after) else None
-        col.metric(label, text.pct(after), delta=gained,
+        gained = signed_delta(after - before, "from fine-tuning") if tuned and not text.missing(after) else {}
+        col.metric(label, text.pct(after), **gained,
                    help=(f"Weights from {source}. " if source else "")
                    + (f"Before fine-tuning on this dataset {text.pct(before)}, after {text.pct(after)}" if tuned else ""))
         if tuned:
@@ -163,11 +173,14 @@ def group_card(report: dict) -> None:
         if not a:
             col.metric(label, "—")
             continue
-        value = f"{100 * a['mean']:+.2f}" if key == "kd_gain" else text.pct(a["mean"], 2)
-        spread = "" if a["std"] is None else f" ± {100 * a['std']:.2f}"
-        col.metric(label + (" (pts)" if key == "kd_gain" else ""), value + spread,
-                   help=None if a["ci95"] is None else f"95% interval across seeds: {text.points_range(*a['ci95'])} "
-                                                       "points; ± is the standard deviation over seeds")
+        value = text.points(a["mean"]) if key == "kd_gain" else text.pct(a["mean"], 2)
+        # the spread under the mean, not beside it: "71.52% ± 11.07" did not fit a tile
+        spread = None if a["std"] is None else f"sd ± {100 * a['std']:.2f} pts"
+        interval = text.points_range(*a["ci95"]) if key == "kd_gain" else \
+            f"{text.pct(a['ci95'][0], 2)} to {text.pct(a['ci95'][1], 2)}" if a["ci95"] else None
+        col.metric(label, value, delta=spread, delta_color="off", delta_arrow="off",
+                   help=None if interval is None else f"95% interval across seeds: {interval}; ± is the standard "
+                                                      "deviation over seeds")
     gain = agg.get("kd_gain")
     above = gain and gain.get("ci95") and gain["ci95"][0] > 0
     (st.success if above else st.info)(f"**KD gain over seeds:** {report['kd_gain_in_words']}",
