@@ -5,6 +5,7 @@ Metric frames have the store's columns: (run_id,) phase, kind, step, epoch, name
 """
 from __future__ import annotations
 
+import html
 import math
 from typing import Optional, Sequence
 
@@ -114,6 +115,12 @@ def _fraction_axis(values, bounds: tuple[float, float] = (0.0, 1.0), include_zer
         lo, hi = (lo if include_zero and lo == 0.0 else lo - pad), hi + pad
     lo, hi = max(low, lo), min(high, hi)
     return dict(range=[lo, hi], **_percent_ticks(hi - lo))
+
+
+def plain(words) -> str:
+    """Text a person typed (a run's name), as plotly must show it: plotly reads <b>, <br> and the like in names,
+    ticks and hovers as markup, so "<b>x</b>" drew a bold x."""
+    return html.escape(str(words), quote=False)
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -342,8 +349,8 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
     for (run_id, phase), g in rows.sort_values("epoch").groupby(["run_id", "phase"], sort=False):
         y = g["value"].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else g["value"]
         dash = dashes.get(phase, "dot" if is_teacher(phase) else "solid")  # teacher2, … as the teacher
-        fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase_label(phase)}",
-                        legendgroup=str(run_id), line=dict(dash=dash))
+        fig.add_scatter(x=g["epoch"], y=y, mode="lines", legendgroup=str(run_id), line=dict(dash=dash),
+                        name=f"{plain(labels.get(run_id, run_id))} · {phase_label(phase)}")
     if metric in FRACTIONS:
         # smoothing stays within the raw values' range, so the raw values bound the axis
         fig.update_yaxes(**_fraction_axis(rows["value"], _bounds(metric)))
@@ -353,7 +360,7 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
 def accuracy_bars(runs: pd.DataFrame, labels: dict[int, str]) -> go.Figure:
     """Teacher, student and baseline test accuracy side by side for each run."""
     fig = go.Figure()
-    names = [labels.get(i, str(i)) for i in runs["id"]]
+    names = [plain(labels.get(i, str(i))) for i in runs["id"]]
     columns = [f"{phase}_test_acc" for phase in ("teacher", "student", "baseline")]
     for phase, column in zip(("teacher", "student", "baseline"), columns):
         values = runs[column]
@@ -381,7 +388,7 @@ def frontier(runs: pd.DataFrame, x: str, y: str, selected: Sequence[int] = (), x
         fig.add_scatter(
             x=g[x], y=g[y], mode="markers", name=arch,
             marker=dict(size=np.where(big, 14, 7), line=dict(width=np.where(big, 2, 0), color="black"), opacity=0.8),
-            text=[f"#{i} {n}" for i, n in zip(g["id"], g["name"])],
+            text=[f"#{i} {plain(n)}" for i, n in zip(g["id"], g["name"])],
             hovertemplate="%{text}<br>%{x}, %{y}<extra></extra>",
         )
     if x.endswith(("params", "flops", "macs")):
@@ -789,7 +796,7 @@ def pareto_frontier(points: pd.DataFrame, x: str = "params", dataset: Optional[s
             x=g[x], y=g["accuracy"], mode="markers", name="distilled student" if role == "student" else role,
             marker=dict(symbol=ROLE_SYMBOLS[role], color=PHASE_COLORS[role], size=9, opacity=0.85,
                         line=dict(width=1, color="white")),
-            customdata=np.column_stack([g["run_id"], g["run"].astype(str), g["method"].astype(str),
+            customdata=np.column_stack([g["run_id"], g["run"].map(plain), g["method"].astype(str),
                                         g["arch"].astype(str)]),
             hovertemplate=f"#%{{customdata[0]}} %{{customdata[1]}}<br>{role} · %{{customdata[3]}} · method "
                           f"%{{customdata[2]}}<br>%{{x:.4~s}} {x_label}, accuracy %{{y:.2%}}<extra></extra>")

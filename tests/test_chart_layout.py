@@ -62,7 +62,8 @@ def test_dashboard_charts_show_every_label_whole_with_legends_outside_the_plot(d
     found = []
     for name in FIGURES:
         for where in ("wide",) if name in ACROSS_ONLY else ("wide", "narrow"):
-            found += _verdict(name, f"in the dashboard, {where}", chart_problems(dashboard_charts, f".st-key-{where}-{name}"))
+            drawn = chart_problems(dashboard_charts, f".st-key-{where}-{name}")
+            found += _verdict(name, f"in the dashboard, {where}", drawn)
     assert not found, "\n".join(found)
 
 
@@ -91,3 +92,23 @@ def test_report_charts_show_every_label_whole_with_legends_outside_the_plot(repo
             continue
         found += _verdict(name, f"in the report ({template} template) at {width} px", draw(report_page, fig, width))
     assert not found, "\n".join(found)
+
+
+def test_run_names_with_markup_show_as_typed_in_legends_ticks_and_hovers(report_page):
+    from kdcore import charts
+    from tests.chart_samples import history, runs_frame
+
+    name = "<b>bold</b> & <i>run</i>"
+    runs = runs_frame().assign(name=name)
+    labels = {int(i): name for i in runs["id"]}
+    curves = history(phases=("student", "baseline")).assign(run_id=1)
+    for fig in (charts.overlay(curves, "val_acc", labels, phases=("student", "baseline")),
+                charts.accuracy_bars(runs.head(2), labels)):
+        draw(report_page, fig, 1040)
+        shown = report_page.evaluate("() => Array.from(document.querySelectorAll("
+                                     "'#fig .legendtext, #fig .xtick text')).map((n) => n.textContent)")
+        assert any(name in s for s in shown), shown
+        assert not report_page.query_selector("#fig .legendtext [style*='bold'], #fig .xtick [style*='bold']")
+    # hovers are drawn from the same markup: the name's tags must not reach plotly as tags
+    hovers = [str(t) for trace in charts.frontier(runs, "temperature", "kd_gain").data for t in trace.text]
+    assert hovers and not any("<b>" in h for h in hovers), hovers
