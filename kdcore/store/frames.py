@@ -8,6 +8,7 @@ import pandas as pd
 from sqlmodel import Session, select
 
 from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
+from kdcore.text import teachers_cell
 
 def _loads_any(text: Optional[str]):
     try:
@@ -37,7 +38,8 @@ FRAME_FROM_SUMMARY = {
     "student_latency_ms_b1": lambda s: s.get("student_latency_ms_b1"),
     "teacher_latency_ms_b1": lambda s: s.get("teacher_latency_ms_b1"),
 }
-TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision")}  # bf16 or fp32
+TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision"),  # bf16 or fp32
+                     "teachers": teachers_cell}  # every teacher with its test accuracy, not the first one's alone
 
 
 class FrameRecords:
