@@ -17,41 +17,7 @@ from kdcore import charts, text
 from kdcore.data import DatasetError
 from ui import form, images, parts, state
 
-# The table's columns, the KD gain first after the run: (label, how its cells read (kdcore.text.table_cell), help).
-# Every cell is text, so a missing value reads "—" (Streamlit writes "None" in an empty number cell) and each
-# kind of number reads one way; "Sort by" orders the rows by the numbers themselves.
-TABLE = {
-    "id": ("Run", "int", None),
-    "name": ("Name", "text", None),
-    "status": ("Status", "text", None),
-    "kd_gain": ("KD gain (pts)", "pts", "Student minus baseline test accuracy, in percentage points"),
-    "kd_gain_interval": ("95% interval (pts)", "text", "Paired bootstrap over the test images: where the gain would "
-                                                       "likely fall on other test images like these"),
-    "kd_gain_p_value": ("p", "p", "McNemar's exact test: the chance of a split of test images at least this uneven "
-                                  "if the distilled student and the baseline were equally good"),
-    "student_test_acc": ("Student test acc.", "pct", None),
-    "baseline_test_acc": ("Baseline test acc.", "pct", None),
-    "teachers": ("Teachers (test acc.)", "text", "Every teacher of the run with its own test accuracy"),
-    "ensemble_test_acc": ("Ensemble test acc.", "pct", "Several teachers combined, as the student saw them"),
-    "dataset": ("Dataset", "text", None),
-    "student_arch": ("Student", "text", None),
-    "method": ("Method", "text", None),
-    "temperature": ("T", "number", None),
-    "alpha": ("α", "number", None),
-    "seed": ("Seed", "int", None),
-    "group": ("Group", "text", None),
-    "student_best_val_acc": ("Best val. acc.", "pct", "The student's best validation accuracy"),
-    "student_params": ("Student params", "count", None),
-    "student_flops": ("Student " + text.FLOPS_LABEL, "count", text.FLOPS_HELP),
-    "student_latency_ms_b1": ("Student latency", "ms", "Median time of one forward pass at batch 1 with PyTorch, "
-                                                       "measured where the run trained, at the end of the run"),
-    "teacher_latency_ms_b1": ("Teacher latency", "ms", "The first teacher's, where a run has several"),
-    "duration_s": ("Duration", "duration", None),
-    "precision": ("Precision", "text", "bf16 or fp32: what the run trained and was evaluated in (train.amp, where "
-                                       "the device computes bf16)"),
-    "shares": ("Reuses", "text", "A teacher or baseline trained by another run of the same group, identical to what "
-                                 "this run would have trained"),
-}
+TABLE = parts.RUNS_TABLE  # every cell as text, read one way (ui/parts.py says why)
 COLUMNS = {**{key: st.column_config.TextColumn(label, help=about) for key, (label, _, about) in TABLE.items()},
            "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),  # never missing: a number
            "name": st.column_config.TextColumn("Name", width="medium"),
@@ -59,22 +25,6 @@ COLUMNS = {**{key: st.column_config.TextColumn(label, help=about) for key, (labe
 SORTS = {"Newest first": ("id", False), "KD gain, highest first": ("kd_gain", False),
          "KD gain, lowest first": ("kd_gain", True), "Student test acc., highest first": ("student_test_acc", False),
          "p, smallest first": ("kd_gain_p_value", True), "Name": ("name", True)}
-
-
-def table_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """The runs as the table shows them: each cell as text (kdcore.text.table_cell), tags as a list."""
-    shown = pd.DataFrame(index=frame.index)
-    for key, (_, kind, _) in TABLE.items():
-        shown[key] = [text.table_cell(v, kind) for v in frame[key]]
-    # a run stored before the teachers list, or not finished: its architectures from the table's own column
-    named = [t if isinstance(t, str) and not t[:1].isdigit() else
-             " ".join(p for p in (a if isinstance(a, str) else "", t if isinstance(t, str) else "") if p) or "—"
-             for t, a in zip(frame["teachers"], frame["teacher_arch"])]
-    shown["teachers"] = named
-    shown["id"] = frame["id"]
-    shown["tags"] = frame["tags"]
-    shown["created"] = frame["created_at"].dt.strftime("%Y-%m-%d %H:%M").fillna("—")
-    return shown
 
 
 TEACHERS_JOINED = " + "  # how the store's teacher_arch column joins a run's several teachers
@@ -126,8 +76,8 @@ view = runs[mask].reset_index(drop=True)
 by, ascending = SORTS[cols[7].selectbox("Sort by", list(SORTS), key="runs_sort")]
 view = view.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 table_key = "runs_table_" + hashlib.md5(view["id"].to_numpy().tobytes()).hexdigest()[:12]
-event = st.dataframe(table_text(view)[list(COLUMNS)], key=table_key, on_select="rerun", selection_mode="multi-row",
-                     hide_index=True, column_config=COLUMNS, height=380)
+event = st.dataframe(parts.runs_table_text(view)[list(COLUMNS)], key=table_key, on_select="rerun",
+                     selection_mode="multi-row", hide_index=True, column_config=COLUMNS, height=380)
 selected = [int(i) for i in view.iloc[event.selection.rows]["id"]] if len(view) else []
 chosen_runs = view[view["id"].isin(selected)]
 

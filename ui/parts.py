@@ -1,11 +1,64 @@
 """Page parts shared by several pages: the run summary card, a failure in words, the sidebar queue."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from kdcore import charts, text
 from kdcore.record.summary import PhaseResult, RunSummary, gain_sentence
 from ui import state
+
+
+# The table's columns, the KD gain first after the run: (label, how its cells read (kdcore.text.table_cell), help).
+# Every cell is text, so a missing value reads "—" (Streamlit writes "None" in an empty number cell) and each
+# kind of number reads one way; "Sort by" orders the rows by the numbers themselves.
+RUNS_TABLE = {
+    "id": ("Run", "int", None),
+    "name": ("Name", "text", None),
+    "status": ("Status", "text", None),
+    "kd_gain": ("KD gain (pts)", "pts", "Student minus baseline test accuracy, in percentage points"),
+    "kd_gain_interval": ("95% interval (pts)", "text", "Paired bootstrap over the test images: where the gain would "
+                                                       "likely fall on other test images like these"),
+    "kd_gain_p_value": ("p", "p", "McNemar's exact test: the chance of a split of test images at least this uneven "
+                                  "if the distilled student and the baseline were equally good"),
+    "student_test_acc": ("Student test acc.", "pct", None),
+    "baseline_test_acc": ("Baseline test acc.", "pct", None),
+    "teachers": ("Teachers (test acc.)", "text", "Every teacher of the run with its own test accuracy"),
+    "ensemble_test_acc": ("Ensemble test acc.", "pct", "Several teachers combined, as the student saw them"),
+    "dataset": ("Dataset", "text", None),
+    "student_arch": ("Student", "text", None),
+    "method": ("Method", "text", None),
+    "temperature": ("T", "number", None),
+    "alpha": ("α", "number", None),
+    "seed": ("Seed", "int", None),
+    "group": ("Group", "text", None),
+    "student_best_val_acc": ("Best val. acc.", "pct", "The student's best validation accuracy"),
+    "student_params": ("Student params", "count", None),
+    "student_flops": ("Student " + text.FLOPS_LABEL, "count", text.FLOPS_HELP),
+    "student_latency_ms_b1": ("Student latency", "ms", "Median time of one forward pass at batch 1 with PyTorch, "
+                                                       "measured where the run trained, at the end of the run"),
+    "teacher_latency_ms_b1": ("Teacher latency", "ms", "The first teacher's, where a run has several"),
+    "duration_s": ("Duration", "duration", None),
+    "precision": ("Precision", "text", "bf16 or fp32: what the run trained and was evaluated in (train.amp, where "
+                                       "the device computes bf16)"),
+    "shares": ("Reuses", "text", "A teacher or baseline trained by another run of the same group, identical to what "
+                                 "this run would have trained"),
+}
+def runs_table_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs as the table shows them: each cell as text (kdcore.text.table_cell), tags as a list."""
+    shown = pd.DataFrame(index=frame.index)
+    for key, (_, kind, _) in RUNS_TABLE.items():
+        if key in frame:
+            shown[key] = [text.table_cell(v, kind) for v in frame[key]]
+    # a run stored before the teachers list, or not finished: its architectures from the table's own column
+    named = [t if isinstance(t, str) and not t[:1].isdigit() else
+             " ".join(p for p in (a if isinstance(a, str) else "", t if isinstance(t, str) else "") if p) or "—"
+             for t, a in zip(frame["teachers"], frame["teacher_arch"])]
+    shown["teachers"] = named
+    shown["id"] = frame["id"]
+    shown["tags"] = frame["tags"]
+    shown["created"] = frame["created_at"].dt.strftime("%Y-%m-%d %H:%M").fillna("—")
+    return shown
 
 
 def teachers_of(summary: dict) -> list[PhaseResult]:
