@@ -2,12 +2,16 @@
 
     streamlit run app.py
 """
+from pathlib import Path
+
 import streamlit as st
 
 from kdcore.store import StoreError
 from ui import parts, state
 
-st.set_page_config(page_title="kdcore · knowledge distillation", page_icon=":material/school:", layout="wide")
+# the icon from a file served by the dashboard: a ":material/…:" page icon is fetched from a font CDN (not offline)
+ICON = Path(__file__).parent / "ui" / "favicon.png"
+st.set_page_config(page_title="kdcore · knowledge distillation", page_icon=str(ICON), layout="wide")
 
 page = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -5,6 +5,7 @@ Metric frames have the store's columns: (run_id,) phase, kind, step, epoch, name
 """
 from __future__ import annotations
 
+import html
 import math
 from typing import Optional, Sequence
 
@@ -13,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kdcore.record.phases import TEACHER, is_teacher, teacher_index
+from kdcore.record.phases import TEACHER, is_teacher, phase_order, teacher_index
 
 PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e", "ensemble": "#2ca02c"}
 # teacher2, teacher3, …: greys and browns apart from the first teacher's
@@ -42,10 +43,34 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
+def _legend_rows(fig: go.Figure, width: float = 360.0) -> int:
+    """About how many rows a horizontal legend takes in a chart `width` px wide (a third of the page)."""
+    if fig.layout.showlegend is False:
+        return 0
+    shown = lambda t: t.showlegend or (t.showlegend is None and t.type in ("scatter", "bar"))  # noqa: E731
+    names = [t.name for t in fig.data if t.name and shown(t)]
+    rows, used = 0, width
+    for name in names:
+        need = 7.0 * len(name) + 45  # ~7 px a character, and the line sample before it
+        rows, used = (rows + 1, need) if used + need > width else (rows, used + need)
+    return rows
+
+
 def _style(fig: go.Figure, title: str, uirevision=None, height: int = 320, x: str = "", y: str = "") -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, uirevision=uirevision,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yref="container", yanchor="bottom", y=0),
-                      xaxis_title=x, yaxis_title=y, hovermode="x unified")
+    """Title, size and the legend below the plot. Margins grow to fit tick labels, axis titles and the legend
+    (automargin): Streamlit's plotly template, the default in the dashboard's process, sets none of it, and the
+    report built there cut "100%" to "%". The figure grows by the legend's rows, so the plot keeps its height."""
+    extra = 20 * max(0, _legend_rows(fig) - 1)
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height + extra, uirevision=uirevision,
+                      margin=dict(l=10, r=10, t=40, b=10, autoexpand=True),
+                      legend=dict(orientation="h", xref="container", x=0, yref="container", yanchor="bottom", y=0),
+                      hovermode="x unified")
+    if x:
+        fig.update_layout(xaxis_title=x)
+    if y:
+        fig.update_layout(yaxis_title=y)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -90,6 +115,12 @@ def _fraction_axis(values, bounds: tuple[float, float] = (0.0, 1.0), include_zer
         lo, hi = (lo if include_zero and lo == 0.0 else lo - pad), hi + pad
     lo, hi = max(low, lo), min(high, hi)
     return dict(range=[lo, hi], **_percent_ticks(hi - lo))
+
+
+def plain(words) -> str:
+    """Text a person typed (a run's name), as plotly must show it: plotly reads <b>, <br> and the like in names,
+    ticks and hovers as markup, so "<b>x</b>" drew a bold x."""
+    return html.escape(str(words), quote=False)
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -160,41 +191,122 @@ def metric_names(frame: pd.DataFrame) -> list[str]:
     return list(METRIC_LABELS) + sorted(n for n in present if is_loss_term(n) and n not in METRIC_LABELS)
 
 
+def _epoch_starts(history: pd.DataFrame, phase: str) -> dict[int, int]:
+    """Per epoch of `phase`, the phase's step count before it began: the previous epoch's last step (epoch rows
+    carry it), else epochs × the steps an epoch takes; epoch 1 starts at 0."""
+    ends = history[(history["phase"] == phase) & (history["kind"] == "epoch")].groupby("epoch")["step"].max()
+    per_epoch = float(np.median(ends.to_numpy() / ends.index.to_numpy())) if len(ends) else None
+    steps = history[(history["phase"] == phase) & (history["kind"] == "step")]
+    starts = {}
+    for e in map(int, steps["epoch"].unique()):
+        earlier = steps.loc[steps["epoch"] < e, "step"]
+        if e - 1 in ends.index:
+            starts[e] = int(ends[e - 1])
+        elif e == 1 or (per_epoch is None and earlier.empty):
+            starts[e] = 0
+        elif per_epoch is not None:
+            starts[e] = int(round(per_epoch * (e - 1)))
+        else:  # no epoch has ended in the history: the previous epoch's last point is the nearest start known
+            starts[e] = int(earlier.max())
+    return starts
+
+
+def window_means(rows: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Step rows as the trainer stores them hold each metric's running mean since its epoch began, which drops back
+    to one batch's noise at every epoch's start (a false cliff at each boundary). Returns them as the mean over
+    each reporting window (the steps since the previous point), a trailing mean that runs across epochs. Epoch rows
+    pass unchanged."""
+    steps = rows[rows["kind"] == "step"]
+    if steps.empty:
+        return rows
+    out = []
+    for (phase, name), g in steps.groupby(["phase", "name"], sort=False):
+        starts = _epoch_starts(history, phase)
+        g = g.sort_values("step").copy()
+        done = (g["step"] - g["epoch"].astype(int).map(starts)).clip(lower=1).astype(float)  # steps into the epoch
+        total = done * g["value"]
+        new_epoch = g["epoch"].ne(g["epoch"].shift())
+        # the sum and count of steps since the previous point; an epoch's first point covers the epoch so far
+        d_total = total.diff().where(~new_epoch, total)
+        d_done = done.diff().where(~new_epoch, done)
+        g["value"] = (d_total / d_done).where(d_done > 0, g["value"])
+        out.append(g)
+    return pd.concat(out + [rows[rows["kind"] != "step"]]).sort_values("step")
+
+
+def _phase_panels(phases: Sequence[str]) -> go.Figure:
+    """One panel per phase side by side, each with its own axes: phases count steps from 0 and differ in scale."""
+    fig = make_subplots(rows=1, cols=max(1, len(phases)), subplot_titles=[phase_label(p) for p in phases],
+                        horizontal_spacing=min(0.08, 0.5 / max(1, len(phases))))
+    return fig
+
+
+def _clipped_range(values: pd.Series, steps: pd.Series) -> Optional[list[float]]:
+    """A y range over the values after the phase's first tenth of steps, when the first steps lie far above them:
+    a first loss of 20 would otherwise flatten every other curve of the panel. None keeps plotly's autorange."""
+    late = values[steps >= steps.min() + 0.1 * (steps.max() - steps.min())]
+    if late.empty or values.empty:
+        return None
+    lo, hi, top = float(min(values.min(), late.min())), float(late.max()), float(values.max())
+    if top <= hi + 0.5 * (hi - lo) or hi == lo:
+        return None
+    pad = 0.08 * (hi - lo)
+    return [max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad]
+
+
 def loss_parts(history: pd.DataFrame, uirevision=None) -> go.Figure:
-    """The total loss and each of its terms (CE on labels, the method's terms) per phase against the step within
-    the phase: whatever train_* terms the run logged, labelled by their term names."""
+    """The total loss and each of its terms (CE on labels, the method's terms), one panel per phase against the
+    step within the phase, each panel scaled to its own curves past their first steps. Live points are the mean
+    over each reporting window (window_means), which runs on across epochs."""
     present = {n for n in history["name"] if is_loss_term(n)}
     others = sorted(present - set(LOSS_PARTS))  # a method's own terms, e.g. tckd and nckd
     names = [n for n in LOSS_PARTS if n in present] + others
-    rows = _rows(history, names, prefer_steps=True)
+    rows = window_means(_rows(history, names, prefer_steps=True), history)
     if rows.empty:
-        return _empty("Loss", "waiting for the first steps", uirevision)
-    fig = go.Figure()
-    for phase in rows["phase"].unique():
+        return _empty("Loss parts", "waiting for the first steps", uirevision)
+    phases = sorted(rows["phase"].unique(), key=phase_order)
+    fig = _phase_panels(phases)
+    for col, phase in enumerate(phases, start=1):
+        panel = rows[rows["phase"] == phase]
         for name in names:
-            g = rows[(rows["phase"] == phase) & (rows["name"] == name)]
+            g = panel[panel["name"] == name]
             if g.empty:
                 continue
             label, dash = LOSS_PARTS.get(name) or (name.removeprefix("train_"),
                                                    _TERM_DASHES[others.index(name) % len(_TERM_DASHES)])
             fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase_label(phase)} · {label}", mode="lines",
-                            line=dict(color=phase_color(phase), dash=dash))
-    return _style(fig, "Loss parts", uirevision, x="step (within phase)", y="loss")
+                            line=dict(color=phase_color(phase), dash=dash), row=1, col=col)
+        clipped = _clipped_range(panel["value"], panel["step"])
+        if clipped:
+            fig.update_yaxes(range=clipped, row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig = _style(fig, "Loss parts", uirevision, height=340)
+    fig.update_layout(margin=dict(t=70))  # the panels' titles under the figure's
+    return fig
 
 
 def accuracy(history: pd.DataFrame, uirevision=None) -> go.Figure:
-    """Training accuracy (dotted) and validation accuracy (solid, per epoch) for each phase."""
-    train = _rows(history, ["train_acc"], prefer_steps=True)
+    """Training accuracy (dotted, the mean over each reporting window) and validation accuracy (solid, per epoch),
+    one panel per phase against the step within the phase."""
+    train = window_means(_rows(history, ["train_acc"], prefer_steps=True), history)
     val = _rows(history, ["val_acc"], prefer_steps=False)
     if train.empty and val.empty:
         return _empty("Accuracy", "waiting for the first steps", uirevision)
-    fig = go.Figure()
-    for rows, label, dash, mode in ((train, "train", "dot", "lines"), (val, "val", "solid", "lines+markers")):
-        for phase, g in rows.groupby("phase", sort=False):
-            fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase_label(phase)} · {label}", mode=mode,
-                            line=dict(color=phase_color(phase), dash=dash), marker=dict(size=5))
-    fig.update_yaxes(**_fraction_axis(pd.concat([train["value"], val["value"]])))
-    return _style(fig, "Accuracy", uirevision, x="step (within phase)")
+    phases = sorted(set(train["phase"]) | set(val["phase"]), key=phase_order)
+    fig = _phase_panels(phases)
+    for col, phase in enumerate(phases, start=1):
+        for rows, label, dash, mode in ((train, "train", "dot", "lines"), (val, "val", "solid", "lines+markers")):
+            g = rows[rows["phase"] == phase]
+            if not g.empty:
+                fig.add_scatter(x=g["step"], y=g["value"], name=f"{phase_label(phase)} · {label}", mode=mode,
+                                line=dict(color=phase_color(phase), dash=dash), marker=dict(size=5), row=1, col=col)
+        drawn = pd.concat([train.loc[train["phase"] == phase, "value"], val.loc[val["phase"] == phase, "value"]])
+        fig.update_yaxes(**_fraction_axis(drawn), row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig = _style(fig, "Accuracy", uirevision, height=340)
+    fig.update_layout(margin=dict(t=70))
+    return fig
 
 
 def agreement(history: pd.DataFrame, uirevision=None) -> go.Figure:
@@ -237,8 +349,8 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
     for (run_id, phase), g in rows.sort_values("epoch").groupby(["run_id", "phase"], sort=False):
         y = g["value"].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else g["value"]
         dash = dashes.get(phase, "dot" if is_teacher(phase) else "solid")  # teacher2, … as the teacher
-        fig.add_scatter(x=g["epoch"], y=y, mode="lines", name=f"{labels.get(run_id, run_id)} · {phase_label(phase)}",
-                        legendgroup=str(run_id), line=dict(dash=dash))
+        fig.add_scatter(x=g["epoch"], y=y, mode="lines", legendgroup=str(run_id), line=dict(dash=dash),
+                        name=f"{plain(labels.get(run_id, run_id))} · {phase_label(phase)}")
     if metric in FRACTIONS:
         # smoothing stays within the raw values' range, so the raw values bound the axis
         fig.update_yaxes(**_fraction_axis(rows["value"], _bounds(metric)))
@@ -248,7 +360,7 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
 def accuracy_bars(runs: pd.DataFrame, labels: dict[int, str]) -> go.Figure:
     """Teacher, student and baseline test accuracy side by side for each run."""
     fig = go.Figure()
-    names = [labels.get(i, str(i)) for i in runs["id"]]
+    names = [plain(labels.get(i, str(i))) for i in runs["id"]]
     columns = [f"{phase}_test_acc" for phase in ("teacher", "student", "baseline")]
     for phase, column in zip(("teacher", "student", "baseline"), columns):
         values = runs[column]
@@ -276,7 +388,7 @@ def frontier(runs: pd.DataFrame, x: str, y: str, selected: Sequence[int] = (), x
         fig.add_scatter(
             x=g[x], y=g[y], mode="markers", name=arch,
             marker=dict(size=np.where(big, 14, 7), line=dict(width=np.where(big, 2, 0), color="black"), opacity=0.8),
-            text=[f"#{i} {n}" for i, n in zip(g["id"], g["name"])],
+            text=[f"#{i} {plain(n)}" for i, n in zip(g["id"], g["name"])],
             hovertemplate="%{text}<br>%{x}, %{y}<extra></extra>",
         )
     if x.endswith(("params", "flops", "macs")):
@@ -684,7 +796,7 @@ def pareto_frontier(points: pd.DataFrame, x: str = "params", dataset: Optional[s
             x=g[x], y=g["accuracy"], mode="markers", name="distilled student" if role == "student" else role,
             marker=dict(symbol=ROLE_SYMBOLS[role], color=PHASE_COLORS[role], size=9, opacity=0.85,
                         line=dict(width=1, color="white")),
-            customdata=np.column_stack([g["run_id"], g["run"].astype(str), g["method"].astype(str),
+            customdata=np.column_stack([g["run_id"], g["run"].map(plain), g["method"].astype(str),
                                         g["arch"].astype(str)]),
             hovertemplate=f"#%{{customdata[0]}} %{{customdata[1]}}<br>{role} · %{{customdata[3]}} · method "
                           f"%{{customdata[2]}}<br>%{{x:.4~s}} {x_label}, accuracy %{{y:.2%}}<extra></extra>")

@@ -456,7 +456,8 @@ def _curves(page: _Page, store, run) -> None:
     if history.empty:
         page.p("No training curves were stored for this run.", "note")
         return
-    page.figures_row([charts.accuracy(history), charts.loss_parts(history)])
+    page.figures_row([charts.accuracy(history)])  # a panel per phase: each across the page
+    page.figures_row([charts.loss_parts(history)])
 
 
 def _config(page: _Page, run) -> None:

@@ -5,8 +5,11 @@ import math
 import re
 from typing import Optional
 
-STATUS_ICONS = {"queued": "⏳", "running": "▶️", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
-                "interrupted": "⚠️"}
+# Material icons, which Streamlit bundles and draws in Markdown: emoji drew as empty boxes where the browser has
+# no emoji font. Widget options (select boxes) show no Markdown: run_label writes the status in words.
+STATUS_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/play_circle:",
+                "completed": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
 
 
 def missing(value) -> bool:
@@ -18,16 +21,24 @@ def pct(value: Optional[float], digits: int = 1) -> str:
     return "—" if missing(value) else f"{100 * value:.{digits}f}%"
 
 
+MINUS = "\u2212"  # every signed number is written with the minus sign "−", never the hyphen "-"
+
+
+def signed(value: Optional[float], digits: int = 2) -> str:
+    """A number with its sign, '+3.06' or '−0.28'; '—' when missing."""
+    return "—" if missing(value) else f"{value:+.{digits}f}".replace("-", MINUS)
+
+
 def points(value: Optional[float]) -> str:
-    """A difference of two accuracies (fractions) in percentage points, signed."""
-    return "—" if missing(value) else f"{100 * value:+.2f} pts"
+    """A difference of two accuracies (fractions) in percentage points, signed: '−4.46 pts'."""
+    return "—" if missing(value) else f"{signed(100 * value)} pts"
 
 
 def points_range(low: Optional[float], high: Optional[float]) -> str:
     """An interval of accuracy differences in points: '−0.28 to +3.06'."""
     if missing(low) or missing(high):
         return "—"
-    return f"{100 * low:+.2f} to {100 * high:+.2f}".replace("-", "−")
+    return f"{signed(100 * low)} to {signed(100 * high)}"
 
 
 def p_value(p: Optional[float]) -> str:
@@ -76,7 +87,8 @@ def traceback_of(error: Optional[str]) -> str:
 
 
 def run_label(run_id: int, name: str, status: str) -> str:
-    return f"#{run_id} {STATUS_ICONS.get(status, '')} {name}"
+    """A run in a select box: '#12 digits demo · completed'."""
+    return f"#{run_id} {name} · {status}"
 
 
 def number(value) -> str:
@@ -205,3 +217,42 @@ def own_settings(summary: dict, phase: str) -> Optional[str]:
                  f"rotation up to {number(augment['rotation'])}°" if augment.get("rotation") else ""]
         parts.append(", ".join(p for p in shown if p) or "no augmentation")
     return "; ".join(parts) or None
+
+
+def teachers_cell(summary: Optional[dict], first_arch: Optional[str] = None) -> Optional[str]:
+    """A run's teachers with their test accuracies, for the runs table: 'resnet18 94.1% + wrn_16_2 93.0%'; None
+    when the summary names no teacher."""
+    from kdcore.record.summary import RunSummary
+
+    teachers = RunSummary.from_stored(summary if isinstance(summary, dict) else {}).teachers(first_arch)
+    cells = [" ".join(part for part in (t.arch, pct(t.test_acc) if not missing(t.test_acc) else "") if part)
+             for t in teachers]
+    return " + ".join(c for c in cells if c) or None
+
+
+def table_cell(value, kind: str) -> str:
+    """One cell of a runs table as text, the same way in every column of a kind: 'pct' (a fraction as '97.5%'),
+    'pts' (a signed difference in points, '−4.46'), 'p', 'number' ('%.3g'), 'count' ('1.23 M'), 'ms', 'duration',
+    'int', or 'text'; '—' for a missing value, never 'None' or 'nan'."""
+    if missing(value) or value is None or (kind == "text" and str(value) in ("", "nan", "None", "<NA>")):
+        return "—"
+    try:
+        if kind == "pct":
+            return pct(float(value))
+        if kind == "pts":
+            return signed(100 * float(value))
+        if kind == "p":
+            return p_value(float(value))
+        if kind == "number":
+            return number(float(value))
+        if kind == "count":
+            return compact(float(value))
+        if kind == "ms":
+            return ms(float(value))
+        if kind == "duration":
+            return duration(float(value))
+        if kind == "int":
+            return str(int(value))
+    except (TypeError, ValueError):
+        return "—"
+    return str(value)

@@ -96,9 +96,10 @@ if data is not None:
     left.image(images.to_pil(data.denormalize(data.test.images(idx))[0], 160), width=160)
 left.markdown(f"Test image **#{idx}**  \ntrue class **{names[labels[idx]]}**  \n"
               f"{who} says **{names[teacher_pred[idx]]}**  \nstudent says **{names[student_pred[idx]]}**")
-left.metric(f"{who.capitalize()} entropy", f"{entropy(p_teacher).item():.3f} nats",
-            help=f"At most log K = {math.log(num_classes):.3f}")
-left.metric("Student entropy", f"{entropy(p_student).item():.3f} nats")
+# the unit in the label: "0.673 nats" did not fit a quarter of the page
+left.metric(f"{who.capitalize()} entropy (nats)", f"{entropy(p_teacher).item():.3f}",
+            help=f"At most log K = {math.log(num_classes):.3f} nats")
+left.metric("Student entropy (nats)", f"{entropy(p_student).item():.3f}")
 right.plotly_chart(charts.distributions(p_teacher[bar_classes].numpy(), p_student[bar_classes].numpy(),
                                         [names[i] for i in bar_classes], T,
                                         uirevision=f"{run_id}-{idx}", teacher_phase=phase), key="dist_bars")

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from kdcore.experiments import expand
-from ui import state
+from ui import parts, state
 
 DEMO_SEEDS = 5
 
@@ -35,20 +35,11 @@ runs = state.runs_frame().head(10)
 if runs.empty:
     st.info("No runs stored yet. Run the demo, or set one up under **New experiment**.")
 else:
-    st.dataframe(
-        runs[["id", "name", "status", "student_test_acc", "baseline_test_acc", "kd_gain_pts", "kd_gain_interval",
-              "created_at"]],
-        hide_index=True,
-        column_config={
-            "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),
-            "name": "Name",
-            "status": "Status",
-            "student_test_acc": st.column_config.NumberColumn("Student test acc.", format="percent"),
-            "baseline_test_acc": st.column_config.NumberColumn("Baseline test acc.", format="percent"),
-            "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
-                                                         help="Student minus baseline test accuracy, in points"),
-            "kd_gain_interval": st.column_config.TextColumn("95% interval (pts)"),
-            "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
-        },
-    )
+    shown = ["id", "name", "status", "kd_gain", "kd_gain_interval", "student_test_acc", "baseline_test_acc", "created"]
+    # text cells read as on the Runs page: "—" for a missing value, never "None"
+    st.dataframe(parts.runs_table_text(runs)[shown], hide_index=True, column_config={
+        "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),
+        **{key: st.column_config.TextColumn(parts.RUNS_TABLE[key][0], help=parts.RUNS_TABLE[key][2])
+           for key in shown[1:-1]},
+        "created": st.column_config.TextColumn("Created")})
     st.page_link("pages/runs.py", label="All runs", icon=":material/table_rows:")

@@ -82,11 +82,15 @@ def _charts(history: pd.DataFrame, run_id: int) -> None:
     if history.empty:
         st.caption("No curves recorded for this run.")
         return
-    cols = st.columns(3)
-    figures = (charts.loss_parts, charts.accuracy, charts.agreement)
-    for col, build, name in zip(cols, figures, ("loss", "accuracy", "agreement")):
-        # a stable key and uirevision keep the user's zoom while the data refreshes
-        col.plotly_chart(build(history, uirevision=run_id), key=f"live_{name}_{run_id}")
+    # loss and accuracy have a panel per phase: each across the page; agreement (the student's alone) beside a note
+    # a stable key and uirevision keep the user's zoom while the data refreshes
+    st.plotly_chart(charts.loss_parts(history, uirevision=run_id), key=f"live_loss_{run_id}")
+    st.plotly_chart(charts.accuracy(history, uirevision=run_id), key=f"live_accuracy_{run_id}")
+    left, right = st.columns([2, 1])
+    left.plotly_chart(charts.agreement(history, uirevision=run_id), key=f"live_agreement_{run_id}")
+    right.caption("Training curves are the mean over each tenth of an epoch, so they run on across epochs; each "
+                  "phase counts its own steps. A panel's axis leaves out its first steps' loss when that lies far "
+                  "above the rest (the chart's Autoscale button shows them).")
 
 
 def _panel(run_id: int, mgr) -> None:

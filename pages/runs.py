@@ -17,50 +17,16 @@ from kdcore import charts, text
 from kdcore.data import DatasetError
 from ui import form, images, parts, state
 
-COLUMNS = {
-    "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),
-    "name": st.column_config.TextColumn("Name", width="medium"),
-    "status": "Status",
-    "dataset": "Dataset",
-    "teacher_arch": "Teacher",
-    "student_arch": "Student",
-    "method": "Method",
-    "temperature": st.column_config.NumberColumn("T", format="%g"),
-    "alpha": st.column_config.NumberColumn("α", format="%g"),
-    "student_best_val_acc": st.column_config.NumberColumn("Best val. acc.", format="percent"),
-    "student_test_acc": st.column_config.NumberColumn("Student test acc.", format="percent"),
-    "baseline_test_acc": st.column_config.NumberColumn("Baseline test acc.", format="percent"),
-    "teacher_test_acc": st.column_config.NumberColumn("Teacher test acc.", format="percent",
-                                                      help="The first teacher's; a run of several has their "
-                                                           "ensemble's under Ensemble test acc."),
-    "kd_gain_pts": st.column_config.NumberColumn("KD gain (pts)", format="%+.2f",
-                                                 help="Student minus baseline test accuracy, in percentage points"),
-    "kd_gain_interval": st.column_config.TextColumn(
-        "95% interval (pts)", help="Where the gain would likely fall on other test images like these: the exact "
-                                   "interval of McNemar's test, so it excludes 0 exactly when p < 0.05"),
-    "kd_gain_p_value": st.column_config.NumberColumn(
-        "p", format="%.2g", help="McNemar's exact test: the chance of a split of test images at least this uneven "
-                                 "if the distilled student and the baseline were equally good"),
-    "seed": st.column_config.NumberColumn("Seed", format="%d", width="small"),
-    "student_params": st.column_config.NumberColumn("Student params", format="compact"),
-    "student_flops": st.column_config.NumberColumn("Student " + text.FLOPS_LABEL, format="compact",
-                                                   help=text.FLOPS_HELP),
-    "student_latency_ms_b1": st.column_config.NumberColumn(
-        "Student latency (ms)", format="%.3g", help="Median time of one forward pass at batch 1 with PyTorch, "
-                                                    "measured where the run trained, at the end of the run"),
-    "teacher_latency_ms_b1": st.column_config.NumberColumn("Teacher latency (ms)", format="%.3g",
-                                                           help="The first teacher's, where a run has several"),
-    "ensemble_test_acc": st.column_config.NumberColumn("Ensemble test acc.", format="percent",
-                                                       help="Several teachers combined, as the student saw them"),
-    "duration_s": st.column_config.NumberColumn("Duration (s)", format="%.0f"),
-    "precision": st.column_config.TextColumn("Precision", help="bf16 or fp32: what the run trained and was evaluated "
-                                                               "in (train.amp, where the device computes bf16)"),
-    "tags": st.column_config.ListColumn("Tags"),
-    "group": "Group",
-    "shares": st.column_config.TextColumn("Reuses", help="A teacher or baseline trained by another run of the same "
-                                                         "group, identical to what this run would have trained"),
-    "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
-}
+TABLE = parts.RUNS_TABLE  # every cell as text, read one way (ui/parts.py says why)
+COLUMNS = {**{key: st.column_config.TextColumn(label, help=about) for key, (label, _, about) in TABLE.items()},
+           "id": st.column_config.NumberColumn("Run", format="#%d", width="small"),  # never missing: a number
+           "name": st.column_config.TextColumn("Name", width="medium"),
+           "tags": st.column_config.ListColumn("Tags"), "created": st.column_config.TextColumn("Created")}
+SORTS = {"Newest first": ("id", False), "KD gain, highest first": ("kd_gain", False),
+         "KD gain, lowest first": ("kd_gain", True), "Student test acc., highest first": ("student_test_acc", False),
+         "p, smallest first": ("kd_gain_p_value", True), "Name": ("name", True)}
+
+
 TEACHERS_JOINED = " + "  # how the store's teacher_arch column joins a run's several teachers
 SCATTER_X = {"temperature": "temperature T", "alpha": "alpha α", "student_params": "student parameters",
              "student_flops": "student FLOPs per image (2 × MACs)"}
@@ -76,7 +42,7 @@ if runs.empty:
 labels = {int(i): f"#{i} {n}" for i, n in zip(runs["id"], runs["name"])}
 
 # ---- filters and table -------------------------------------------------------------------------
-cols = st.columns([3, 2, 2, 2, 2, 2, 2])
+cols = st.columns([3, 2, 2, 2, 2, 2, 2, 3])
 search = cols[0].text_input("Search names", key="runs_search", placeholder="name contains…")
 
 
@@ -107,16 +73,18 @@ if tag:
 view = runs[mask].reset_index(drop=True)
 
 # the selection is by row position: a different set of rows starts a fresh selection
+by, ascending = SORTS[cols[7].selectbox("Sort by", list(SORTS), key="runs_sort")]
+view = view.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 table_key = "runs_table_" + hashlib.md5(view["id"].to_numpy().tobytes()).hexdigest()[:12]
-event = st.dataframe(view[list(COLUMNS)], key=table_key, on_select="rerun", selection_mode="multi-row",
-                     hide_index=True, column_config=COLUMNS, height=380)
+event = st.dataframe(parts.runs_table_text(view)[list(COLUMNS)], key=table_key, on_select="rerun",
+                     selection_mode="multi-row", hide_index=True, column_config=COLUMNS, height=380)
 selected = [int(i) for i in view.iloc[event.selection.rows]["id"]] if len(view) else []
 chosen_runs = view[view["id"].isin(selected)]
 
-st.caption(f"{len(view)} of {len(runs)} runs shown · {len(selected)} selected · click a column header to sort")
+st.caption(f"{len(view)} of {len(runs)} runs shown · {len(selected)} selected")
 left, right, _ = st.columns([2, 2, 4])
-left.download_button("Table as CSV", data=lambda: view[list(COLUMNS)].to_csv(index=False), file_name="runs.csv",
-                     mime="text/csv", on_click="ignore", icon=":material/download:")
+left.download_button("Table as CSV", data=lambda: view[[*TABLE, "tags", "created_at"]].to_csv(index=False),
+                     file_name="runs.csv", mime="text/csv", on_click="ignore", icon=":material/download:")
 right.download_button("Selected runs' curves as CSV",
                       data=lambda: state.store().metrics_frame(selected).to_csv(index=False),
                       file_name="curves.csv", mime="text/csv", on_click="ignore", disabled=not selected,

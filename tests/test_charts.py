@@ -302,3 +302,49 @@ def test_pareto_frontier_takes_one_dataset_and_labels_flops_as_twice_macs():
     assert "no finished runs with a latency" in unmeasured.layout.annotations[0].text
     mnist = charts.pareto_frontier(_points(), "macs", "mnist")
     assert [len(t.x) for t in mnist.data if t.name == "Pareto front"] == [1]
+
+
+# ---- live curves: panels per phase, means that run across epochs, a range past the first steps --------------
+def _running_history(per_batch, steps_per_epoch=100, epochs=3, every=10, phase="student", name="train_loss"):
+    """Step rows as the trainer stores them (each the mean since its epoch began, every `every` steps) and epoch
+    rows (at the epoch's last step), from a per-batch value `per_batch(global step)`."""
+    rows = []
+    for e in range(1, epochs + 1):
+        first = (e - 1) * steps_per_epoch + 1
+        for k in range(every, steps_per_epoch + 1, every):
+            mean = float(np.mean([per_batch(s) for s in range(first, first + k)]))
+            rows.append(dict(phase=phase, kind="step", step=first + k - 1, epoch=e, name=name, value=mean))
+        rows.append(dict(phase=phase, kind="epoch", step=e * steps_per_epoch, epoch=e, name=name, value=mean))
+    return pd.DataFrame(rows, columns=["phase", "kind", "step", "epoch", "name", "value"])
+
+
+def test_live_loss_runs_on_across_epochs_without_a_cliff_at_each_boundary():
+    history = _running_history(lambda s: 2.0 / (1 + s / 30))
+    trace = charts.loss_parts(history).data[0]
+    y, x = np.asarray(trace.y, dtype=float), np.asarray(trace.x)
+    jumps = np.abs(np.diff(y))
+    at_boundary = jumps[np.isin(x[1:], [101 + 9, 201 + 9])]  # the first point of epochs 2 and 3
+    inside = jumps[~np.isin(x[1:], [101 + 9, 201 + 9])]
+    assert at_boundary.max() <= 1.5 * inside[5:].max() + 1e-9, (at_boundary, inside)
+    # each point is the mean of the 10 steps before it
+    assert y[-1] == pytest.approx(np.mean([2.0 / (1 + s / 30) for s in range(291, 301)]), rel=1e-6)
+    assert np.all(np.diff(y) < 0), "a falling loss must fall at every point"
+
+
+def test_live_charts_give_each_phase_its_own_panel_and_step_axis():
+    history = pd.concat([_running_history(lambda s: 1.0, phase="teacher"), _running_history(lambda s: 2.0),
+                         _running_history(lambda s: 0.5, phase="teacher", name="train_acc"),
+                         _running_history(lambda s: 0.4, name="train_acc")])
+    for fig in (charts.loss_parts(history), charts.accuracy(history)):
+        axes = {t.name.split(" · ")[0]: t.xaxis for t in fig.data}
+        assert axes["teacher"] != axes["student"], axes
+        assert [a.text for a in fig.layout.annotations][:2] == ["teacher", "student"]
+
+
+def test_a_huge_first_loss_does_not_flatten_the_rest_of_its_panel():
+    history = _running_history(lambda s: 40.0 if s <= 10 else 1.0 + 1 / s, name="train_kd")
+    history = pd.concat([history, _running_history(lambda s: 0.8 + 1 / s, name="train_ce")])
+    fig = charts.loss_parts(history)
+    low, high = fig.layout.yaxis.range
+    assert high < 3, (low, high)
+    assert low >= 0

@@ -1,11 +1,65 @@
 """Page parts shared by several pages: the run summary card, a failure in words, the sidebar queue."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from kdcore import charts, text
 from kdcore.record.summary import PhaseResult, RunSummary, gain_sentence
 from ui import state
+
+
+# The table's columns, the KD gain first after the run: (label, how its cells read (kdcore.text.table_cell), help).
+# Every cell is text, so a missing value reads "—" (Streamlit writes "None" in an empty number cell) and each
+# kind of number reads one way; "Sort by" orders the rows by the numbers themselves.
+RUNS_TABLE = {
+    "id": ("Run", "int", None),
+    "name": ("Name", "text", None),
+    "status": ("Status", "text", None),
+    "kd_gain": ("KD gain (pts)", "pts", "Student minus baseline test accuracy, in percentage points"),
+    "kd_gain_interval": ("95% interval (pts)", "text", "Where the gain would likely fall on other test images like "
+                                                       "these: the exact interval of McNemar's test, so it excludes 0 "
+                                                       "exactly when p < 0.05"),
+    "kd_gain_p_value": ("p", "p", "McNemar's exact test: the chance of a split of test images at least this uneven "
+                                  "if the distilled student and the baseline were equally good"),
+    "student_test_acc": ("Student test acc.", "pct", None),
+    "baseline_test_acc": ("Baseline test acc.", "pct", None),
+    "teachers": ("Teachers (test acc.)", "text", "Every teacher of the run with its own test accuracy"),
+    "ensemble_test_acc": ("Ensemble test acc.", "pct", "Several teachers combined, as the student saw them"),
+    "dataset": ("Dataset", "text", None),
+    "student_arch": ("Student", "text", None),
+    "method": ("Method", "text", None),
+    "temperature": ("T", "number", None),
+    "alpha": ("α", "number", None),
+    "seed": ("Seed", "int", None),
+    "group": ("Group", "text", None),
+    "student_best_val_acc": ("Best val. acc.", "pct", "The student's best validation accuracy"),
+    "student_params": ("Student params", "count", None),
+    "student_flops": ("Student " + text.FLOPS_LABEL, "count", text.FLOPS_HELP),
+    "student_latency_ms_b1": ("Student latency", "ms", "Median time of one forward pass at batch 1 with PyTorch, "
+                                                       "measured where the run trained, at the end of the run"),
+    "teacher_latency_ms_b1": ("Teacher latency", "ms", "The first teacher's, where a run has several"),
+    "duration_s": ("Duration", "duration", None),
+    "precision": ("Precision", "text", "bf16 or fp32: what the run trained and was evaluated in (train.amp, where "
+                                       "the device computes bf16)"),
+    "shares": ("Reuses", "text", "A teacher or baseline trained by another run of the same group, identical to what "
+                                 "this run would have trained"),
+}
+def runs_table_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs as the table shows them: each cell as text (kdcore.text.table_cell), tags as a list."""
+    shown = pd.DataFrame(index=frame.index)
+    for key, (_, kind, _) in RUNS_TABLE.items():
+        if key in frame:
+            shown[key] = [text.table_cell(v, kind) for v in frame[key]]
+    # a run stored before the teachers list, or not finished: its architectures from the table's own column
+    named = [t if isinstance(t, str) and not t[:1].isdigit() else
+             " ".join(p for p in (a if isinstance(a, str) else "", t if isinstance(t, str) else "") if p) or "—"
+             for t, a in zip(frame["teachers"], frame["teacher_arch"])]
+    shown["teachers"] = named
+    shown["id"] = frame["id"]
+    shown["tags"] = frame["tags"]
+    shown["created"] = frame["created_at"].dt.strftime("%Y-%m-%d %H:%M").fillna("—")
+    return shown
 
 
 def teachers_of(summary: dict) -> list[PhaseResult]:
@@ -29,6 +83,16 @@ def _teachers_macs(summary: dict, teachers: list[PhaseResult]):
     return None if any(text.missing(v) for v in values) else sum(values)
 
 
+def signed_delta(points: float, words: str) -> dict:
+    """st.metric's delta for a signed gain in points, with the minus sign "−" (Streamlit reads only "-" as a fall,
+    so its colour and arrow are set here)."""
+    if text.missing(points):
+        return {}
+    fell = points < 0
+    return dict(delta=f"{text.points(points)} {words}", delta_color="red" if fell else "green",
+                delta_arrow="down" if fell else "up")
+
+
 def cost_row(summary: dict, teachers: list[PhaseResult], t_flops, t_macs) -> None:
     """One line of the compression in both conventions (FLOPs = 2 × MACs), and the batch-1 latencies when measured."""
     if not text.missing(summary.get("student_flops")):
@@ -44,7 +108,7 @@ def cost_row(summary: dict, teachers: list[PhaseResult], t_flops, t_macs) -> Non
     teacher_ms = None if any(text.missing(v) for v in latencies) else sum(latencies)
     threads = summary.get("latency_threads")
     where = f"with {threads} thread{'s' if threads != 1 else ''}" if threads else "threads not recorded"
-    cols = st.columns(6)
+    cols = st.columns(3)
     cols[0].metric("Student latency (batch 1)", text.ms(student_ms),
                    help=f"Time of one forward pass on one image, {where}")
     cols[1].metric(("Teachers'" if len(teachers) > 1 else "Teacher") + " latency (batch 1)", text.ms(teacher_ms),
@@ -67,7 +131,7 @@ def summary_card(summary: dict) -> None:
     several = len(teachers) > 1
     t_params, t_flops = _teachers_total(summary, teachers, "params"), _teachers_total(summary, teachers, "flops")
     whose = f"the {len(teachers)} teachers' together" if several else "the teacher's"
-    cols = st.columns(6)
+    cols = st.columns(3) + st.columns(3)  # two rows of three: six tiles in a row cut values like "−4.46 pts"
     if several:
         weights = summary.get("teacher_weights")
         cols[0].metric("Ensemble test accuracy", text.pct(summary.get("ensemble_test_acc")),
@@ -79,7 +143,7 @@ def summary_card(summary: dict) -> None:
                        help=f"Trained by run #{summary['teacher_from_run']} of this group and reused here"
                        if "teacher_from_run" in summary else None)
     cols[1].metric("Student test accuracy", text.pct(summary.get("student_test_acc")),
-                   delta=None if text.missing(gain) else f"{text.points(gain)} vs baseline")
+                   **signed_delta(gain, "vs baseline"))
     cols[2].metric("Baseline test accuracy", text.pct(summary.get("baseline_test_acc")),
                    help="The same student trained from scratch, without the teacher"
                    + (f"; trained by run #{summary['baseline_from_run']} and shared" if "baseline_from_run" in summary
@@ -113,8 +177,8 @@ def teacher_row(teachers: list[PhaseResult]) -> None:
         before, after = t.pretrained_test_acc, t.test_acc
         tuned = not text.missing(before)
         source = t.source
-        gained = f"{text.points(after - before)} from fine-tuning" if tuned and not text.missing(after) else None
-        col.metric(label, text.pct(after), delta=gained,
+        gained = signed_delta(after - before, "from fine-tuning") if tuned and not text.missing(after) else {}
+        col.metric(label, text.pct(after), **gained,
                    help=(f"Weights from {source}. " if source else "")
                    + (f"Before fine-tuning on this dataset {text.pct(before)}, after {text.pct(after)}" if tuned else ""))
         if tuned:
@@ -166,11 +230,14 @@ def group_card(report: dict) -> None:
         if not a:
             col.metric(label, "—")
             continue
-        value = f"{100 * a['mean']:+.2f}" if key == "kd_gain" else text.pct(a["mean"], 2)
-        spread = "" if a["std"] is None else f" ± {100 * a['std']:.2f}"
-        col.metric(label + (" (pts)" if key == "kd_gain" else ""), value + spread,
-                   help=None if a["ci95"] is None else f"95% interval across seeds: {text.points_range(*a['ci95'])} "
-                                                       "points; ± is the standard deviation over seeds")
+        value = text.points(a["mean"]) if key == "kd_gain" else text.pct(a["mean"], 2)
+        # the spread under the mean, not beside it: "71.52% ± 11.07" did not fit a tile
+        spread = None if a["std"] is None else f"sd ± {100 * a['std']:.2f} pts"
+        interval = text.points_range(*a["ci95"]) if key == "kd_gain" else \
+            f"{text.pct(a['ci95'][0], 2)} to {text.pct(a['ci95'][1], 2)}" if a["ci95"] else None
+        col.metric(label, value, delta=spread, delta_color="off", delta_arrow="off",
+                   help=None if interval is None else f"95% interval across seeds: {interval}; ± is the standard "
+                                                      "deviation over seeds")
     gain = agg.get("kd_gain")
     above = gain and gain.get("ci95") and gain["ci95"][0] > 0
     (st.success if above else st.info)(f"**KD gain over seeds:** {report['kd_gain_in_words']}",

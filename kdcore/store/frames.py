@@ -9,6 +9,7 @@ from sqlmodel import Session, select
 
 from kdcore.record.summary import FRAME_KEYS
 from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
+from kdcore.text import teachers_cell
 
 def _loads_any(text: Optional[str]):
     try:
@@ -35,7 +36,8 @@ FRAME_FROM_SUMMARY = {
     "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
     **{key: (lambda s, key=key: s.get(key)) for key in FRAME_KEYS if key not in ("kd_gain_ci95", "eval_precision")},
 }
-TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision")}  # bf16 or fp32
+TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision"),  # bf16 or fp32
+                     "teachers": teachers_cell}  # every teacher with its test accuracy, not the first one's alone
 
 
 class FrameRecords:

@@ -1,8 +1,8 @@
 """A study's figures, from its described form (kdcore.studies.view.describe_study): pure, no Streamlit.
 
 Best so far against the trial number, parallel coordinates of the parameters against the objective,
-and each parameter's importance. Margins grow to fit their labels (automargin) and legends sit above
-the plot, so nothing is clipped in the dashboard or the report.
+and each parameter's importance. Margins grow to fit their labels (automargin) and legends sit below
+the plot, under the axis title, so nothing is clipped or covered in the dashboard or the report.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ COLORSCALE = "Viridis"
 
 def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, hovermode="closest",
-                      margin=dict(l=10, r=10, t=70, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, xanchor="left"))
+                      margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", xref="container", x=0, yref="container", yanchor="bottom", y=0))
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
     return fig
