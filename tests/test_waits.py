@@ -4,16 +4,21 @@ these tests check the behaviours, waiting on state, never on fixed seconds."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
+from plotly.offline import get_plotlyjs
 
 from kdcore.configure import build_config
 from kdcore.store import Store
 import kdcore.store.frames as frames
-from tests.helpers import open_page, wait_while_progressing
+from tests.helpers import STALL_S, open_page, wait_while_progressing
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
         "train": {"epochs": 1, "batch_size": 256}}
 
@@ -151,3 +156,78 @@ def test_a_dashboard_worker_process_starts_a_submitted_run_on_the_submit_not_at_
         wake.set()
         thread.join(60)
     assert store.get_run(run_id).attempt == 1
+
+
+# ---- the Runs page builds the open tab only ---------------------------------------------------------------
+def test_the_runs_page_builds_only_the_open_tab(tmp_path, monkeypatch):
+    store, _ = _store_with_damaged_and_tagged_runs(tmp_path)
+    monkeypatch.setenv("KDCORE_DB_URL", store.url)
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    at = open_page("pages/runs.py")
+    assert "runs_frontier" not in {chart.key for chart in at.get("plotly_chart")}  # Groups is open
+    at.session_state["runs_tab"] = "Scatter"
+    at.run()
+    assert [chart.key for chart in at.get("plotly_chart")] == ["runs_frontier"]
+
+
+# ---- the Report page: plotly.js once ------------------------------------------------------------------------
+def _completed_run(tmp_path) -> tuple[Store, int]:
+    from kdcore.jobs import run_here
+
+    store = Store(f"sqlite:///{tmp_path}/runs/kdcore.db")
+    run_id, status = run_here(store, build_config({**TINY, "name": "reported"}))
+    assert status == "completed"
+    return store, run_id
+
+
+def test_the_report_page_loads_plotly_js_from_the_dashboard_and_the_download_still_inlines_it(tmp_path,
+                                                                                              monkeypatch):
+    from kdcore.report import build_report, with_plotly_inlined
+
+    store, run_id = _completed_run(tmp_path)
+    monkeypatch.setenv("KDCORE_DB_URL", store.url)
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    at = open_page("pages/report.py")
+    srcdoc = at.get("iframe")[0].proto.srcdoc
+    src = re.search(r'<script type="text/javascript" src="(app/static/plotly-[\d.]+\.min\.js)"></script>', srcdoc)
+    assert src, srcdoc[:600]
+    assert "plotly.js" not in srcdoc.split("<body")[0].replace(src.group(1), "")  # not inlined as well
+    served = ROOT / "static" / src.group(1).split("/")[-1]
+    assert served.read_text(encoding="utf-8") == get_plotlyjs()
+    # the file people download is the one `kdcore report` writes: plotly.js inlined, nothing else changed
+    stamped = lambda page: re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d", "generated then", page)  # noqa: E731
+    assert stamped(with_plotly_inlined(build_report(store, run_id, plotly_src=src.group(1), latency=False),
+                                       src.group(1))) == stamped(build_report(store, run_id, latency=False))
+
+
+# ---- in Chromium: the loading view, and plotly.js fetched once by the Report page ----------------------------
+MAIN_TEXTS = """
+window.__mainTexts = [];
+new MutationObserver(() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const text = main ? main.innerText.trim() : "";
+  if (text && window.__mainTexts[window.__mainTexts.length - 1] !== text) window.__mainTexts.push(text);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@pytest.mark.browser
+def test_a_fresh_dashboard_shows_a_loading_view_first_and_its_report_fetches_plotly_js_by_address(tmp_path, page):
+    from ui.serve import serve_dashboard
+
+    store, _ = _completed_run(tmp_path)
+    with serve_dashboard(store.url, log_path=tmp_path / "streamlit.log", start_timeout=STALL_S) as url:
+        page.add_init_script(MAIN_TEXTS)  # every text the main area shows, from the first
+        page.goto(url)
+        page.get_by_role("button", name="Run the demo").wait_for(timeout=STALL_S * 1000)
+        texts = page.evaluate("window.__mainTexts")
+        assert texts and texts[0].startswith("Starting kdcore"), texts[:3]
+        assert not page.get_by_text("Starting kdcore").count()  # gone once the page is there
+
+        fetched = []
+        page.on("response", lambda r: fetched.append((r.url, r.status)) if "plotly" in r.url else None)
+        page.get_by_role("link", name="Report").first.click()
+        page.frame_locator("iframe").first.locator(".js-plotly-plot .main-svg").first.wait_for(
+            timeout=STALL_S * 1000)
+        assert any("/app/static/plotly-" in u and status in (200, 304) for u, status in fetched), fetched
+        assert page.evaluate("() => document.querySelector('iframe').srcdoc.length") < 1_000_000
