@@ -2,16 +2,28 @@
 
     streamlit run app.py
 """
+import sys
 from pathlib import Path
 
 import streamlit as st
 
-from kdcore.store import StoreError
-from ui import parts, state
-
 # the icon from a file served by the dashboard: a ":material/…:" page icon is fetched from a font CDN (not offline)
 ICON = Path(__file__).parent / "ui" / "favicon.png"
 st.set_page_config(page_title="kdcore · knowledge distillation", page_icon=str(ICON), layout="wide")
+
+# A fresh server's first page imports PyTorch, pandas and plotly: 20 s on a busy 2-core machine, which showed
+# as a blank page. A loading view is sent before those imports, and cleared once they are done.
+if "ui.state" not in sys.modules:
+    loading = st.empty()
+    with loading.container():
+        st.title("Starting kdcore…")
+        with st.spinner("Loading PyTorch, pandas and plotly, once per server start. The dashboard opens as soon "
+                        "as they are loaded.", show_time=True):
+            from ui import parts, state  # noqa: F401
+    loading.empty()
+
+from kdcore.store import StoreError  # noqa: E402
+from ui import parts, state  # noqa: E402
 
 page = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -113,6 +113,8 @@ def _panel(run_id: int, mgr) -> None:
     if status == "running":
         if run.cancel_requested:
             st.info("Cancelling: the worker stops it at its next step.", icon=":material/stop_circle:")
+        if snap.stale_note():  # a dead or hung worker: said, and no time left is guessed
+            st.warning(snap.stale_note(), icon=":material/heart_broken:")
         _progress(snap)
         history = pd.DataFrame(snap.history, columns=["phase", "kind", "step", "epoch", "name", "value"])
     else:

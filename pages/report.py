@@ -7,7 +7,7 @@ wide and in big type: no sidebar, no pickers, no download button.
 import streamlit as st
 
 from kdcore import text
-from kdcore.report import ReportError, build_report
+from kdcore.report import ReportError, build_report, with_plotly_inlined
 from kdcore.store import default_url
 from ui import state
 
@@ -19,9 +19,9 @@ header[data-testid="stHeader"]{display:none !important}
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
-def _report(url: str, target: str, presentation: bool, stamp: str) -> str:
+def _report(url: str, target: str, presentation: bool, stamp: str, plotly_src) -> str:
     # `stamp` (the runs' finish times) makes a changed group or a re-run build again
-    return build_report(state.store(), target, presentation=presentation)
+    return build_report(state.store(), target, presentation=presentation, plotly_src=plotly_src)
 
 
 def _present(on: bool) -> None:
@@ -82,7 +82,9 @@ else:
 members = done[done["group"] == target] if kind == "A group" else done[done["id"] == target]
 stamp = ",".join(str(t) for t in members["finished_at"])
 try:
-    html = _report(default_url(), str(target), present, stamp)
+    # plotly.js from the dashboard's static files, loaded once and cached by the browser, not 4.9 MB per visit
+    plotly_src = state.plotly_src()
+    html = _report(default_url(), str(target), present, stamp, plotly_src)
 except ReportError as err:
     st.error(str(err))
     st.stop()
@@ -93,6 +95,8 @@ if present:
 else:
     name = f"kdcore-group-{target}" if kind == "A group" else f"kdcore-run-{target}"
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
-    st.download_button("Download report (HTML)", data=html, file_name=f"{safe}.html", mime="text/html",
+    # the file itself is self-contained (plotly.js inlined), built when asked for
+    st.download_button("Download report (HTML)", file_name=f"{safe}.html", mime="text/html", on_click="ignore",
+                       data=lambda: with_plotly_inlined(html, plotly_src) if plotly_src else html,
                        icon=":material/download:", key="report_download")
 st.iframe(html, height="content")  # the frame grows to the report's own height

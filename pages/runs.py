@@ -1,7 +1,7 @@
 """Runs: every stored run in one table; compare the selected ones; manage and inspect one.
 
-The table comes from one query (Store.runs_frame); curves are read only for the
-selected runs, so the page stays quick with thousands of runs stored.
+The table comes from one query (Store.runs_table, each run's JSON parsed once); curves are read only for
+the selected runs and only the open tab is built, so the page stays quick with thousands of runs stored.
 """
 import hashlib
 
@@ -207,9 +207,11 @@ def _cells_frame(cells: list[dict]) -> pd.DataFrame:
 TABS = {"Groups": lambda: groups_tab(view), "Frontier": lambda: frontier_tab(view),
         "Curves": lambda: curves_tab(selected), "Test accuracy": lambda: bars_tab(chosen_runs),
         "Scatter": lambda: scatter_tab(view, selected), "Config diff": lambda: diff_tab(selected)}
-for tab, draw in zip(st.tabs(list(TABS)), TABS.values()):
-    with tab:
-        draw()
+# Only the open tab is built and sent: every tab's charts on every visit took seconds to draw in the browser
+for tab, draw in zip(st.tabs(list(TABS), key="runs_tab", on_change="rerun"), TABS.values()):
+    if tab.open:
+        with tab:
+            draw()
 
 # ---- one run ---------------------------------------------------------------------------------------
 if not selected:

@@ -110,6 +110,29 @@ def device_line() -> str:
     return f"{manager().describe_workers()} · torch {torch.__version__}"
 
 
+# Served at app/static/ (server.enableStaticServing in .streamlit/config.toml); written here, not kept in git
+STATIC = ROOT / "static"
+
+
+@st.cache_resource(show_spinner=False)
+def plotly_src() -> Optional[str]:
+    """The address, relative to the page, that the dashboard serves plotly.js from, for the reports it shows;
+    the file is written once into static/. None where it cannot be written: reports then inline plotly.js."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    path = STATIC / f"plotly-{plotly.__version__}.min.js"
+    try:
+        if not path.is_file():
+            STATIC.mkdir(exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            partial.write_text(get_plotlyjs(), encoding="utf-8")
+            partial.replace(path)  # whole or absent, should two servers write it at once
+    except OSError:
+        return None
+    return f"app/static/{path.name}"
+
+
 @st.cache_data(ttl=10, show_spinner=False)
 def demo_config() -> RunConfig:
     """The digits demo, as examples/digits.yaml sets it (a CNN teacher, an MLP student that sees 10% of the labels)."""
@@ -119,7 +142,7 @@ def demo_config() -> RunConfig:
 # ---- runs and metrics ---------------------------------------------------------------------
 @st.cache_data(ttl=1.0, show_spinner=False)
 def _runs_frame(url: str) -> pd.DataFrame:
-    frame = _store(url).runs_frame()
+    frame = _store(url).runs_table()  # runs_frame's table, each run's JSON parsed once per process
     # gains in points, as every page shows them
     frame["kd_gain_pts"] = frame["kd_gain"] * 100
     frame["kd_gain_interval"] = [text.points_range(lo, hi) if pd.notna(lo) else None

@@ -13,10 +13,14 @@ import os
 import sys
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from kdcore.jobs import JobManager, get_manager
-from kdcore.store import Store, StoreError, default_url
+if TYPE_CHECKING:
+    from kdcore.jobs import JobManager
+    from kdcore.store import Store
+
+# kdcore is imported where it is used, not here: ui/launch.py imports this module before the server starts,
+# and importing torch first kept the port closed (and the browser on an error page) for 15 s or more.
 
 _watched: set[int] = set()
 _watched_lock = threading.Lock()
@@ -32,6 +36,8 @@ def worker_mode(store: Store) -> str:
 def start_manager(store: Store) -> JobManager:
     """The process's JobManager for `store`, its workers started on the first call (later calls, from the
     launcher or any page, get the same one), and stopped with the Streamlit server."""
+    from kdcore.jobs import get_manager
+
     # A worker child process by default: as a thread beside the page server it waited on Python's GIL while
     # pages rendered, and the demo took twice as long (docs/benchmarks.md).
     mgr = get_manager(store, workers=worker_mode(store))
@@ -55,6 +61,8 @@ def start_workers(url: Optional[str] = None) -> threading.Thread:
             time.sleep(0.1)
         if _runtime_state() in (RuntimeState.STOPPING, RuntimeState.STOPPED):
             return
+        from kdcore.store import Store, StoreError, default_url
+
         try:
             start_manager(Store(url or default_url()))
         except StoreError as err:

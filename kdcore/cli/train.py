@@ -153,10 +153,15 @@ def cmd_worker(args) -> int:
         from kdcore.studies import StudyDrivers
 
         StudyDrivers(store, interrupt).start()
+    wake = threading.Event()
+    if args.parent:  # a dashboard's worker: its JobManager wakes it through stdin when a run is submitted
+        from kdcore.jobs.manager import wake_from_parent
+
+        wake_from_parent(wake)
     with _interrupt_on_signals(interrupt):
         threads = [threading.Thread(target=lambda w=w: results.extend(
             w.serve(stop, interrupt, max_runs=args.max_runs, exit_when_idle=args.exit_when_idle,
-                    resume_interrupted=args.resume_interrupted)), daemon=True)
+                    resume_interrupted=args.resume_interrupted, wake=wake)), daemon=True)
             for w in workers]
         print(f"kdcore worker on {', '.join(str(w.device) for w in workers)}, store {store.url}", file=sys.stderr,
               flush=True)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timezone
 from typing import Optional
 
 import torch
@@ -116,9 +117,12 @@ class JobManager:
         return f"{count} on {', '.join('CPU' if d == 'auto' and on_cpu else d for d in self.devices)}{threads}"
 
     def _spawn(self, device: str) -> subprocess.Popen:
-        return subprocess.Popen(
+        # its stdin is a pipe from this process: wake() writes a byte to it (wake_from_parent reads it)
+        child = subprocess.Popen(
             [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", "--devices", device,
-             "--parent", str(os.getpid())], env=self._env, stdin=subprocess.DEVNULL)
+             "--parent", str(os.getpid())], env=self._env, stdin=subprocess.PIPE)
+        os.set_blocking(child.stdin.fileno(), False)  # a child still starting up never blocks a submit
+        return child
 
     def _supervise(self) -> None:
         """Replaces worker processes that exit before shutdown; waits longer each time one dies young."""
@@ -135,6 +139,7 @@ class JobManager:
                       f"{lived:.0f} s; a fresh one starts in {backoff[i]:.0f} s", file=sys.stderr)
                 if self._stop.wait(backoff[i]):
                     return
+                child.stdin.close()
                 self._children[i] = self._spawn(self.devices[i])
                 started[i] = time.monotonic()
                 self.restarts += 1
@@ -152,13 +157,19 @@ class JobManager:
 
     # ---- submitting ------------------------------------------------------------------------
     def wake(self) -> None:
-        """Tells local worker threads to look at the queue now rather than at their next poll."""
+        """Tells local workers, threads or processes, to look at the queue now rather than at their next poll."""
         self._wake.set()
+        for child in list(self._children):
+            try:
+                child.stdin.write(b"w")
+                child.stdin.flush()
+            except (OSError, ValueError):  # gone, stopping, or its pipe full of wakes it has not read yet
+                pass
 
     def submit(self, config: RunConfig) -> int:
         """Queues a validated config; returns its run number at once."""
         run_id = self.store.create_run(config)
-        self._wake.set()
+        self.wake()
         return run_id
 
     def submit_many(self, configs: list[RunConfig]) -> list[int]:
@@ -185,6 +196,8 @@ class JobManager:
         except RunNotFound:
             return None
         live = LiveState.from_stored(run_id, run.status, run.live, run.error, run.summary)
+        if run.heartbeat_at is not None:  # stored naive, in UTC
+            live.heartbeat_at = run.heartbeat_at.replace(tzinfo=run.heartbeat_at.tzinfo or timezone.utc).timestamp()
         if run.status == "running":
             live.history = self.store.metrics_frame([run_id]).drop(columns="run_id").to_dict("records")
         return live
@@ -246,6 +259,27 @@ class JobManager:
             t.join(max(0.0, deadline - time.monotonic()) if begun else timeout)
         # a supervisor may have spawned a replacement just before the stop: it is signalled here too
         self._stop_children(deadline if deadline is not None else time.monotonic() + STOP_GRACE_S)
+
+
+def wake_from_parent(wake: threading.Event, pipe=None) -> threading.Thread:
+    """In a worker process a JobManager started (`kdcore worker --parent`): sets `wake` whenever the manager
+    writes to the process's stdin (a run was submitted), so the run starts at once instead of at the next
+    poll of the queue. Ends at end of file (the manager is gone)."""
+    pipe = pipe if pipe is not None else sys.stdin.buffer
+
+    def read() -> None:
+        while True:
+            try:
+                got = os.read(pipe.fileno(), 4096)
+            except OSError:
+                return
+            if not got:
+                return
+            wake.set()
+
+    thread = threading.Thread(target=read, daemon=True, name="kdcore-wake-from-parent")
+    thread.start()
+    return thread
 
 
 _managers: dict[str, JobManager] = {}

@@ -36,6 +36,7 @@ class Recorder:
                 live.epochs = event.info.get("epochs", 0)
                 live.steps_per_epoch = event.info.get("steps_per_epoch", 0)
                 live.phase_started = time.time()
+                live.begin_pace()
             elif event.kind in ("step", "epoch"):
                 live.epoch, live.step = event.epoch, event.step
                 if "images_per_s" in event.metrics:
