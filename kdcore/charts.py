@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from kdcore.record.phases import TEACHER, is_teacher, phase_order, teacher_index
 
 PHASE_COLORS = {"teacher": "#6c757d", "student": "#1f77b4", "baseline": "#ff7f0e", "ensemble": "#2ca02c"}
-# teacher2, teacher3, …: greys and browns apart from the first teacher's
+# teacherN, …: greys and browns apart from the first teacher's
 _MORE_TEACHERS = ["#8c564b", "#bcbd22", "#17becf", "#9467bd", "#e377c2", "#7f7f7f"]
 # the loss terms every run can have, with their nice names; a method's own terms (train_<term>, weighted, summing
 # to train_loss) are drawn the same way, labelled by their term name
@@ -160,14 +160,14 @@ def _rows(history: pd.DataFrame, names: Sequence[str], prefer_steps: bool) -> pd
 
 
 def phase_color(phase: str) -> Optional[str]:
-    """A phase's colour: teacher, student, baseline, ensemble, and one each for teacher2, teacher3, …"""
+    """A phase's colour: teacher, student, baseline, ensemble, and one each for teacherN, …"""
     if phase in PHASE_COLORS:
         return PHASE_COLORS[phase]
     return _MORE_TEACHERS[(teacher_index(phase) - 1) % len(_MORE_TEACHERS)] if is_teacher(phase) else None
 
 
 def phase_label(phase: str) -> str:
-    """"teacher2" -> "teacher 2"; other phases as they are."""
+    """"teacherN" -> "teacher N"; other phases as they are."""
     return f"teacher {teacher_index(phase) + 1}" if is_teacher(phase) and phase != TEACHER else phase
 
 
@@ -348,7 +348,7 @@ def overlay(frame: pd.DataFrame, metric: str, labels: dict[int, str], smoothing:
     dashes = {"student": "solid", "baseline": "dash", "teacher": "dot"}
     for (run_id, phase), g in rows.sort_values("epoch").groupby(["run_id", "phase"], sort=False):
         y = g["value"].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else g["value"]
-        dash = dashes.get(phase, "dot" if is_teacher(phase) else "solid")  # teacher2, … as the teacher
+        dash = dashes.get(phase, "dot" if is_teacher(phase) else "solid")  # teacherN, … as the teacher
         fig.add_scatter(x=g["epoch"], y=y, mode="lines", legendgroup=str(run_id), line=dict(dash=dash),
                         name=f"{plain(labels.get(run_id, run_id))} · {phase_label(phase)}")
     if metric in FRACTIONS:
@@ -649,7 +649,7 @@ def per_class(accuracies: dict[str, np.ndarray], class_names: Sequence[str]) -> 
 
 def distributions(teacher: np.ndarray, student: np.ndarray, class_names: Sequence[str], temperature: float,
                   uirevision=None, teacher_phase: str = "teacher") -> go.Figure:
-    """The teacher's (or `teacher_phase`'s: teacher2, the ensemble) and the student's softened distributions for
+    """The teacher's (or `teacher_phase`'s: teacherN, the ensemble) and the student's softened distributions for
     one image, as grouped bars."""
     fig = go.Figure()
     fig.add_bar(x=list(class_names), y=teacher, name=phase_label(teacher_phase),

@@ -43,7 +43,7 @@ except (DatasetError, OSError, ValueError) as err:
                "from the stored logits.", icon=":material/image_not_supported:")
 names = state.class_names(dataset_cfg, num_classes) if dataset_cfg else [str(i) for i in range(num_classes)]
 
-phases = state.teacher_phases(logits)  # "teacher", "teacher2", …, "ensemble"
+phases = state.teacher_phases(logits)  # "teacher", "teacherN", …, "ensemble"
 arches = {t.phase: t.arch for t in parts.teachers_of(run.summary or {})}
 left, right = st.columns([1, 2]) if len(phases) > 1 else (None, st)
 if left is not None:

@@ -1,5 +1,6 @@
 """The layout holds: no import cycle between kdcore's parts, none that runs back up a floor, no function over 80 lines."""
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -22,3 +23,19 @@ def test_no_function_in_kdcore_is_over_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+def test_phase_names_and_weights_files_are_spelled_in_kdcore_record_alone():
+    """A teacher phase's name (teacher2, …) and a weights file's name ("….pt") are written out in kdcore/record/ only:
+    everything else asks it (teacher_phase, is_teacher, RunFolder), so the rules cannot drift apart."""
+    spelled = re.compile(r'\.pt"|teacher\d')
+    found = []
+    for folder in ("kdcore", "ui", "pages"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.is_relative_to(ROOT / "kdcore" / "record"):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if spelled.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    found += [f"app.py: {line.strip()}" for line in (ROOT / "app.py").read_text().splitlines() if spelled.search(line)]
+    assert not found, "\n".join(found)

@@ -226,7 +226,7 @@ def _test_logits(path: str, mtime: float) -> Optional[dict[str, torch.Tensor]]:
 
 @_shows_store_faults
 def test_logits(run_id: int) -> Optional[dict[str, torch.Tensor]]:
-    """{"labels", "teacher", "teacher2"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
+    """{"labels", "teacher", "teacherN"…, "ensemble"?, "student", "baseline"?} test-set tensors of a run, or None."""
     path = _test_logits_path(run_id)
     return _test_logits(str(path), _stamp(path)) if path else None
 
@@ -241,7 +241,7 @@ ENSEMBLE = "ensemble"
 
 
 def teacher_phases(logits: dict) -> list[str]:
-    """The teachers whose test logits a run stored, in order ("teacher", "teacher2", …), then "ensemble" when
+    """The teachers whose test logits a run stored, in order ("teacher", "teacherN", …), then "ensemble" when
     there are several (computed from theirs, not read)."""
     found = _teachers_among(logits)
     return found + ([ENSEMBLE] if len(found) > 1 else [])
@@ -286,7 +286,7 @@ def _temperature_curves(path: str, mtime: float, phase: str,
 def temperature_curves(run_id: int, phase: str = "teacher",
                        weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
     """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
-    ("teacher", "teacher2", … or "ensemble", whose teachers are averaged with `weights`)."""
+    ("teacher", "teacherN", … or "ensemble", whose teachers are averaged with `weights`)."""
     path = _test_logits_path(run_id)
     if path is None:
         return None

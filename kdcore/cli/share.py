@@ -6,7 +6,7 @@ import os
 import sys
 
 from kdcore.cli.common import _stored_run
-from kdcore.record import BASELINE, STUDENT, RunFolder, is_teacher
+from kdcore.record import BASELINE, STUDENT, RunFolder, is_teacher, teacher_phase
 
 
 class _ReportFile:
@@ -94,7 +94,7 @@ def cmd_export(args) -> int:
         print(f"error: unknown format {args.format!r}; choose one of {', '.join(FORMATS)}", file=sys.stderr)
         return 2
     if args.phase not in (STUDENT, BASELINE) and not is_teacher(args.phase):  # it names a file in the run's folder
-        print(f"error: unknown phase {args.phase!r}; choose student, teacher (teacher2, …) or baseline",
+        print(f"error: unknown phase {args.phase!r}; choose student, teacher ({teacher_phase(2)}, …) or baseline",
               file=sys.stderr)
         return 2
     store = Store(args.db)
@@ -137,5 +137,6 @@ def add_parsers(sub) -> None:
     export.add_argument("id", type=int, help="run id")
     export.add_argument("--format", required=True, help="onnx, pt2 or weights")
     export.add_argument("-o", "--output", required=True, help="file to write")
-    export.add_argument("--phase", default="student", help="student (default), teacher, teacher2, … or baseline")
+    export.add_argument("--phase", default="student",
+                        help=f"student (default), teacher, {teacher_phase(2)}, … or baseline")
     export.set_defaults(func=cmd_export)

@@ -2,7 +2,7 @@
 
 Each teacher is trained here, loaded from a stored run or a checkpoint, or loaded and
 fine-tuned on this run's dataset (transfer learning); several teachers are distilled
-together as one ensemble. Phases are named teacher, teacher2, teacher3, …, student,
+together as one ensemble. Phases are named teacher, teacherN, …, student,
 baseline; each keeps its own weights file, resume state and finished-phase record
 (kdcore.record). The phases themselves are taken through by kdcore.engine.phases.
 """
@@ -58,7 +58,7 @@ def execute_run(
 
     Returns:
         The summary: test accuracies, KD gain with its paired interval and p-value,
-        sizes, and whether the run was cancelled. Per teacher phase P (teacher, teacher2, …):
+        sizes, and whether the run was cancelled. Per teacher phase P (teacher, teacherN, …):
         P_test_acc, P_params, P_size_mb, P_flops, P_key; P_best_val_acc and P_epochs when
         trained or fine-tuned here (or carried from the run that did, P_from_run); when
         fine-tuned, P_pretrained_test_acc (before), P_finetune_epochs, P_new_head and

@@ -26,7 +26,7 @@ class Reused:
         checkpoint: the weights file.
         run_id: the stored run that trained them, if any (a seed group's or sweep's sibling).
         summary: that run's summary, whose validation figures for the phase are carried over.
-        phase: the phase's name in that summary, when it differs from ours (run 3's "teacher" as our "teacher2").
+        phase: the phase's name in that summary, when it differs from ours (run 3's "teacher" as our "teacherN").
     """
 
     checkpoint: Path
@@ -123,7 +123,7 @@ def teacher_sources(config: RunConfig, runs: RunRecords) -> list[Optional[Reused
 
 
 def recorded_teacher_phases(summary: dict) -> list[str]:
-    """The teacher phases a run's summary records, from their keys (teacher_key, teacher2_key, …)."""
+    """The teacher phases a run's summary records, from their keys (teacher_key, teacherN_key, …)."""
     return [phase for phase in (key.removesuffix("_key") for key in summary if key.endswith("_key"))
             if is_teacher(phase)]
 
@@ -134,7 +134,7 @@ def sibling_finder(config: RunConfig, run_id: int, runs: RunRecords) -> SiblingF
 
     The group is read at each look-up. A completed sibling's summary says what each phase was; a sibling
     still running (or stopped) counts with the phases it finished, from its run folder. A teacher may come
-    from any of the sibling's teacher phases (its teacher2 as our teacher).
+    from any of the sibling's teacher phases (its teacherN as our teacher).
     """
     def find(phase: str, key: str) -> Optional[Reused]:
         if not config.group:

@@ -229,7 +229,7 @@ _FIRST_ARTEFACTS = (TEACHER, STUDENT, BASELINE, STUDENT + LAST_SUFFIX, BASELINE 
 def _record_files(store: Store, run_id: int) -> None:
     folder = RunFolder(store.run_dir(run_id))
     known = set(store.artefacts(run_id))
-    weights = folder.weight_files()  # teacher2, teacher2_last, … of a run of several after the first ones
+    weights = folder.weight_files()  # teacherN, teacherN_last, … of a run of several after the first ones
     in_order = sorted(weights, key=lambda kind: (_FIRST_ARTEFACTS.index(kind) if kind in _FIRST_ARTEFACTS
                                                  else len(_FIRST_ARTEFACTS), kind))
     for kind in in_order:
