@@ -109,8 +109,8 @@ if num_classes > MAX_BARS:
 # ---- the whole test set ------------------------------------------------------------------------------
 st.subheader(f"Over the test set ({len(labels):,} images)")
 left, right = st.columns(2)
-left.plotly_chart(charts.temperature_curves(state.temperature_curves(run_id, phase, summary_weights), T, phase),
-                  key="dist_curves")
+curves = state.temperature_curves(run_id, phase, summary_weights, upto=T)  # on to T where it is above 20
+left.plotly_chart(charts.temperature_curves(curves, T, phase), key="dist_curves")
 left.caption(f"KL({who} ‖ student) of the softened distributions, and their entropies, against T; "
              "the dashed line is the slider's T.")
 right.plotly_chart(charts.similarity(class_similarity(teacher, labels, num_classes, T).numpy(), names, T, phase),

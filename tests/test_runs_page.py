@@ -177,3 +177,10 @@ def test_pages_never_write_to_the_store_themselves():
         found = [line for line in path.read_text().splitlines()
                  if writes.search(line) and "service()" not in line]
         assert not found, (path.name, found)
+
+
+def test_the_kl_and_entropy_curves_reach_a_stored_t_above_20():
+    from ui.state import curve_temperatures
+
+    assert curve_temperatures()[-1] == 20 and curve_temperatures(30)[-1] >= 30 and curve_temperatures(100)[-1] >= 100
+    assert curve_temperatures(30)[:39] == curve_temperatures()  # the usual range drawn as finely as before

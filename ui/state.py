@@ -30,7 +30,13 @@ from ui.workers import start_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "examples" / "digits.yaml"
-CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, where T is usually chosen (the sliders go on)
+CURVE_TEMPERATURES = [1.0 + 0.5 * i for i in range(39)]  # 1 to 20, where T is usually chosen
+
+
+def curve_temperatures(upto: float = 20.0) -> list[float]:
+    """1 to 20 in steps of 0.5, then on to `upto` (a stored or chosen T above 20) in steps of 2, so its point is drawn."""
+    beyond = [20.0 + 2.0 * i for i in range(1, int((upto - 20.0) // 2.0) + 2)] if upto > 20.0 else []
+    return CURVE_TEMPERATURES + beyond
 
 
 @st.cache_resource(show_spinner=False)
@@ -263,34 +269,35 @@ def teacher_logits_at(logits: dict, phase: str, temperature: float,
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _temperature_curves(path: str, mtime: float, phase: str,
-                        weights: Optional[tuple[float, ...]]) -> Optional[pd.DataFrame]:
+def _temperature_curves(path: str, mtime: float, phase: str, weights: Optional[tuple[float, ...]],
+                        upto: float = 20.0) -> Optional[pd.DataFrame]:
     logits = _test_logits(path, mtime)
     if logits is None:
         return None
     student = logits["student"]
+    temperatures = curve_temperatures(upto)
     kl, ent = [], []
-    for t in CURVE_TEMPERATURES:  # the ensemble differs at each T, so it is rebuilt for each
+    for t in temperatures:  # the ensemble differs at each T, so it is rebuilt for each
         teacher = teacher_logits_at(logits, phase, t, list(weights) if weights else None)
         kl.append(kl_vs_temperature(teacher, student, [t])[0].item())
         ent.append(entropy_vs_temperature(teacher, [t])[0].item())
     return pd.DataFrame({
-        "T": CURVE_TEMPERATURES,
+        "T": temperatures,
         "KL(teacher || student)": kl,
         "teacher entropy": ent,
-        "student entropy": entropy_vs_temperature(student, CURVE_TEMPERATURES).numpy(),
+        "student entropy": entropy_vs_temperature(student, temperatures).numpy(),
     })
 
 
 @_shows_store_faults
-def temperature_curves(run_id: int, phase: str = "teacher",
-                       weights: Optional[list[float]] = None) -> Optional[pd.DataFrame]:
-    """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20; `phase` is the teacher
-    ("teacher", "teacherN", … or "ensemble", whose teachers are averaged with `weights`)."""
+def temperature_curves(run_id: int, phase: str = "teacher", weights: Optional[list[float]] = None,
+                       upto: float = 20.0) -> Optional[pd.DataFrame]:
+    """KL(teacher || student) and entropies (nats) over the test set at T = 1 to 20, or on to `upto`; `phase` is
+    the teacher ("teacher", "teacherN", … or "ensemble", whose teachers are averaged with `weights`)."""
     path = _test_logits_path(run_id)
     if path is None:
         return None
-    return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None)
+    return _temperature_curves(str(path), _stamp(path), phase, tuple(weights) if weights else None, upto)
 
 
 @st.cache_data(ttl=2.0, show_spinner=False, max_entries=16)
