@@ -569,6 +569,9 @@ def _group_report(page: _Page, store, runs, *, latency: bool) -> None:
                           text.p_value(s.gain_p_value())])
     page.add(_table(["run", "seed", "status", "setting" if swept else "T, α", "teacher", "baseline", "student",
                      "KD gain", "its 95% interval", "p"], seed_rows))
+    for r in runs:
+        for flag in RunSummary.from_stored(r.summary or {}).teacher_flags():
+            page.add(f'<div class="verdict bad teacher-flag"><b>Warning, run #{r.id}:</b> {esc(flag)}.</div>')
     page.h2("Accuracy, size and speed")
     header, size_rows, where = _size_rows(store, first, latency)
     page.add(_table(header, size_rows))

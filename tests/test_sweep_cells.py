@@ -183,3 +183,13 @@ def test_the_runs_page_shows_a_sweep_per_setting(trained_sweep, monkeypatch):
     assert any("a sweep of 2 settings of T" in i.value for i in at.info)
     assert at.selectbox(key="runs_group_cell").options == ["T=2", "T=8"]
     assert any("over 2 seeds (95% interval" in c.value for c in at.caption)
+
+
+def test_the_live_pages_group_card_of_a_sweep_gives_no_spread_over_seeds(trained_sweep, monkeypatch):
+    monkeypatch.setenv("KDCORE_DB_URL", trained_sweep["db"])
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    at = open_page("pages/live.py")
+    at.selectbox(key="live_pick").set_value(Store(trained_sweep["db"]).list_runs(group="sweep T")[0].id).run()
+    no_exceptions(at)
+    shown = " ".join(x.value for x in [*at.info, *at.success, *at.caption])
+    assert "a sweep of 2 settings of T" in shown and "over 4 seeds" not in shown and "over seeds" not in shown

@@ -89,3 +89,17 @@ def test_the_report_flags_a_teacher_no_better_than_the_baseline():
     page = _Page(presentation=False)
     _gain_block(page, NO_BETTER)
     assert "Teacher no better than the baseline" in page.render()
+
+
+def test_a_group_with_a_teacher_at_chance_is_flagged_by_groups_show_and_its_report(chance_run, capsys):
+    from kdcore.experiments import expand
+
+    store = Store(chance_run["url"])
+    for cfg in expand(build_config(CHANCE), seeds=[0, 1], group="chance seeds"):
+        run_id, status = run_here(store, cfg)
+        assert status == "completed", store.get_run(run_id).error
+    assert main(["--db", chance_run["url"], "groups", "show", "chance seeds"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": teacher at chance") == 2
+    html = build_report(store, "chance seeds", latency=False)
+    assert html.count("teacher-flag") >= 2 and "teacher at chance" in html

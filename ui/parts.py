@@ -204,7 +204,7 @@ def gain_verdict(summary: dict) -> None:
     discordant = summary.get("kd_gain_discordant") or {}
     words = gain_sentence(summary)
     p = summary.get("kd_gain_p_value")
-    real = p is not None and p < 0.05 and "not distinguishable" not in words
+    real = p is not None and p < 0.05 and "not distinguishable" not in words and "borderline" not in words
     (st.success if real and summary["kd_gain"] > 0 else st.warning if real else st.info)(
         f"**KD gain:** {words}", icon=":material/insights:")
     if discordant:

@@ -150,6 +150,9 @@ def _print_group(report: dict, runs) -> None:
         print(f"  {r.id:>5} {'-' if seed is None else seed:>5}{label} {r.status:<10} {_pct(r.teacher_test_acc):>8} "
               f"{_pct(r.student_test_acc):>8} {_pct(r.baseline_test_acc):>8} {gain:>7}  {'' if p is None else f'{p:.2g}'}"
               + (f"  {DAMAGED_LABEL}" if r.damaged else ""))
+    for r in sorted(runs, key=lambda r: r.id):
+        for flag in RunSummary.from_stored(r.summary).teacher_flags():
+            print(f"  warning: run {r.id}: {flag}")
     if not keys:
         _print_spread(report["aggregate"], "  ")
         print(f"  KD gain   {report['kd_gain_in_words']}")
