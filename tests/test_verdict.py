@@ -57,3 +57,18 @@ def test_a_stored_interval_that_disagrees_with_its_test_reads_borderline():
 def test_p_values_near_the_line_are_not_rounded_onto_it():
     assert describe_paired(0.02, [0.001, 0.04], 0.0496, 400).endswith("real at p = 0.0496")
     assert describe_paired(0.02, [-0.001, 0.04], 0.0504, 400).endswith("(p = 0.0504)")
+
+
+def test_the_runs_table_shows_the_exact_interval_of_a_run_stored_with_a_bootstrap_one(store):
+    from kdcore.configure import build_config
+
+    run_id = store.create_run(build_config({"dataset": {"name": "digits"}}))
+    store.claim("w:1", run_id=run_id)
+    store.finish_run(run_id, "completed", {
+        "student_test_acc": 0.8, "baseline_test_acc": 0.825, "kd_gain": -0.025, "kd_gain_ci95": [-0.05, -0.0025],
+        "kd_gain_p_value": 0.0525, "test_images": 400, "kd_gain_discordant": {"student_only": 6, "baseline_only": 16}},
+        worker="w:1")
+    for frame in (store.runs_frame(), store.runs_table()):
+        row = frame[frame["id"] == run_id].iloc[0]
+        assert row["kd_gain_low"] < 0 < row["kd_gain_high"], (row["kd_gain_low"], row["kd_gain_high"])
+        assert abs(row["kd_gain_p_value"] - 0.0525) < 0.001

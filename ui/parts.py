@@ -126,7 +126,7 @@ def summary_card(summary: dict) -> None:
     if not summary or "student_test_acc" not in summary:
         return
     gain = summary.get("kd_gain")
-    ci = summary.get("kd_gain_ci95") or (None, None)
+    ci = RunSummary.view(summary).gain_interval()  # the exact interval, also for runs stored with a bootstrap one
     teachers = teachers_of(summary)
     several = len(teachers) > 1
     t_params, t_flops = _teachers_total(summary, teachers, "params"), _teachers_total(summary, teachers, "flops")

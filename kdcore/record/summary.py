@@ -57,6 +57,13 @@ class RunSummary:
         self._data = copy.deepcopy(dict(data)) if isinstance(data, Mapping) else {}
 
     @classmethod
+    def view(cls, data) -> "RunSummary":
+        """Reads `data` in place, without copying it: for readers that only ask (the runs table, row by row)."""
+        summary = cls.__new__(cls)
+        summary._data = data if isinstance(data, dict) else {}
+        return summary
+
+    @classmethod
     def from_stored(cls, data) -> "RunSummary":
         """From the stored dict (None or a damaged value read as empty)."""
         return cls(data)

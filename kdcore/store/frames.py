@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 from sqlmodel import Session, select
 
-from kdcore.record.summary import FRAME_KEYS
+from kdcore.record.summary import FRAME_KEYS, RunSummary
 from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
 from kdcore.text import teachers_cell
 
@@ -25,9 +25,10 @@ def _loads(text: Optional[str]) -> dict:
 
 
 def _ci(i: int):
+    """One end of the gain's interval: the exact one that agrees with the run's test, recomputed from its stored
+    counts where a run stored a bootstrap interval before (RunSummary.gain_interval)."""
     def read(summary: dict):
-        ci = summary.get("kd_gain_ci95")
-        return ci[i] if isinstance(ci, list) and len(ci) == 2 else None
+        return RunSummary.view(summary).gain_interval()[i]
     return read
 
 
@@ -36,6 +37,7 @@ def _ci(i: int):
 FRAME_FROM_SUMMARY = {
     "kd_gain_low": _ci(0), "kd_gain_high": _ci(1),
     **{key: (lambda s, key=key: s.get(key)) for key in FRAME_KEYS if key not in ("kd_gain_ci95", "eval_precision")},
+    "kd_gain_p_value": lambda s: RunSummary.view(s).gain_p_value(),  # from the same counts as the interval
 }
 TEXT_FROM_SUMMARY = {"precision": lambda s: s.get("eval_precision"),  # bf16 or fp32
                      "teachers": teachers_cell}  # every teacher with its test accuracy, not the first one's alone
