@@ -2,7 +2,8 @@
 
 The page shows the very document `kdcore report` writes, so the two never differ.
 Presentation mode (the toggle, or ?present=1 in the address) shows only the report,
-wide and in big type: no sidebar, no pickers, no download button.
+wide and in big type: no sidebar, no pickers, no download button. Its address names the
+run or group (&run=ID or &group=NAME), so a reload shows the same report.
 """
 import streamlit as st
 

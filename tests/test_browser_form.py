@@ -96,3 +96,15 @@ def test_an_uploaded_teacher_checkpoint_survives_a_page_visit_and_goes_when_remo
     _idle(page)
     page.get_by_role("button", name="Remove teacher.pt").click()
     required.first.wait_for()  # removed in the uploader: no longer used
+
+
+def test_a_method_options_value_shows_rounded_in_the_browser(dashboard, page):
+    url, _ = dashboard
+    _new_experiment(page, url)
+    page.get_by_label("Method").first.click()
+    page.keyboard.type("Decoupled KD")
+    page.keyboard.press("Enter")
+    _idle(page)
+    warmup = page.get_by_label("warmup", exact=True)
+    warmup.wait_for()
+    assert warmup.input_value() == "0.08333"  # 20/240 to 4 significant digits, not 0.08333333333333333
