@@ -60,7 +60,8 @@ def compact(value: Optional[float], unit: str = "") -> str:
 def ratio(big: Optional[float], small: Optional[float]) -> str:
     if missing(big) or missing(small) or not small:
         return "—"
-    return f"{big / small:.1f}×"
+    times = big / small
+    return f"{times:.0f}×" if times >= 100 else f"{times:.1f}×"  # 160×, not 159.6×: a narrow tile fits it
 
 
 def duration(seconds: Optional[float]) -> str:

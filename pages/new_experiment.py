@@ -110,13 +110,14 @@ def show_profile(role: str, arch: str, options: dict):
         return None
     if refusal:
         fields.add(f"{role}.options", f"{arch} would have {refusal}")
-    a, b, c = st.columns(3)
+    # two tiles a row: three in a third of half the page cut values like "5.43 M"
+    a, b = st.columns(2)
     a.metric("Parameters", text.compact(profile.params))
-    b.metric("Size (MB)", f"{profile.size_mb:.2f}")  # the unit in the label: a third of a column fits the number
+    b.metric("Size (MB)", f"{profile.size_mb:.2f}")
     macs = getattr(profile, "macs", None)
     macs = profile.flops / 2 if text.missing(macs) else macs
-    c.metric(f"{text.FLOPS_LABEL} / image", text.compact(profile.flops),
-             help=f"{text.compact(macs)} MACs (multiply-adds) per image. {text.FLOPS_HELP}.")
+    st.columns(2)[0].metric(f"{text.FLOPS_LABEL} / image", text.compact(profile.flops),
+                            help=f"{text.compact(macs)} MACs (multiply-adds) per image. {text.FLOPS_HELP}.")
     return profile
 
 
