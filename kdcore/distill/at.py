@@ -40,6 +40,7 @@ class AttentionTransfer(Distiller):
     title = "Attention transfer: match the spatial attention maps of the last stages (Zagoruyko & Komodakis 2017)"
     formula = (r"\mathcal{L}_{at} = \lambda_{at} \sum_{j} \tfrac{1}{HW}\Big\|\tfrac{Q_s^j}{\|Q_s^j\|_2} - "
                r"\tfrac{Q_t^j}{\|Q_t^j\|_2}\Big\|_2^2,\quad Q^j = \mathrm{vec}\Big(\tfrac{1}{C}\sum_c |A^j_c|^p\Big)")
+    symbols = {"weight": r"\lambda_{at}"}
     Options = ATOptions
     uses_temperature = False
     cacheable = False

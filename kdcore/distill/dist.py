@@ -48,6 +48,7 @@ class DIST(Distiller):
                r"\mathcal{L}_{intra} = \lambda_{intra}\,T^2\,\tfrac{1}{K}\sum_k "
                r"\big(1 - \rho(\mathbf{p}_{s,:k}, \mathbf{p}_{t,:k})\big),\quad "
                r"\mathbf{p} = \sigma(z/T)")
+    symbols = {"inter_weight": r"\lambda_{inter}", "intra_weight": r"\lambda_{intra}"}
     Options = DISTOptions
 
     def terms(self, step: Step) -> dict[str, Tensor]:

@@ -83,6 +83,7 @@ class FitNets(Distiller):
     title = "FitNets: the student's middle layer regresses the teacher's through a learnt regressor (Romero et al. 2015)"
     formula = (r"\mathcal{L}_{hint} = \lambda_{hint}\,\tfrac{1}{N}\big\|h_t - r(g_s)\big\|_2^2,\quad "
                r"\mathcal{L}_{kd} = \lambda_{kd}\,T^2\,\mathrm{KL}\big(\sigma(z_t/T)\,\|\,\sigma(z_s/T)\big)")
+    symbols = {"hint_weight": r"\lambda_{hint}", "kd_weight": r"\lambda_{kd}"}
     Options = FitNetsOptions
     cacheable = False
 
