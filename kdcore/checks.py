@@ -350,13 +350,13 @@ def _fit_problem(start: _Start, data: DataShape) -> Optional[str]:
 def _shape_problem(start: _Start, data: DataShape) -> Optional[str]:
     """Whether the file's tensors fit the model the run will build, compared on the meta device."""
     from kdcore.engine.checkpoint import CheckpointError, weights_fit
-    from kdcore.models import create_model
+    from kdcore.models import build_problem, create_model
 
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             model = create_model(start.arch, data.num_classes, data.in_channels, data.image_size, **start.options)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        return f"the {start.role} cannot be built from it: {err}"
+        return f"the {start.role} cannot be built from it: {build_problem(start.arch, err)}"
     try:
         misfit, _ = weights_fit(model, start.payload["state_dict"], data.num_classes, new_head=start.new_head)
     except CheckpointError as err:

@@ -1,7 +1,6 @@
 """New experiment: a run's config from widgets, checked as it changes, then queued (alone or as a sweep)."""
 import datetime as dt
 import json
-import re
 from pathlib import Path
 
 import streamlit as st
@@ -10,7 +9,7 @@ from kdcore import checks
 from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
 from kdcore.experiments import expand, parse_seeds
-from kdcore.models import MODELS, describe_model
+from kdcore.models import MODELS, build_problem, describe_model
 from kdcore import text
 from ui import form, state, uploads
 
@@ -104,9 +103,9 @@ def show_profile(role: str, arch: str, options: dict):
         profile = (checks.estimate_profile(arch, shape[0] or 10, shape[1], shape[2], options) if refusal else
                    state.model_profile(arch, shape[0] or 10, shape[1], shape[2], json.dumps(options, sort_keys=True)))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))  # torchvision's own TypeError
-        fields.add(f"{role}.options", f"{arch} takes no option {unknown[1]!r}: remove it from the options" if unknown
-                   else f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {err}")
+        problem = build_problem(arch, err)
+        fields.add(f"{role}.options", problem if problem.startswith(f"{arch} ") else
+                   f"{arch} cannot be built for {shape[1]}×{shape[2]}×{shape[2]} images: {problem}")
         return None
     if refusal:
         fields.add(f"{role}.options", f"{arch} would have {refusal}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,15 @@ def walked_store(tmp_path_factory):
 
 
 def _problems(page) -> list[str]:
-    """What on the page now would trip a reader up, in words."""
-    found = page.evaluate("""() => {
+    """What on the page now (and in its frames: the report is one) would trip a reader up, in words."""
+    found = []
+    for frame in page.frames:
+        found += _frame_problems(frame)
+    return found
+
+
+def _frame_problems(frame) -> list[str]:
+    found = frame.evaluate("""() => {
         const out = [];
         for (const plot of document.querySelectorAll('.js-plotly-plot')) {
             if (!plot.offsetParent) continue;  // on a hidden tab
@@ -80,7 +88,8 @@ def _problems(page) -> list[str]:
             out.push(`exception shown: ${err.textContent.slice(0, 200)}`);
         return out;
     }""")
-    text = page.locator("section.stMain, [data-testid='stMain']").first.inner_text()
+    main = frame.locator("[data-testid='stMain']")
+    text = main.first.inner_text() if main.count() else frame.locator("body").inner_text()
     found += [f"raw error text: …{text[max(0, m.start() - 60):m.end() + 60]}…" for m in RAW_ERROR.finditer(text)]
     found += [f'"None" shown: …{text[max(0, m.start() - 60):m.end() + 60]}…' for m in re.finditer(r"\bNone\b", text)]
     return found
@@ -109,5 +118,17 @@ def test_every_page_reads_without_clipped_ticks_truncated_tiles_raw_errors_or_no
                     _idle(page)
                     page.wait_for_timeout(500)
                     seen[f"Runs / {tab.inner_text()}"] = _problems(page)
+        # the report of a two-teacher run, of a sweep and of a seed group, as the Report page shows them
+        runs = store.list_runs()
+        two = next(r.id for r in runs if r.config.get("teachers"))
+        groups = {r.group for r in runs if r.group}
+        for query in [f"run={two}", *(f"group={quote(g)}" for g in sorted(groups))]:
+            page.goto(f"{url}/report?{query}")
+            page.get_by_role("heading", name="Report").first.wait_for(timeout=STALL_S * 1000)
+            _idle(page)
+            page.frame_locator("iframe").first.locator(".js-plotly-plot").first.wait_for(timeout=STALL_S * 1000)
+            page.wait_for_timeout(1000)
+            seen[f"Report?{query}"] = _problems(page)
+    assert len([k for k in seen if k.startswith("Report?")]) == 3
     problems = {where: found for where, found in seen.items() if found}
     assert not problems, "\n".join(f"{where}: {p}" for where, found in problems.items() for p in found)

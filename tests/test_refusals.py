@@ -319,3 +319,14 @@ def test_a_typo_in_t_values_keeps_the_alpha_values_and_the_group():
     assert not errors(at) and at.text_input(key="ui.sweep_alpha").value == "0.3"
     assert at.button(key="ui.launch").label == "Queue 2 runs" and not at.button(key="ui.launch").disabled
     assert Store().count_runs() == 0
+
+
+def test_a_model_that_cannot_be_built_is_said_in_words_not_as_a_python_error():
+    from kdcore.models import build_problem, create_model
+
+    with pytest.raises(TypeError) as unknown:
+        create_model("resnet18", num_classes=10, in_channels=1, image_size=28, width=96)
+    assert build_problem("resnet18", unknown.value) == "resnet18 takes no option 'width': remove it from the options"
+    missing = TypeError("Net.__init__() missing 1 required positional argument: 'depth'")
+    assert build_problem("mine", missing) == "mine needs the option(s) 'depth'"
+    assert "__init__" not in build_problem("mine", missing) and "keyword" not in build_problem("resnet18", unknown.value)

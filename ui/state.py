@@ -21,6 +21,7 @@ from kdcore.losses import ensemble_softened
 from kdcore.config import DatasetConfig, RunConfig
 from kdcore.configure import load_config
 from kdcore.experiments import group_report
+from kdcore.models import build_problem
 from kdcore.jobs import JobManager
 from kdcore.jobs.service import RunService
 from kdcore.record import RunFolder, teacher_phases as _teachers_among
@@ -402,7 +403,7 @@ def _checkpoint_problem(path: str, mtime: float, arch: str, num_classes: Optiona
     except CheckpointError as err:
         return str(err)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        return f"the {role} cannot be built from it: {err}"
+        return f"the {role} cannot be built from it: {build_problem(arch, err)}"
     return None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import numbers
 
 from torch import nn
@@ -46,6 +47,19 @@ def create_model(
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     _check_options(name, factory, options)
     return factory(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size), **options)
+
+
+def build_problem(name: str, err: BaseException) -> str:
+    """Why a model could not be built, in words: an option it does not take is named as such, never as a
+    Python TypeError about keyword arguments; other errors keep their first line, whatever library raised them."""
+    words = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", words)
+    if unknown:
+        return f"{name} takes no option {unknown[1]!r}: remove it from the options"
+    missing = re.search(r"missing \d+ required (?:keyword-only |positional )?arguments?: (.+)$", words)
+    if missing:
+        return f"{name} needs the option(s) {missing[1]}"
+    return words.strip().splitlines()[0] if words.strip() else type(err).__name__
 
 
 def describe_model(name: str) -> str:
