@@ -7,16 +7,11 @@ dashboard walks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ui.serve import free_port
+from ui.serve import serve_streamlit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,31 +81,5 @@ def chart_problems(page, selector: str) -> dict:
 @contextmanager
 def serve_script(script: Path, log_path: Path, start_timeout: float = 120.0) -> Iterator[str]:
     """`streamlit run script` on a free local port, from the repository root; yields its base URL."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + start_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"streamlit exited with code {proc.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not answer within {start_timeout:.0f} s")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with serve_streamlit(["-m", "streamlit", "run", str(script)], {}, log_path, start_timeout) as url:
+        yield url

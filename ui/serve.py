@@ -28,11 +28,21 @@ def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout:
                     env: Optional[dict] = None) -> Iterator[str]:
     """Runs the dashboard as `make run` does (`python -m ui.launch`, workers started with the server) against the
     store at `db_url`; yields its base URL, stops it after."""
+    with serve_streamlit(["-m", "ui.launch"], dict(KDCORE_DB_URL=db_url, **(env or {})), log_path,
+                         start_timeout, "the dashboard") as url:
+        yield url
+
+
+@contextmanager
+def serve_streamlit(args: list[str], env: dict, log_path: Optional[Path] = None, start_timeout: float = 120.0,
+                    what: str = "streamlit") -> Iterator[str]:
+    """`python ARGS` (a Streamlit server) on a free local port from the repository root, once it answers its
+    health check; yields its base URL, stops it after."""
     port = free_port()
-    env = dict(os.environ, KDCORE_DB_URL=db_url, PYTHONUNBUFFERED="1", **(env or {}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ui.launch", "--server.port", str(port), "--server.address",
+        [sys.executable, *args, "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -40,14 +50,14 @@ def serve_dashboard(db_url: str, log_path: Optional[Path] = None, start_timeout:
         deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the dashboard exited with code {proc.returncode}" + _tail(log_path))
+                raise RuntimeError(f"{what} exited with code {proc.returncode}" + _tail(log_path))
             try:
                 if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the dashboard did not answer within {start_timeout:.0f} s" + _tail(log_path))
+                raise RuntimeError(f"{what} did not answer within {start_timeout:.0f} s" + _tail(log_path))
             time.sleep(0.5)
         yield url
     finally:
