@@ -105,8 +105,8 @@ def test_demo_live_groups_runs_and_distributions_in_a_real_browser(dashboard, pa
         page.mouse.click(box["x"] + 16, box["y"] + 35 + 35 * row + 17)
         _idle(page)
     page.get_by_text("2 selected").wait_for()
-    page.get_by_role("tab", name="Curves").click()
-    overlay = page.locator(".js-plotly-plot:visible").first
+    page.get_by_role("tab", name="Curves").click()  # built on opening: only the open tab is
+    overlay = page.locator(".st-key-runs_overlay .js-plotly-plot").first
     overlay.wait_for()
     traces = overlay.evaluate("el => el.data.map(t => t.name)")
     assert len({name for name in traces}) >= 2, f"expected curves of two runs, got {traces}"

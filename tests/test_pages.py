@@ -743,6 +743,8 @@ def test_runs_calibration_view_shows_three_eces_the_charts_and_what_distillation
 
 def test_runs_frontier_tab_draws_the_pareto_front_of_the_latest_runs_dataset(seeded_db):
     at = open_page("pages/runs.py")
+    at.session_state["runs_tab"] = "Frontier"  # only the open tab is built
+    at.run()
     assert at.selectbox(key="runs_pareto_dataset").value == "digits"  # the real run, the newest, is on digits
     chart = at.get("plotly_chart")
     pareto = [c for c in chart if "Pareto front" in c.proto.spec]
