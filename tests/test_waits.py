@@ -104,7 +104,8 @@ def test_a_stale_heartbeat_is_said_in_words_and_no_time_left_is_guessed(tmp_path
     store, run_id = _running_run_with_old_heartbeat(tmp_path, age_s=30)
     snap = JobManager(store, workers="none").snapshot(run_id)
     assert snap.status == "running"
-    assert snap.stale_note().startswith("No heartbeat since ") and "30 s ago" in snap.stale_note()
+    assert snap.stale_note().startswith("No heartbeat since ")
+    assert int(re.search(r"\((\d+) s ago\)", snap.stale_note()).group(1)) >= 30  # its age, at least as old as set
     assert snap.eta_s is None
 
     fresh, fresh_id = _running_run_with_old_heartbeat(tmp_path / "fresh", age_s=0)
