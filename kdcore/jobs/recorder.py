@@ -22,6 +22,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
+        self.stored_any = False  # the run's first rows are written at once: Live shows a first point at once
 
     def __call__(self, event: Event) -> None:
         rows = [dict(phase=event.phase, kind=event.kind, step=event.step, epoch=event.epoch, name=k, value=float(v))
@@ -51,7 +52,7 @@ class Recorder:
             self.flush()
             self.store.delete_metrics_after(self.live.run_id, event.phase, event.info["resumed_from_epoch"])
         self.buffer.extend(rows)
-        if event.kind == "epoch" or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+        if event.kind == "epoch" or time.monotonic() - self.last_flush > FLUSH_SECONDS or not self.stored_any:
             self.flush()
         if event.kind == "phase":
             self.on_phase()  # store the new phase now, not at the next heartbeat
@@ -62,6 +63,7 @@ class Recorder:
         if self.buffer:
             rows, self.buffer = self.buffer, []
             self.store.add_metrics(self.live.run_id, rows)
+            self.stored_any = True
         self.last_flush = time.monotonic()
 
     def stored_state(self) -> tuple[dict, str]:
