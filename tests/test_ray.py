@@ -11,6 +11,7 @@ import pytest
 from kdcore.cli import main
 from kdcore.configure import build_config
 from kdcore.store import Store
+from tests.helpers import wait_while_progressing
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
@@ -26,7 +27,7 @@ def ray_cluster(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("KDCORE_CPU_THREADS", "1")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster.worker_node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
@@ -47,6 +48,44 @@ def test_a_ray_driver_drains_four_runs_over_two_nodes_each_executed_once(store, 
     assert not epochs.duplicated(["run_id", "phase", "epoch", "name"]).any()  # each executed once
     assert set(epochs["run_id"]) == set(ids)
     assert sorted(done.stdout.split("\n")[:-1]) == sorted(f"run {i} completed" for i in ids)
+
+
+def _driver(store: Store, address: str, *args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", KDCORE_ARTEFACT_ROOT=str(store.artefact_root))
+    return subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "worker", "--ray", address,
+                             "--exit-when-idle", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _statuses(store: Store, ids: list[int]) -> list[str]:
+    return [store.get_run(i).status for i in ids]
+
+
+def test_a_lost_ray_node_leaves_its_run_interrupted_and_resumable_and_a_cancel_ends_the_other(store, ray_cluster):
+    """One run per node: the worker node is removed mid-run, the other run is cancelled from this process."""
+    config = {**TINY, "teacher": {"arch": "tiny_cnn", "epochs": 100}}
+    ids = [store.create_run(build_config({**config, "name": f"long {i}"})) for i in range(2)]
+    driver = _driver(store, ray_cluster.address)
+    wait_while_progressing(store, lambda: all(store.get_run(i).status == "running" for i in ids)
+                           and set(store.metrics_frame(ids)["run_id"]) == set(ids), "both runs starting")
+    ray_cluster.remove_node(ray_cluster.worker_node)  # the node dies with its run in flight
+    wait_while_progressing(store, lambda: "interrupted" in _statuses(store, ids), "the lost node's run",
+                           stall_s=120)
+    lost = next(i for i in ids if store.get_run(i).status == "interrupted")
+    other = next(i for i in ids if i != lost)
+    assert store.request_cancel(other) == "requested"
+    wait_while_progressing(store, lambda: driver.poll() is not None, "the driver ending")
+    assert driver.returncode == 0, driver.stderr.read()[-3000:]
+    assert store.get_run(other).status == "cancelled"
+    assert "Ray" in store.get_run(lost).error
+    resumed = _driver(store, ray_cluster.address, "--resume-interrupted")  # on the node that is left
+    wait_while_progressing(store, lambda: resumed.poll() is not None, "the interrupted run resuming")
+    assert resumed.returncode == 0, resumed.stderr.read()[-3000:]
+    run = store.get_run(lost)
+    assert (run.status, run.attempt) == ("completed", 2), run.error
+    epochs = store.metrics_frame([lost], kind="epoch")
+    assert len(epochs.query("phase == 'teacher'")) > 0
+    assert not epochs.duplicated(["phase", "epoch", "name"]).any()  # resumed from its last epoch: none twice
 
 
 def test_worker_ray_without_ray_says_how_to_install_it_and_exits_2(store, monkeypatch, capsys):
