@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kdcore.store import Store, this_worker
+from kdcore.store import Store, _sqlite_path, this_worker
 
 INSTALL = 'Ray is not installed: pip install -e ".[ray]" (or pip install ray)'
 CANCEL_GRACE_S = 30.0  # a cancelled run's task stops at its next step; past this it is ended with ray.cancel
@@ -74,6 +74,8 @@ class RayExecutor:
     def __init__(self, store: Store, address: Optional[str] = None, *, poll_s: float = 1.0,
                  groups: Optional[list[str]] = None):
         self.store = store
+        path = _sqlite_path(store.url)  # a task may start in another folder than the driver's
+        self.url = store.url if path is None else f"sqlite:///{path.resolve()}"
         self.address = address or None
         self.poll_s = poll_s
         self.groups = groups
@@ -139,7 +141,7 @@ class RayExecutor:
                                       "no GPU", worker=worker)
                 self.done.append((run_id, "failed"))
                 continue
-            ref = remote.options(**resources).remote(self.store.url, run_id, worker, self.env)
+            ref = remote.options(**resources).remote(self.url, run_id, worker, self.env)
             self.in_flight[ref] = Task(run_id, worker, resources)
             print(f"run {run_id}: {self.store.get_run(run_id).name} (Ray task, {resources})", file=sys.stderr,
                   flush=True)
