@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,8 @@ def test_a_lost_ray_node_leaves_its_run_interrupted_and_resumable_and_a_cancel_e
     wait_while_progressing(store, lambda: driver.poll() is not None, "the driver ending")
     assert driver.returncode == 0, driver.stderr.read()[-3000:]
     assert store.get_run(other).status == "cancelled"
-    assert "Ray" in store.get_run(lost).error
+    assert "its Ray task was lost" in store.get_run(lost).error  # told by Ray at once, not by the lease's expiry
+    assert "\x1b" not in store.get_run(lost).error and "\n" not in store.get_run(lost).error  # one plain line
     resumed = _driver(store, ray_cluster.address, "--resume-interrupted")  # on the node that is left
     wait_while_progressing(store, lambda: resumed.poll() is not None, "the interrupted run resuming")
     assert resumed.returncode == 0, resumed.stderr.read()[-3000:]
@@ -93,3 +95,16 @@ def test_worker_ray_without_ray_says_how_to_install_it_and_exits_2(store, monkey
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     assert main(["--db", store.url, "worker", "--ray", "--exit-when-idle"]) == 2
     assert 'pip install -e ".[ray]"' in capsys.readouterr().err
+
+
+def test_a_ray_driver_stopped_with_sigint_has_its_tasks_record_their_runs_interrupted(store, ray_cluster):
+    run_id = store.create_run(build_config({**TINY, "teacher": {"arch": "tiny_cnn", "epochs": 2000}}))
+    driver = _driver(store, ray_cluster.address)
+    wait_while_progressing(store, lambda: store.get_run(run_id).status == "running"
+                           and len(store.metrics_frame([run_id])) > 0, "the run starting")
+    driver.send_signal(signal.SIGINT)
+    wait_while_progressing(store, lambda: driver.poll() is not None, "the driver ending")
+    assert driver.returncode == 130, driver.stderr.read()[-3000:]
+    run = store.get_run(run_id)
+    assert run.status == "interrupted"
+    assert "the worker was stopped" in run.error  # recorded by the task itself at its next step, not by a lost lease

@@ -10,6 +10,7 @@ store like any other.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,6 +52,12 @@ def execute_remote(url: str, run_id: int, worker: str, env: dict[str, str]) -> s
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)  # Ray reuses this process for other tasks
+
+
+def _last_line(err: BaseException) -> str:
+    """Ray's error in one plain line: its messages carry a remote traceback and terminal colours."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
 @dataclass
@@ -155,8 +162,9 @@ class RayExecutor:
         except Exception as err:  # the node or the worker process died, or the task was cancelled by force
             status = "cancelled" if task.forced else "interrupted"
             why = ("cancelled: its Ray task did not stop within " f"{CANCEL_GRACE_S:g} s and was ended"
-                   if task.forced else f"its Ray task was lost before the run finished: {type(err).__name__}: {err}")
-            if not self.store.finish_run(task.run_id, status, error=why[:4000], worker=task.worker):
+                   if task.forced else f"its Ray task was lost before the run finished (the node or its worker process "
+                   f"died): {_last_line(err)}")
+            if not self.store.finish_run(task.run_id, status, error=why, worker=task.worker):
                 status = self.store.get_run(task.run_id).status  # another process recorded it first
         self.done.append((task.run_id, status))
 
