@@ -34,18 +34,18 @@ def ray_cluster(monkeypatch):
     cluster.shutdown()
 
 
-def test_a_ray_driver_drains_four_runs_over_two_nodes_each_executed_once(store, ray_cluster, tmp_path):
+def test_a_ray_driver_drains_eight_runs_over_two_nodes_each_executed_once(store, ray_cluster, tmp_path):
     ids = [store.create_run(build_config({**TINY, "name": f"tiny {i}", "train": {**TINY["train"], "seed": i}}))
-           for i in range(4)]
+           for i in range(8)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # PYTHONPATH (the fixture's) finds this checkout from anywhere
     relative = "sqlite:///" + os.path.relpath(store.url.removeprefix("sqlite:///"), tmp_path)  # the tasks' cwd differs
     done = subprocess.run([sys.executable, "-m", "kdcore", "--db", relative, "worker", "--ray", ray_cluster.address,
                            "--exit-when-idle"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [store.get_run(i) for i in ids]
-    assert [r.status for r in runs] == ["completed"] * 4, [r.error for r in runs]
-    assert [r.attempt for r in runs] == [1] * 4  # each claimed once
-    assert len({r.worker for r in runs}) == 4  # a lease of its own per Ray task
+    assert [r.status for r in runs] == ["completed"] * 8, [r.error for r in runs]
+    assert [r.attempt for r in runs] == [1] * 8  # each claimed once
+    assert len({r.worker for r in runs}) == 8  # a lease of its own per Ray task
     epochs = store.metrics_frame(ids, kind="epoch")
     assert not epochs.duplicated(["run_id", "phase", "epoch", "name"]).any()  # each executed once
     assert set(epochs["run_id"]) == set(ids)
