@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdcore.cli import main
 from kdcore.configure import build_config
@@ -108,3 +109,29 @@ def test_a_ray_driver_stopped_with_sigint_has_its_tasks_record_their_runs_interr
     run = store.get_run(run_id)
     assert run.status == "interrupted"
     assert "the worker was stopped" in run.error  # recorded by the task itself at its next step, not by a lost lease
+
+
+def test_a_studys_trials_run_as_ray_tasks(store, ray_cluster, tmp_path):
+    """`kdcore tune --workers 0` queues the trials; the Ray driver runs each as a task; the study ends with a best."""
+    config, space = tmp_path / "config.yaml", tmp_path / "space.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 2}}))
+    space.write_text(yaml.safe_dump({"distill.temperature": {"choices": [2.0, 4.0]},
+                                     "distill.alpha": {"choices": [0.5, 0.9]}}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", KDCORE_ARTEFACT_ROOT=str(store.artefact_root))
+    tune = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "tune", str(config), "--space",
+                             str(space), "--trials", "4", "--sampler", "grid", "--parallel", "2", "--workers", "0",
+                             "--name", "on-ray"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    driver = subprocess.Popen([sys.executable, "-m", "kdcore", "--db", store.url, "worker", "--ray",
+                               ray_cluster.address, "--no-studies"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_while_progressing(store, lambda: tune.poll() is not None, "the study's trials")
+    finally:
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(120)
+    assert tune.returncode == 0, tune.stderr.read()[-3000:]
+    study = store.get_study("on-ray")
+    trials = [store.get_run(r) for r in store.trial_runs(study.id).values()]
+    assert len(trials) == 4 and all(r.status == "completed" and r.attempt == 1 for r in trials)
+    assert all(f":{driver.pid}:ray" in r.worker for r in trials)  # each claimed by the Ray driver for a task
