@@ -53,3 +53,18 @@ def test_slurm_without_sbatch_or_local_is_refused_before_anything_is_submitted(s
     assert main(["--db", store.url, "slurm", "--jobs", "2", "--folder", str(tmp_path / "jobs")]) == 2
     assert "sbatch" in capsys.readouterr().err
     assert not (tmp_path / "jobs").exists()
+
+
+def test_a_job_at_its_time_limit_records_its_run_interrupted_at_once(store, tmp_path):
+    """submitit's warning signal before the time limit (USR2; the local executor sends it 30 s before a 1 minute
+    limit) stops the worker's run at its next step, recorded interrupted with its metrics, not left to its lease."""
+    pytest.importorskip("submitit", reason='submitit is in the test extra: pip install -e ".[test]"')
+    done = _kdcore(store, "submit", "examples/digits.yaml", "--set", "teacher.epochs=5000", "--set", "baseline=false",
+                   timeout=120)
+    run_id = int(done.stdout.split()[0])
+    done = _kdcore(store, "slurm", "--jobs", "1", "--local", "--time", "1", "--folder", str(tmp_path / "jobs"),
+                   "--wait", timeout=300)
+    assert done.returncode == 1 and "worker exited with 130" in done.stderr, done.stderr[-3000:]
+    run = store.get_run(run_id)
+    assert run.status == "interrupted" and "the worker was stopped" in run.error, (run.status, run.error)
+    assert len(store.metrics_frame([run_id], kind="epoch")) > 0

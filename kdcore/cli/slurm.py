@@ -19,10 +19,20 @@ SHARED_ENV = ("KDCORE_ARTEFACT_ROOT", "KDCORE_DATA_ROOT", "KDCORE_LEASE_GRACE_S"
 def worker_job(argv: list[str], env: dict[str, str]) -> int:
     """One job of the array: `kdcore ARGV` in this process. A module-level function, so submitit can pickle it.
 
+    submitit's signal for a job near its time limit or pre-empted (USR2 by default) is taken as a SIGTERM: the
+    worker stops its run at the next step and records it interrupted, with its metrics, and the job ends.
+    Left to submitit, a timed-out job would die mid-run (the run seen as interrupted only once its lease
+    expires) and a pre-empted one would restart a worker with its run still held.
+
     Returns:
-        The command's exit status (0: the queue was drained).
+        The command's exit status (0: the queue was drained; 130: stopped by a signal).
     """
+    import signal
+
+    from submitit.core.job_environment import JobEnvironment
+
     os.environ.update(env)
+    signal.signal(JobEnvironment._usr_sig(), lambda *_: signal.raise_signal(signal.SIGTERM))
     from kdcore.cli import main
 
     return main(argv)
@@ -107,8 +117,10 @@ def _wait(jobs) -> int:
         try:
             code = job.result()
         except Exception as err:  # submitit raises the job's own failure, with its log's tail
-            code, why = 1, str(err).strip().splitlines()[-1:] or [type(err).__name__]
-            print(f"job {job.job_id}: failed: {why[0]}", file=sys.stderr)
+            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+            code = 1
+            print(f"job {job.job_id}: failed: {lines[0]}" + (f" … {lines[-1]}" if len(lines) > 1 else ""),
+                  file=sys.stderr)
         else:
             print(f"job {job.job_id}: worker exited with {code}", file=sys.stderr)
         failed += code != 0
