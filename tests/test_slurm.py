@@ -16,7 +16,7 @@ QUICK = ["--set", "teacher.epochs=1", "--set", "train.epochs=1", "--set", "basel
 
 
 def _require_submitit() -> None:
-    """Skips where submitit is missing (it is in the test extra), unless KDCORE_REQUIRE_EXTRAS=1 (CI): then that fails."""
+    """Skips where submitit is missing (it is in the test extra), unless KDCORE_REQUIRE_EXTRAS=1 (CI): then fails."""
     try:
         import submitit  # noqa: F401
     except ImportError:

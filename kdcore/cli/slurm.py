@@ -74,7 +74,8 @@ def _refusal(args) -> str | None:
     if args.gpus_per_job < 0 or args.time < 1:
         return "--gpus-per-job must be 0 or more and --time 1 minute or more"
     if not args.local and shutil.which("sbatch") is None:
-        return "no Slurm here (sbatch is not on PATH): run this on a login node, or give --local to try it on this machine"
+        return ("no Slurm here (sbatch is not on PATH): run this on a login node, or give --local to try it on "
+                "this machine")
     return None
 
 

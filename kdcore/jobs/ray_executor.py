@@ -28,7 +28,7 @@ SHARED_ENV = ("KDCORE_ARTEFACT_ROOT", "KDCORE_DATA_ROOT", "KDCORE_LEASE_GRACE_S"
 
 
 def run_resources(device: str, cluster: dict[str, float]) -> dict[str, float]:
-    """The Ray resources a run asks for: a GPU for a CUDA run (and an "auto" one where the cluster has GPUs), one CPU."""
+    """The Ray resources a run asks for: one CPU, and a GPU for a CUDA run (or an "auto" one on a cluster with GPUs)."""
     wants_gpu = device.startswith("cuda") or (device == "auto" and cluster.get("GPU", 0) >= 1)
     return {"num_cpus": 1, "num_gpus": 1} if wants_gpu else {"num_cpus": 1}
 
