@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Optional
 
-from kdcore.cli import groups, info, runs, share, studies, train
+from kdcore.cli import groups, info, runs, share, slurm, studies, train
 from kdcore.cli.common import (_interrupt_on_signals, _lease_suffix, _pct, _print_group, _print_summary,  # noqa: F401
                                _ProgressBars, _run_json, _stored_run)
 from kdcore.cli.groups import cmd_groups_list, cmd_groups_show  # noqa: F401
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdcore", description="Knowledge distillation for image classifiers.")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL of the run store (default $KDCORE_DB_URL or sqlite:///runs/kdcore.db)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (train, runs, groups, share, info, studies):
+    for commands in (train, runs, groups, share, info, studies, slurm):
         commands.add_parsers(sub)
     return parser
 

@@ -115,6 +115,10 @@ def cmd_worker(args) -> int:
     from kdcore.jobs import Worker
     from kdcore.store import Store
 
+    if args.ray is not None:
+        from kdcore.cli.ray_worker import cmd_ray_worker
+
+        return cmd_ray_worker(args)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if not devices:  # else it would start no worker and exit 0, as if the queue were done
         print(f"error: --devices {args.devices!r} names no device: give auto, cpu, cuda:0 or a list such as "
@@ -214,5 +218,8 @@ def add_parsers(sub) -> None:
     worker.add_argument("--no-studies", action="store_true",
                         help="do not drive studies (by default a worker asks the trials of running studies that no "
                              "live `kdcore tune` drives)")
+    worker.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run each queued run as a Ray task on a Ray cluster (auto, ray://HOST:10001, HOST:6379; "
+                             "alone: ray.init's default); needs pip install -e \".[ray]\"")
     worker.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)  # the dashboard that started it
     worker.set_defaults(func=cmd_worker)
