@@ -58,7 +58,9 @@ filters = {
                                                       ("student_arch", "Student"), ("method", "Method"),
                                                       ("status", "Status")])
 }
-tag = cols[6].multiselect("Tag", sorted({t for ts in runs["tags"] for t in ts}), key="runs_filter_tag")
+tags = sorted({t for ts in runs["tags"] for t in ts})
+tag = cols[6].multiselect("Tag", tags, key="runs_filter_tag", placeholder="Choose" if tags else "No tags",
+                          help=None if tags else "No run has a tag yet: add them in a run's Summary")
 
 mask = pd.Series(True, index=runs.index)
 if search:
