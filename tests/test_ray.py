@@ -148,3 +148,17 @@ def test_a_studys_trials_run_as_ray_tasks(store, ray_cluster, tmp_path):
     trials = [store.get_run(r) for r in store.trial_runs(study.id).values()]
     assert [(r.status, r.attempt) for r in trials] == [("completed", 1)] * 4, [r.error for r in trials]
     assert all(f":{driver.pid}:ray" in r.worker for r in trials)  # each claimed by the Ray driver for a task
+
+
+def test_the_dashboards_manager_sends_its_runs_to_ray_when_kdcore_ray_address_is_set(store, ray_cluster, monkeypatch):
+    from kdcore.jobs import JobManager, RunService
+
+    monkeypatch.setenv("KDCORE_RAY_ADDRESS", ray_cluster.address)
+    manager = JobManager(store, workers="process")
+    try:
+        assert "Ray cluster" in manager.describe_workers()
+        run_id = RunService(store, wake=manager.wake).submit(build_config({**TINY, "name": "from the dashboard"}))
+        wait_while_progressing(store, lambda: store.get_run(run_id).status == "completed", "the run on Ray")
+        assert ":ray" in store.get_run(run_id).worker  # claimed by the Ray driver, trained in a Ray task
+    finally:
+        manager.shutdown()

@@ -29,6 +29,10 @@ def cmd_ray_worker(args) -> int:
         from kdcore.studies import StudyDrivers
 
         StudyDrivers(store, interrupt).start()
+    if args.parent:  # the dashboard's Ray driver ($KDCORE_RAY_ADDRESS): it stops with the dashboard
+        from kdcore.cli.train import stop_with_parent
+
+        stop_with_parent(args.parent, interrupt)
     executor = RayExecutor(store, args.ray)
     print(f"kdcore worker on Ray ({args.ray or 'ray.init default'}), store {store.url}", file=sys.stderr, flush=True)
     with _interrupt_on_signals(interrupt):

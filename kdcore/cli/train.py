@@ -110,6 +110,16 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def stop_with_parent(parent: int, interrupt: threading.Event) -> None:
+    """Sets `interrupt` once the process `parent` (the dashboard that started this worker) is gone."""
+    def watch() -> None:
+        while not interrupt.wait(1.0):
+            if os.getppid() != parent:
+                print("the parent process is gone: stopping", file=sys.stderr, flush=True)
+                interrupt.set()
+    threading.Thread(target=watch, daemon=True, name="kdcore-watch-parent").start()
+
+
 def cmd_worker(args) -> int:
     from kdcore.engine.device import resolve_device
     from kdcore.jobs import Worker
@@ -146,12 +156,7 @@ def cmd_worker(args) -> int:
     for w in workers:
         w.listener_for = announce
     if args.parent:  # a dashboard's own worker: stop with it, even if it dies without a word
-        def watch_parent() -> None:
-            while not interrupt.wait(1.0):
-                if os.getppid() != args.parent:
-                    print("the parent process is gone: stopping", file=sys.stderr, flush=True)
-                    interrupt.set()
-        threading.Thread(target=watch_parent, daemon=True).start()
+        stop_with_parent(args.parent, interrupt)
     results: list = []
     if not args.no_studies:  # asks the trials of any running study no other live process drives
         from kdcore.studies import StudyDrivers

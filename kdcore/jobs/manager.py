@@ -26,6 +26,13 @@ from kdcore.store import RunNotFound, Store
 
 
 WORKER_MODES = ("thread", "process", "none")
+RAY = "ray"  # the one worker process of a dashboard whose runs Ray places ($KDCORE_RAY_ADDRESS)
+
+
+def ray_address() -> Optional[str]:
+    """$KDCORE_RAY_ADDRESS: where the dashboard's runs go as Ray tasks ("" or "auto": ray.init's default);
+    None, unset: its workers train here."""
+    return os.environ.get("KDCORE_RAY_ADDRESS")
 # How long a stopping worker gets from the signal to its exit before it is killed: inside the 10 s of
 # `docker stop`, with room for the server's own exit.
 STOP_GRACE_S = 8.0
@@ -101,7 +108,9 @@ class JobManager:
         elif workers == "process":
             self._env = dict(os.environ, KDCORE_CPU_THREADS=str(threads),
                              KDCORE_ARTEFACT_ROOT=str(self.store.artefact_root.resolve()))
-            self._children = [self._spawn(d) for d in devices]
+            if ray_address() is not None:  # one driver places every run on the Ray cluster, whatever its devices
+                self.devices = [RAY]
+            self._children = [self._spawn(d) for d in self.devices]
             self._threads = [threading.Thread(target=self._supervise, daemon=True, name="kdcore-worker-supervisor")]
             self._threads[0].start()
             atexit.register(self.shutdown)
@@ -110,6 +119,8 @@ class JobManager:
         """Who executes this process's runs, in a few words."""
         if self.mode == "none":
             return "no worker here: queued runs wait for `kdcore worker` on this store"
+        if self.devices == [RAY]:
+            return f"runs placed on the Ray cluster at {ray_address() or 'ray.init default'} (KDCORE_RAY_ADDRESS)"
         kind = "worker process" if self.mode == "process" else "worker thread"
         count = f"{len(self.devices)} {kind}{'es' if kind.endswith('s') else 's'}" if len(self.devices) > 1 else kind
         on_cpu = any(d in ("auto", "cpu") for d in self.devices) and not torch.cuda.is_available()
@@ -118,8 +129,9 @@ class JobManager:
 
     def _spawn(self, device: str) -> subprocess.Popen:
         # its stdin is a pipe from this process: wake() writes a byte to it (wake_from_parent reads it)
+        placed = ["--ray", ray_address()] if device == RAY else ["--devices", device]
         child = subprocess.Popen(
-            [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", "--devices", device,
+            [sys.executable, "-m", "kdcore", "--db", self.store.url, "worker", *placed,
              "--parent", str(os.getpid())], env=self._env, stdin=subprocess.PIPE)
         os.set_blocking(child.stdin.fileno(), False)  # a child still starting up never blocks a submit
         return child
