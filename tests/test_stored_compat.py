@@ -61,7 +61,10 @@ def test_a_store_written_before_the_refactor_lists_and_shows_the_same(old_store)
         shown = _kdcore_json(old_store / "kdcore.db", "runs", "show", str(run_id))
         assert shown == json.loads((EXPECTED / f"run-{run_id}.json").read_text()), run_id
     group = json.loads((EXPECTED / "group.json").read_text())
-    assert _kdcore_json(old_store / "kdcore.db", "groups", "show", group["group"]) == group
+    shown = _kdcore_json(old_store / "kdcore.db", "groups", "show", group["group"])
+    # every key it printed then reads the same; a group also lists its settings now (swept, cells: one, here)
+    assert {k: shown[k] for k in group} == group
+    assert shown["swept"] == [] and len(shown["cells"]) == 1
     after = {k: v for k, v in _digests(old_store).items() if not k.endswith(("-wal", "-shm", ".lock"))}
     # the run folders are untouched; the store file gained schema 0004's failure column, every stored value kept
     assert {k: v for k, v in after.items() if k != "kdcore.db"} == {k: v for k, v in before.items() if k != "kdcore.db"}
