@@ -67,12 +67,16 @@ def test_a_pretrained_file_that_fits_loads_and_one_that_does_not_names_its_keys(
         create_model(TEACHER, 10, 1, 8, pretrained=str(wrong_head))
 
 
-def test_a_run_starts_its_timm_teacher_from_a_pretrained_file(tmp_path):
+def test_a_pretrained_file_that_does_not_fit_is_refused_before_any_work(tmp_path):
     other = tmp_path / "other.pt"
     torch.save(create_model(STUDENT, 10, 1, 8).state_dict(), other)
-    config = build_config({**RUN, "teacher": {"arch": TEACHER, "epochs": 1, "pretrained": str(other)}})
+    config = build_config({**RUN, "teacher": {"arch": TEACHER, "epochs": 1, "pretrained": str(other)},
+                           "student": {"arch": STUDENT, "pretrained": str(other)}})
+    problems = dict(check_runnable(config, store=f"sqlite:///{tmp_path}/none.db"))
+    assert list(problems) == ["teacher.pretrained"], problems
+    assert "does not fit timm/test_resnet: missing keys: " in problems["teacher.pretrained"]
     with pytest.raises(PretrainedMismatch, match="does not fit timm/test_resnet: missing keys"):
-        execute_run(config, tmp_path / "run", device=CPU)
+        execute_run(config, tmp_path / "run", device=CPU)  # and the run itself, should it be started unchecked
 
 
 def test_pretrained_is_refused_for_zoo_models_and_teachers_not_trained_here():
@@ -89,7 +93,8 @@ def test_an_option_timm_does_not_take_is_refused_in_words(tmp_path):
     assert build_problem(TEACHER, err.value) == "timm/test_resnet takes no option 'no_such_option': remove it from the options"
     config = build_config({**RUN, "student": {"arch": STUDENT, "options": {"no_such_option": 1}}})
     problems = dict(check_runnable(config, store=f"sqlite:///{tmp_path}/none.db"))
-    assert "no_such_option" in problems.get("student.options", ""), problems
+    assert problems == {"student.options": "timm/test_efficientnet takes no option 'no_such_option': remove it "
+                                           "from the options"}, problems
 
 
 def test_a_timm_model_too_big_for_the_images_is_refused_with_the_smallest_size(tmp_path):

@@ -96,23 +96,44 @@ def _smallest_size(name: str, in_channels: int, image_size: int, options: dict) 
     return None
 
 
-def load_pretrained_file(model: nn.Module, path: str | Path, arch: str) -> nn.Module:
-    """Loads a state dict file into `model`; a file that does not fit names its missing and unexpected keys."""
+def _read_state(path: str | Path) -> dict:
     state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedMismatch(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def pretrained_mismatch(model: nn.Module, state: dict, path: str | Path, arch: str) -> str | None:
+    """What keeps the state dict from fitting `model` (a meta-device model will do), or None."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     resized = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or resized:
-        parts = [f"{label}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''} ({len(keys)})"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("keys of another shape", resized)) if keys]
-        raise PretrainedMismatch(f"{path} does not fit {arch}: " + "; ".join(parts))
-    model.load_state_dict(state)
+    if not (missing or unexpected or resized):
+        return None
+    parts = [f"{label}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''} ({len(keys)})"
+             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("keys of another shape", resized)) if keys]
+    return f"{path} does not fit {arch}: " + "; ".join(parts)
+
+
+def check_pretrained_file(model: nn.Module, path: str | Path, arch: str) -> dict:
+    """The file's state dict; PretrainedMismatch naming its missing and unexpected keys when it does not fit."""
+    try:
+        state = _read_state(path)
+    except (OSError, RuntimeError) as err:
+        raise PretrainedMismatch(f"{path}: cannot be read as a state dict ({str(err).splitlines()[0]})") from None
+    problem = pretrained_mismatch(model, state, path, arch)
+    if problem:
+        raise PretrainedMismatch(problem)
+    return state
+
+
+def load_pretrained_file(model: nn.Module, path: str | Path, arch: str) -> nn.Module:
+    """Loads a state dict file into `model`; a file that does not fit names its missing and unexpected keys."""
+    model.load_state_dict(check_pretrained_file(model, path, arch))
     return model
 
 
