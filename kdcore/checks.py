@@ -428,6 +428,8 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
     problem = problem or (_fit_problem(s_start, data) if s_start else None)
     s_options = dict(config.student.options)
     profile = None if problem else _sized(problems, "student", config.student.arch, s_options, data)
+    if profile is not None and _pretrained_refused(problems, "student", config.student, data):
+        profile = None
     if profile is not None and s_start is not None and data.num_classes:
         problem = _shape_problem(s_start, data)
     if problem:
@@ -461,7 +463,7 @@ def _checked_teacher(config: RunConfig, index: int, data, store, problems: list[
             return None
     options = start.options if start else dict(t.options)
     profile = _sized(problems, prefix, t.arch, options, data)
-    if profile is None:
+    if profile is None or _pretrained_refused(problems, prefix, t, data):
         return None
     if start is not None and data.num_classes:
         problem = _shape_problem(start, data)
@@ -477,12 +479,33 @@ def _checked_teacher(config: RunConfig, index: int, data, store, problems: list[
     return ("teacher" if trains_here else "loaded", f"{prefix}.options" if options else f"{prefix}.arch", profile)
 
 
+def _pretrained_refused(problems: list[Problem], prefix: str, entry, data: DataShape) -> bool:
+    """Whether a timm model's pretrained file does not fit the model the run will build (compared on meta)."""
+    if not isinstance(entry.pretrained, str) or not data.num_classes:
+        return False
+    from kdcore.models import create_model
+    from kdcore.models.timm_models import PretrainedMismatch, check_pretrained_file
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = create_model(entry.arch, data.num_classes, data.in_channels, data.image_size, **entry.options)
+        check_pretrained_file(model, entry.pretrained, entry.arch)
+    except PretrainedMismatch as err:
+        problems.append((f"{prefix}.pretrained", str(err)))
+        return True
+    return False
+
+
 def _sized(problems: list[Problem], prefix: str, arch: str, options: dict, data: DataShape) -> Optional["ModelProfile"]:
     """The model's estimated size, or None after adding why it cannot be built or is too large."""
     try:
         profile = estimate_profile(arch, data.num_classes or 10, data.in_channels, data.image_size, options)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        problems.append((f"{prefix}.options", f"{arch} cannot be built for {data.describe()}: {err}"))
+        from kdcore.models import build_problem
+
+        problem = build_problem(arch, err)  # an option the model does not take, in words
+        problems.append((f"{prefix}.options", problem if problem.startswith(f"{arch} takes no option") else
+                         f"{arch} cannot be built for {data.describe()}: {problem}"))
         return None
     refusal = too_large(profile)
     if refusal:

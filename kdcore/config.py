@@ -6,7 +6,7 @@ with a message naming the key, before anything is written.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -64,6 +64,16 @@ def _check_arch(arch: str) -> str:
     return _checked("model", arch)
 
 
+def _check_pretrained(pretrained: Union[bool, str, None], arch: str) -> None:
+    if pretrained in (None, False):
+        return
+    if not arch.startswith("timm/"):
+        raise ValueError(f"pretrained weights are for timm/<name> models only, not {arch!r}; start a zoo model "
+                         "from a file with checkpoint")
+    if isinstance(pretrained, str) and not pretrained.strip():
+        raise ValueError("pretrained is true (timm's own download) or the path of a state dict file, not empty")
+
+
 TEACHER_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
                       "early_stopping_patience")  # train.* settings a teacher may set for itself
 
@@ -80,6 +90,7 @@ class TeacherConfig(_Strict):
     finetune_last_stage_only: bool = False  # fine-tuning trains only the last stage and the head
     augment: Optional[AugmentConfig] = None  # this teacher's own augmentation; default dataset.augment (every phase alike)
     train: dict[str, Any] = Field(default_factory=dict)  # this teacher's own train.* settings (lr, optimizer, batch_size, ...); the rest as train
+    pretrained: Union[bool, str, None] = None  # timm/<name> only: true downloads timm's weights (online machines), a path loads that state dict file before training
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
     _seed = field_validator("seed")(classmethod(lambda cls, v: v if v is None else check_seed(v)))
@@ -104,6 +115,10 @@ class TeacherConfig(_Strict):
             raise ValueError("teacher.run_id is required when teacher.source is 'run'")
         if self.source == "checkpoint" and not self.checkpoint:
             raise ValueError("teacher.checkpoint is required when teacher.source is 'checkpoint'")
+        if self.pretrained not in (None, False) and self.source != "train":
+            raise ValueError("teacher.pretrained starts a teacher trained here (teacher.source train); "
+                             f"a teacher from a {self.source} has its weights already")
+        _check_pretrained(self.pretrained, self.arch)
         return self
 
 
@@ -112,8 +127,16 @@ class StudentConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments
     freeze_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of early parameter tensors kept frozen
     checkpoint: Optional[str] = None  # start the student (and its baseline) from these weights; a new head when the class count differs
+    pretrained: Union[bool, str, None] = None  # timm/<name> only: true downloads timm's weights, a path loads that state dict file
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @model_validator(mode="after")
+    def _pretrained_fits(self) -> "StudentConfig":
+        if self.pretrained not in (None, False) and self.checkpoint:
+            raise ValueError("student.pretrained and student.checkpoint both start the student: give one")
+        _check_pretrained(self.pretrained, self.arch)
+        return self
 
 
 class DistillConfig(_Strict):

@@ -27,8 +27,12 @@ def _known_dataset(name: str) -> str:
 
 
 def _known_model(arch: str) -> str:
-    if arch not in MODELS:
-        raise ValueError(f"unknown architecture {arch!r}; see `kdcore models`")
+    try:
+        MODELS.get(arch)
+    except KeyError as err:
+        if arch.startswith("timm/"):  # the closest timm names, not timm's thousand
+            raise ValueError(err.args[0]) from None
+        raise ValueError(f"unknown architecture {arch!r}; see `kdcore models`") from None
     return arch
 
 

@@ -9,7 +9,7 @@ from kdcore import checks
 from kdcore.config import ConfigError
 from kdcore.data import DATASETS, data_root, dataset_info, dataset_status
 from kdcore.experiments import expand, parse_seeds
-from kdcore.models import MODELS, build_problem, describe_model
+from kdcore.models import MODELS, build_problem, describe_model, timm_models
 from kdcore import text
 from ui import form, state, uploads
 
@@ -83,8 +83,10 @@ if info.num_classes is None:
 
 def architecture(role: str, label: str) -> str:
     st.markdown(f"**{label}**")
-    return st.selectbox("Architecture", MODELS.names(), key=k(f"{role}.arch"),
-                        format_func=lambda n: f"{n} · {describe_model(n)}", on_change=form.reset_options, args=(role,))
+    # the zoo first, then every timm model: type to search (e.g. "timm/resnet")
+    return st.selectbox("Architecture", MODELS.names() + timm_models.picker_names(), key=k(f"{role}.arch"),
+                        format_func=lambda n: f"{n} · {describe_model(n)}", on_change=form.reset_options, args=(role,),
+                        help="The zoo's models, then timm's (timm/<name>): type part of a name to search.")
 
 
 def too_large(arch: str, options: dict):

@@ -53,11 +53,11 @@ def student_data(data: DataSplits, fraction: float) -> DataSplits:
     return replace(data, train=data.train.subset(chosen))
 
 
-def build_model(arch: str, options: dict, data: DataSplits, seed: int) -> nn.Module:
+def build_model(arch: str, options: dict, data: DataSplits, seed: int, pretrained=None) -> nn.Module:
     with global_rng_lock, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the student and its baseline start from the same weights
         return create_model(arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size, **options)
+                            image_size=data.image_size, pretrained=pretrained, **options)
 
 
 class PhaseRunner:
@@ -205,7 +205,7 @@ class PhaseRunner:
             return self.adopt(phase, model, t_cfg.arch, options, sibling)
         own = dict(train_cfg=self.config.teacher_train(index), augment=self.config.teacher_augment(index))
         if t_cfg.source == "train":
-            model = build_model(t_cfg.arch, t_cfg.options, self.data, seed)
+            model = build_model(t_cfg.arch, t_cfg.options, self.data, seed, t_cfg.pretrained)
             trained = self.train(phase, model, self.data, t_cfg.epochs, t_cfg.arch, t_cfg.options, seed, **own)
             return model if trained else None
         source = self.sources[index]
@@ -260,7 +260,7 @@ class PhaseRunner:
         s_cfg = self.config.student
         seed = self.config.train.seed + 1  # the student and its baseline start from the same weights
         if not s_cfg.checkpoint:
-            return build_model(s_cfg.arch, s_cfg.options, self.data, seed)
+            return build_model(s_cfg.arch, s_cfg.options, self.data, seed, s_cfg.pretrained)
         start = load_pretrained(Path(s_cfg.checkpoint).expanduser(), arch=s_cfg.arch, options=dict(s_cfg.options),
                                 new_head=True, role="student", seed=seed, **self.shape)
         self.summary["student_init"] = Path(s_cfg.checkpoint).name

@@ -78,7 +78,8 @@ def teacher_key(config: RunConfig, index: int = 0) -> str:
     dataset = config.dataset.model_dump(mode="json", exclude={"student_fraction"})
     dataset["augment"] = config.teacher_augment(index).model_dump(mode="json")  # dataset.augment unless its own
     if t.source == "train":  # the fields of the key before several teachers and fine-tuning: old runs still match
-        teacher = t.model_dump(mode="json", include={"arch", "options", "epochs"})
+        # pretrained only when set, so keys of runs from before the field stay as they were
+        teacher = t.model_dump(mode="json", include={"arch", "options", "epochs"} | ({"pretrained"} if t.pretrained else set()))
     else:
         teacher = t.model_dump(mode="json", include={"arch", "options", "source", "run_id", "checkpoint",
                                                      "finetune_epochs", "finetune_last_stage_only"})
@@ -88,7 +89,8 @@ def teacher_key(config: RunConfig, index: int = 0) -> str:
 def baseline_key(config: RunConfig) -> str:
     """Equal for two configs exactly when their scratch baselines would train to the same weights."""
     return _digest(dict(dataset=config.dataset.model_dump(mode="json"),
-                        student=config.student.model_dump(mode="json"),
+                        student=config.student.model_dump(mode="json", exclude=None if config.student.pretrained
+                                                          else {"pretrained"}),
                         train=config.train.model_dump(mode="json")))
 
 

@@ -6,13 +6,14 @@
 
 A factory has the signature factory(num_classes, in_channels, image_size, **options)
 and returns an nn.Module whose forward(x) gives (B, num_classes) logits. Weights are
-always freshly initialised; no pretrained weights are ever downloaded.
+freshly initialised, except a timm model's given `pretrained` weights.
+`timm/<name>` builds any model timm.list_models() knows (kdcore.models.timm_models).
 """
 from kdcore.models.base import MODELS, build_problem, create_model, describe_model, register_model
 from kdcore.models.profile import ModelProfile, model_profile, profile_model
 
 # Imported for their registrations.
-from kdcore.models import cifar_resnet, cnn, mlp, tv, vgg, wrn  # noqa: E402,F401  isort: skip
+from kdcore.models import cifar_resnet, cnn, mlp, timm_models, tv, vgg, wrn  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "build_problem",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import re
 import numbers
+from typing import Callable
 
 from torch import nn
 
@@ -11,7 +12,35 @@ from kdcore.registry import Registry
 
 # name -> factory(num_classes, in_channels, image_size, **options) -> nn.Module.
 # A factory's docstring's first line is its one-line description for the UI.
-MODELS: Registry = Registry("model")
+class ModelRegistry(Registry):
+    """The zoo's registry, plus families of models named `prefix<name>` (e.g. timm/resnet18) resolved on demand.
+
+    `names()` lists the zoo alone; a family's names are checked (and their factories built) when asked for.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._families: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
+
+    def add_family(self, prefix: str, resolve: Callable[[str], Callable[..., nn.Module]]) -> None:
+        # resolve(rest) returns a factory, or raises KeyError with the closest names
+        self._families[prefix] = resolve
+
+    def get(self, name: str):
+        for prefix, resolve in self._families.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                return resolve(name[len(prefix):])
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.get(name)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+
+MODELS: ModelRegistry = ModelRegistry("model")
 register_model = MODELS.register
 
 _FIXED_ARGS = ("num_classes", "in_channels", "image_size")
@@ -34,11 +63,13 @@ def _check_options(name: str, factory, options: dict) -> None:
 
 
 def create_model(
-    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
+    pretrained: bool | str | None = None, **options
 ) -> nn.Module:
-    """Builds a registered model with fresh (never pretrained) weights.
+    """Builds a registered model with fresh weights, or for a timm model with `pretrained` ones: True
+    downloads timm's, a path loads that state dict file.
 
-    Raises KeyError for an unknown name (the message lists the known ones) and
+    Raises KeyError for an unknown name (the message lists the known ones, or the closest timm names) and
     TypeError for an option the model does not take.
     """
     factory = MODELS.get(name)
@@ -46,6 +77,10 @@ def create_model(
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     _check_options(name, factory, options)
+    if pretrained not in (None, False):
+        if "pretrained" not in inspect.signature(factory).parameters:
+            raise ValueError(f"model {name!r} has no pretrained weights; only timm/<name> models take them")
+        options = {**options, "pretrained": pretrained}
     return factory(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size), **options)
 
 

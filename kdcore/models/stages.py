@@ -18,6 +18,20 @@ _NAMED_STAGES = {
 }
 
 
+def _timm_stages(model: nn.Module) -> list[str]:
+    """A timm model's stages as its own `feature_info` names them (the modules features_only would return)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not all(isinstance(i, dict) and "module" in i for i in info):
+        return []
+    paths = [i["module"] for i in info]
+    try:
+        for path in paths:
+            model.get_submodule(path)
+    except AttributeError:
+        return []
+    return paths
+
+
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
@@ -51,6 +65,9 @@ def feature_stages(model: nn.Module, sample: torch.Tensor) -> list[str]:
     Raises:
         ValueError: for a model whose stages are not known; name the layers by path instead.
     """
+    timm_stages = _timm_stages(model)  # first: timm's ResNet shares torchvision's class name
+    if timm_stages:
+        return timm_stages
     kind = type(model).__name__
     if kind in _NAMED_STAGES:
         return list(_NAMED_STAGES[kind])
