@@ -183,8 +183,16 @@ class TrainConfig(_Strict):
     channels_last: bool = True  # conv models and batches in NHWC, on CPU and CUDA
     fused_optimizer: bool = True  # the optimizer step as one fused kernel, on CPU and CUDA
     eval_batch_size: int = Field(256, ge=1)  # images per step when evaluating; larger batches were slower on CPU
+    nproc: int = Field(1, ge=1, le=64)  # processes (GPUs) training the run together under torchrun (DDP)
 
     _seed = field_validator("seed")(classmethod(lambda cls, v: check_seed(v)))
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainConfig":
+        if self.batch_size % self.nproc:  # every rank takes an equal shard of each global batch
+            raise ValueError(f"train.batch_size {self.batch_size} does not divide over train.nproc {self.nproc} "
+                             "processes; give a multiple of it")
+        return self
 
 
 class RunConfig(_Strict):

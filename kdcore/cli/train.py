@@ -39,6 +39,8 @@ def cmd_train(args) -> int:
     from kdcore.jobs import execute_job
     from kdcore.store import Store, this_worker
 
+    if args.nproc is not None:  # one more override: the stored config says it, so a resume keeps it
+        args.set = [*args.set, f"train.nproc={args.nproc}"]
     try:
         configs = _configs(args)
         from kdcore.checks import refuse_unrunnable
@@ -203,6 +205,9 @@ def add_parsers(sub) -> None:
                        help=SWEEP_HELP + "; prints each setting's gain, over seeds with --seeds")
     train.add_argument("--teacher-per-seed", action="store_true",
                        help="with --seeds: train a teacher for each seed instead of one for the group")
+    train.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="train the run on N processes (GPUs on CUDA) under torchrun: each takes batch_size/N "
+                            "images of every batch (sets train.nproc)")
     train.set_defaults(func=cmd_train)
 
     submit = sub.add_parser("submit", help="queue runs for workers (`kdcore worker` or the dashboard) and return")

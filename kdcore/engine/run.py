@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from kdcore.config import RunConfig
+from kdcore.engine import distributed
 from kdcore.engine.device import resolve_device
 from kdcore.engine.events import Callback, Event, no_callback
 from kdcore.engine.finetune import fine_tuned, freeze_all_but_last_stage, last_stage_modules
@@ -76,6 +77,8 @@ def execute_run(
                          should_stop=should_stop, teacher_sources=sources, find_sibling=find_sibling)
     runner.announce_plan()
     summary = runner.summary
+    summary["world_size"] = distributed.world_size()  # processes training each phase together (torchrun)
+    summary["effective_batch"] = config.train.batch_size  # images per step over all of them
     teachers = []
     for index in range(len(config.all_teachers)):  # each stays in memory for the student
         teacher = runner.prepare_teacher(index)

@@ -74,12 +74,13 @@ def teacher_seed(config: RunConfig, index: int = 0) -> int:
 def teacher_key(config: RunConfig, index: int = 0) -> str:
     """Equal for two configs exactly when their index-th teachers would end with the same weights."""
     t = config.all_teachers[index]
-    train = config.teacher_train(index).model_dump(mode="json", exclude={"epochs", "seed"})
+    train = _train_key(config.teacher_train(index), {"epochs", "seed"})
     dataset = config.dataset.model_dump(mode="json", exclude={"student_fraction"})
     dataset["augment"] = config.teacher_augment(index).model_dump(mode="json")  # dataset.augment unless its own
     if t.source == "train":  # the fields of the key before several teachers and fine-tuning: old runs still match
         # pretrained only when set, so keys of runs from before the field stay as they were
-        teacher = t.model_dump(mode="json", include={"arch", "options", "epochs"} | ({"pretrained"} if t.pretrained else set()))
+        teacher = t.model_dump(mode="json",
+                               include={"arch", "options", "epochs"} | ({"pretrained"} if t.pretrained else set()))
     else:
         teacher = t.model_dump(mode="json", include={"arch", "options", "source", "run_id", "checkpoint",
                                                      "finetune_epochs", "finetune_last_stage_only"})
@@ -91,7 +92,12 @@ def baseline_key(config: RunConfig) -> str:
     return _digest(dict(dataset=config.dataset.model_dump(mode="json"),
                         student=config.student.model_dump(mode="json", exclude=None if config.student.pretrained
                                                           else {"pretrained"}),
-                        train=config.train.model_dump(mode="json")))
+                        train=_train_key(config.train, set())))
+
+
+def _train_key(train, exclude: set) -> dict:
+    """The train settings a key holds; nproc only when over 1, so keys of runs from before it still match."""
+    return train.model_dump(mode="json", exclude=exclude | ({"nproc"} if train.nproc == 1 else set()))
 
 
 def _digest(value: dict) -> str:

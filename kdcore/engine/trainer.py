@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
+from kdcore.engine import distributed
 from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
@@ -149,6 +150,7 @@ class _Fit:
         path.format_model(model).train()
         self.distill = bool(teachers) and distill_cfg is not None and distill_cfg.alpha > 0
         augmenting = augment is not None and augment.enabled
+        distributed.check_batch(train_cfg.batch_size, phase)
         self.train_loader: BatchLoader = make_loader(
             data.train, train_cfg.batch_size, shuffle=True, device=device,
             augment=augment if augmenting else None, seed=seed, channels_last=path.channels_last,
@@ -172,6 +174,7 @@ class _Fit:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if self.distiller is not None:
             trainable += [p for p in self.distiller.parameters() if p.requires_grad]
+        self.trainable = trainable
         self.optimizer = make_optimizer(trainable, train_cfg, fused=path.fused_optimizer)
         self.scheduler = make_scheduler(self.optimizer, train_cfg, epochs, self.steps_per_epoch)
 
@@ -206,8 +209,12 @@ class _Fit:
             return self.teacher_train_logits[idx]
         return None
 
-    def step(self, x: Tensor, y: Tensor, idx: Tensor, batch: int, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """One optimizer step; the logits and the loss's parts, the whole loss as "loss"."""
+    def step(self, x: Tensor, y: Tensor, idx: Tensor, batch: int, epoch: int,
+             global_batch: Optional[int] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimizer step; the logits and the loss's parts, the whole loss as "loss".
+
+        `global_batch`: under torchrun, the size of the batch whose shard x is (kdcore.engine.distributed).
+        """
         teacher_logits = self.teacher_logits(batch, idx, epoch)
         with self.path.autocast():
             if self.distiller is not None:
@@ -221,6 +228,7 @@ class _Fit:
         with region("kdcore.backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.trainable, len(y), global_batch or len(y))
         with region("kdcore.optimizer_step"):
             self.optimizer.step()
             if self.scheduler is not None:
@@ -259,6 +267,7 @@ class _Fit:
                                        "lower train.lr")
             metrics["train_acc"] = totals.correct.item() / totals.seen
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            distributed.share_buffers(self.model, self.distiller)  # every rank validates the same weights
             val_acc = self.validate(metrics)
             self.callback(Event("epoch", phase=self.phase, epoch=epoch, step=progress.global_step, metrics=metrics,
                                 info={"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch}))
@@ -301,10 +310,11 @@ def _train_epoch(training: _Fit, epoch: int, progress: Progress, should_stop: Ca
     totals = _EpochTotals(sums={}, correct=torch.zeros((), device=training.device))
     window_start, window_images = time.perf_counter(), 0
     for b, (x, y, idx) in enumerate(training.train_loader):
-        if should_stop():
+        if distributed.any_rank(should_stop(), training.device):
             totals.cancelled = True
             break
-        logits, parts = training.step(x, y, idx, b, epoch)
+        x, y, idx, global_batch = distributed.shard(x, y, idx)
+        logits, parts = training.step(x, y, idx, b, epoch, global_batch)
         progress.global_step += 1
         batch = len(y)
         totals.seen += batch

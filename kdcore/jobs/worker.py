@@ -17,6 +17,7 @@ import torch
 
 from kdcore.config import ConfigError, RunConfig
 from kdcore.configure import build_config
+from kdcore.engine import distributed
 from kdcore.engine.checkpoint import CheckpointError, NoSpaceLeft
 from kdcore.engine.device import describe_device, resolve_device
 from kdcore.engine.events import Event
@@ -113,6 +114,11 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
     """
     interrupt = interrupt or threading.Event()
     run = store.get_run(run_id)
+    nproc = _nproc(run)
+    if nproc > 1 and not distributed.launched():  # torchrun's rank 0 comes back here and runs it
+        from kdcore.jobs.torchrun import launch
+
+        return launch(store, run_id, worker=worker, nproc=nproc, interrupt=interrupt)
     attempt = Attempt(run)
     live = LiveState(run_id=run_id, status="running", run_started=time.time())
     pruning = _trial_pruning(store, run_id)
@@ -163,6 +169,14 @@ def execute_job(store: Store, run_id: int, *, worker: str, device: Optional[torc
         return "interrupted"  # another process already recorded it so; its lease is not ours to end
     _finish(store, run_id, status, attempt.summary(run, summary, status), error, worker, kind)
     return status
+
+
+def _nproc(run) -> int:
+    """The processes a stored run asks to train on (train.nproc); 1 for a config that cannot be read."""
+    try:
+        return int((run.config.get("train") or {}).get("nproc", 1))
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 def failure_kind(err: BaseException) -> Optional[str]:
