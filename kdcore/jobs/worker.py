@@ -350,7 +350,7 @@ class Worker:
         for run_id, why in RunService(self.store, here=False).resume_interrupted():
             if run_id not in self._left:
                 self._left.add(run_id)
-                print(f"kdcore worker {self.id}: not resuming: {why}", file=sys.stderr, flush=True)
+                print(f"kdcore worker {self.id}: not resuming {why}", file=sys.stderr, flush=True)
 
     def _expire_stale(self) -> None:
         """Marks runs of dead workers interrupted, so none stays `running` when nobody lists runs."""
