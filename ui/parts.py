@@ -233,8 +233,8 @@ def group_card(report: dict) -> None:
         value = text.points(a["mean"]) if key == "kd_gain" else text.pct(a["mean"], 2)
         # the spread under the mean, not beside it: "71.52% ± 11.07" did not fit a tile
         spread = None if a["std"] is None else f"sd ± {100 * a['std']:.2f} pts"
-        interval = text.points_range(*a["ci95"]) if key == "kd_gain" else \
-            f"{text.pct(a['ci95'][0], 2)} to {text.pct(a['ci95'][1], 2)}" if a["ci95"] else None
+        interval = None if not a["ci95"] else text.points_range(*a["ci95"]) if key == "kd_gain" else \
+            f"{text.pct(a['ci95'][0], 2)} to {text.pct(a['ci95'][1], 2)}"  # one completed run: no interval
         col.metric(label, value, delta=spread, delta_color="off", delta_arrow="off",
                    help=None if interval is None else f"95% interval across seeds: {interval}; ± is the standard "
                                                       "deviation over seeds")
