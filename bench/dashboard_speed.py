@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kdcore.store import ACTIVE, Store  # noqa: E402
+from bench.machine import print_table  # noqa: E402
 from ui.serve import CHROMIUM_ARGS, serve_dashboard  # noqa: E402
 
 CONFIG = "examples/digits.yaml"
@@ -116,11 +117,7 @@ def main(argv=None) -> int:
                      f"{m['student']:,.0f} | {m['baseline']:,.0f} |")
     header = (f"{datetime.date.today()}, {args.threads} thread(s), load {args.load}, medians of {args.repeats}: "
               f"`python bench/dashboard_speed.py --repeats {args.repeats} --threads {args.threads} --load {args.load}`")
-    table = header + "\n\n" + "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write("\n" + table + "\n")
+    print_table(header, lines, args.markdown)
     return 0
 
 

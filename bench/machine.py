@@ -22,3 +22,12 @@ def cpu_flags() -> str:
         flags = set()
     present = " ".join(f for f in SPEED_FLAGS if f in flags) or "unknown"
     return f"{torch.backends.cpu.get_cpu_capability()} kernels; {present}"
+
+
+def print_table(header: str, lines: list[str], markdown=None) -> None:
+    """A bench's result: its header line, then its Markdown table; appended to `markdown` too, where given."""
+    table = header + "\n\n" + "\n".join(lines)
+    print(table)
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write("\n" + table + "\n")

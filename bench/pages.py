@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from kdcore.configure import build_config  # noqa: E402
 from kdcore.store import Store  # noqa: E402
+from bench.machine import cpu_model, print_table  # noqa: E402
 from ui.serve import CHROMIUM_ARGS, serve_dashboard  # noqa: E402
 
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
@@ -140,13 +141,6 @@ def page_visits(url: str, repeats: int) -> dict:
     return {"runs": runs, "report": report, "shown": shown, "live": live}
 
 
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    cores = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("CPU(s)")), "?")
-    return f"{model}, {cores} CPUs"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1000, help="runs in the bench store (default 1000)")
@@ -171,11 +165,7 @@ def main(argv=None) -> int:
     header = (f"{datetime.date.today()}, {cpu_model()}, server start to health "
               f"{statistics.median(c['health_s'] for c in cold):.1f} s: `python bench/pages.py --runs {args.runs} "
               f"--repeats {args.repeats} --cold-repeats {args.cold_repeats}`")
-    table = header + "\n\n" + "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write("\n" + table + "\n")
+    print_table(header, lines, args.markdown)
     return 0
 
 

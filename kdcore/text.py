@@ -231,6 +231,11 @@ def teachers_cell(summary: Optional[dict], first_arch: Optional[str] = None) -> 
     return " + ".join(c for c in cells if c) or None
 
 
+_CELL_FORMATS = {"pct": lambda v: pct(v), "pts": lambda v: signed(100 * v), "p": lambda v: p_value(v),
+                 "number": lambda v: number(v), "count": lambda v: compact(v), "ms": lambda v: ms(v),
+                 "duration": lambda v: duration(v)}  # looked up when called: the formatters are defined below too
+
+
 def table_cell(value, kind: str) -> str:
     """One cell of a runs table as text, the same way in every column of a kind: 'pct' (a fraction as '97.5%'),
     'pts' (a signed difference in points, '−4.46'), 'p', 'number' ('%.3g'), 'count' ('1.23 M'), 'ms', 'duration',
@@ -238,20 +243,8 @@ def table_cell(value, kind: str) -> str:
     if missing(value) or value is None or (kind == "text" and str(value) in ("", "nan", "None", "<NA>")):
         return "—"
     try:
-        if kind == "pct":
-            return pct(float(value))
-        if kind == "pts":
-            return signed(100 * float(value))
-        if kind == "p":
-            return p_value(float(value))
-        if kind == "number":
-            return number(float(value))
-        if kind == "count":
-            return compact(float(value))
-        if kind == "ms":
-            return ms(float(value))
-        if kind == "duration":
-            return duration(float(value))
+        if kind in _CELL_FORMATS:
+            return _CELL_FORMATS[kind](float(value))
         if kind == "int":
             return str(int(value))
     except (TypeError, ValueError):

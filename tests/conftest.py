@@ -150,3 +150,17 @@ def page(browser, request):
         ARTIFACTS.mkdir(exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     context.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard_without_worker(tmp_path_factory):
+    """(base URL, store URL) of a dashboard on an empty store that runs nothing itself: queued runs stay queued
+    until a `kdcore worker` takes them."""
+    from tests.helpers import STALL_S
+    from ui.serve import serve_dashboard
+
+    tmp = tmp_path_factory.mktemp("no_worker")
+    db = f"sqlite:///{tmp}/runs/kdcore.db"
+    with serve_dashboard(db, log_path=tmp / "streamlit.log", start_timeout=STALL_S,
+                         env={"KDCORE_LOCAL_WORKERS": "0"}) as url:
+        yield url, db

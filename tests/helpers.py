@@ -1,6 +1,8 @@
 """What several test files share: waiting on runs by their progress, and reading AppTest pages."""
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import time
 from pathlib import Path
@@ -126,3 +128,16 @@ def changed_option(option: dict):
             target = (default + high) / 2 if default < high else ((low if low is not None else 0.0) + default) / 2
         return target
     return None
+
+
+def require_extra(module: str) -> None:
+    """Skips where `module` (from the test extra) is missing, unless KDCORE_REQUIRE_EXTRAS=1 (CI): then fails."""
+    import pytest
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        why = f'{module} is not installed: pip install -e ".[test]" installs it'
+        if os.environ.get("KDCORE_REQUIRE_EXTRAS") == "1":
+            pytest.fail(why)
+        pytest.skip(why)

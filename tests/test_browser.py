@@ -198,16 +198,6 @@ def test_a_method_with_options_is_set_up_and_its_terms_show_in_the_live_loss_cha
     assert store.get_run(run.id).status == "completed", store.get_run(run.id).error
 
 
-@pytest.fixture(scope="module")
-def dashboard_without_worker(tmp_path_factory):
-    """A dashboard that runs nothing itself: runs are executed by `kdcore worker` processes."""
-    tmp = tmp_path_factory.mktemp("no_worker")
-    db = f"sqlite:///{tmp}/runs/kdcore.db"
-    with serve_dashboard(db, log_path=tmp / "streamlit.log", start_timeout=STALL_S,
-                         env={"KDCORE_LOCAL_WORKERS": "0"}) as url:
-        yield url, db
-
-
 def test_a_run_of_a_separate_worker_process_is_watched_live_and_cancelled_in_the_browser(dashboard_without_worker,
                                                                                          page):
     url, db = dashboard_without_worker

@@ -6,19 +6,14 @@ import pytest
 
 from kdcore.store import Store
 from tests.helpers import STALL_S
-from ui.serve import serve_dashboard
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
-    """(base URL, store URL) of a dashboard on an empty store whose worker runs nothing (queued runs stay)."""
-    tmp = tmp_path_factory.mktemp("form")
-    db = f"sqlite:///{tmp}/runs/kdcore.db"
-    with serve_dashboard(db, log_path=tmp / "streamlit.log", start_timeout=STALL_S,
-                         env={"KDCORE_LOCAL_WORKERS": "0"}) as url:
-        yield url, db
+def dashboard(dashboard_without_worker):
+    """The form's browser tests queue runs and check them in the store: no worker may take them (conftest.py)."""
+    return dashboard_without_worker
 
 
 def _idle(page, timeout=60_000):

@@ -14,28 +14,17 @@ import yaml
 from kdcore.cli import main
 from kdcore.configure import build_config
 from kdcore.store import Store
-from tests.helpers import wait_while_progressing
+from tests.helpers import require_extra, wait_while_progressing
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": {"name": "digits"}, "teacher": {"arch": "tiny_cnn", "epochs": 1}, "student": {"arch": "mlp_tiny"},
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu"}}
 
 
-def _require_ray() -> None:
-    """Skips where ray is missing (it is in the test extra), unless KDCORE_REQUIRE_EXTRAS=1 (CI): then that fails."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        why = 'ray is not installed: pip install -e ".[test]" installs it'
-        if os.environ.get("KDCORE_REQUIRE_EXTRAS") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-
-
 @pytest.fixture
 def ray_cluster(monkeypatch):
     """Two Ray nodes of one CPU each; their workers import this checkout's kdcore, as the driver does."""
-    _require_ray()
+    require_extra("ray")
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -6,24 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from kdcore.cli import main
 from kdcore.store import Store
+from tests.helpers import require_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "teacher.epochs=1", "--set", "train.epochs=1", "--set", "baseline=false"]
-
-
-def _require_submitit() -> None:
-    """Skips where submitit is missing (it is in the test extra), unless KDCORE_REQUIRE_EXTRAS=1 (CI): then fails."""
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        why = 'submitit is not installed: pip install -e ".[test]" installs it'
-        if os.environ.get("KDCORE_REQUIRE_EXTRAS") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def _kdcore(store: Store, *args, timeout: float) -> subprocess.CompletedProcess:
@@ -33,7 +21,7 @@ def _kdcore(store: Store, *args, timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_two_local_submitit_jobs_drain_three_queued_runs_each_once(store, tmp_path):
-    _require_submitit()
+    require_extra("submitit")
     ids = []
     for seed in range(3):
         done = _kdcore(store, "submit", "examples/digits.yaml", *QUICK, "--set", f"train.seed={seed}", timeout=120)
@@ -59,7 +47,7 @@ def test_slurm_without_submitit_says_how_to_install_it_and_exits_2(store, monkey
 
 
 def test_slurm_without_sbatch_or_local_is_refused_before_anything_is_submitted(store, tmp_path, monkeypatch, capsys):
-    _require_submitit()
+    require_extra("submitit")
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
     assert main(["--db", store.url, "slurm", "--jobs", "2", "--folder", str(tmp_path / "jobs")]) == 2
     assert "sbatch" in capsys.readouterr().err
@@ -69,7 +57,7 @@ def test_slurm_without_sbatch_or_local_is_refused_before_anything_is_submitted(s
 def test_a_job_at_its_time_limit_records_its_run_interrupted_at_once(store, tmp_path):
     """submitit's warning signal before the time limit (USR2; the local executor sends it 30 s before a 1 minute
     limit) stops the worker's run at its next step, recorded interrupted with its metrics, not left to its lease."""
-    _require_submitit()
+    require_extra("submitit")
     done = _kdcore(store, "submit", "examples/digits.yaml", "--set", "teacher.epochs=5000", "--set", "baseline=false",
                    timeout=120)
     run_id = int(done.stdout.split()[0])
