@@ -30,7 +30,7 @@ def _known_model(arch: str) -> str:
     try:
         MODELS.get(arch)
     except KeyError as err:
-        if arch.startswith("timm/"):  # the closest timm names, not timm's thousand
+        if not str(err.args[0]).startswith("unknown model"):  # timm's closest names, a plug-in's import error
             raise ValueError(err.args[0]) from None
         raise ValueError(f"unknown architecture {arch!r}; see `kdcore models`") from None
     return arch

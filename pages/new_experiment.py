@@ -79,6 +79,8 @@ shape = (info.num_classes, info.in_channels, info.image_size or image_size or 64
 st.subheader("Models")
 if info.num_classes is None:
     st.caption("Sizes below assume 10 classes; the image folder decides the real number.")
+for name, why in MODELS.plugins().broken.items():  # listed, never offered: the picker keeps working
+    st.warning(f"The installed model **{name}** cannot be offered: {why}", icon=":material/extension_off:")
 
 
 def architecture(role: str, label: str) -> str:
@@ -86,7 +88,8 @@ def architecture(role: str, label: str) -> str:
     # the zoo first, then every timm model: type to search (e.g. "timm/resnet")
     return st.selectbox("Architecture", MODELS.names() + timm_models.picker_names(), key=k(f"{role}.arch"),
                         format_func=lambda n: f"{n} · {describe_model(n)}", on_change=form.reset_options, args=(role,),
-                        help="The zoo's models, then timm's (timm/<name>): type part of a name to search.")
+                        help="The zoo's models and installed packages' (entry point group kdcore.models), then timm's "
+                             "(timm/<name>): type part of a name to search.")
 
 
 def too_large(arch: str, options: dict):

@@ -5,15 +5,26 @@ import json
 
 
 def cmd_models(args) -> int:
-    from kdcore.models import MODELS, describe_model, model_profile
+    from kdcore.models import MODELS, describe_model, model_profile, timm_models
 
+    wanted = (args.search or "").lower()
     print(f"{'name':<22} {'params (10 classes, 3x32x32)':>30}  description")
-    for name in MODELS.names():
+    for name in (n for n in MODELS.names() if wanted in n.lower()):
         try:
             params = f"{model_profile(name, 10, 3, 32).params:,}"
         except Exception:
             params = "?"
         print(f"{name:<22} {params:>30}  {describe_model(name)}")
+    plugins = MODELS.plugins()
+    for name, why in plugins.broken.items():
+        if wanted in name.lower():
+            print(f"{name:<22} {'broken':>30}  {plugins.sources[name]}: {why}")
+    timm_names = [n for n in timm_models.picker_names() if wanted in n.lower()]
+    if wanted:
+        for name in timm_names:
+            print(name)
+    else:
+        print(f"\nand {len(timm_names):,} timm models as timm/<name>: `kdcore models --search NAME` lists them")
     return 0
 
 
@@ -47,7 +58,9 @@ def cmd_datasets(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="list the model zoo, installed packages' models and timm's")
+    models.add_argument("--search", metavar="TEXT", help="only names containing TEXT, timm's included")
+    models.set_defaults(func=cmd_models)
     methods = sub.add_parser("methods", help="list the distillation methods and their options (distill.options)")
     methods.add_argument("--json", action="store_true", help="a list of objects with name, options and formula")
     methods.set_defaults(func=cmd_methods)

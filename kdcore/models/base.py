@@ -8,19 +8,36 @@ from typing import Callable
 
 from torch import nn
 
+from kdcore.models.plugins import Plugins, load_plugins
 from kdcore.registry import Registry
 
 # name -> factory(num_classes, in_channels, image_size, **options) -> nn.Module.
 # A factory's docstring's first line is its one-line description for the UI.
 class ModelRegistry(Registry):
-    """The zoo's registry, plus families of models named `prefix<name>` (e.g. timm/resnet18) resolved on demand.
+    """The zoo's registry, plus installed packages' models (kdcore.models.plugins), plus families of models
+    named `prefix<name>` (e.g. timm/resnet18) resolved on demand.
 
-    `names()` lists the zoo alone; a family's names are checked (and their factories built) when asked for.
+    `names()` lists the zoo and the plug-ins; a family's names are checked (and their factories built) when asked for.
     """
 
     def __init__(self, kind: str):
         super().__init__(kind)
         self._families: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
+        self._plugins: Plugins | None = None
+
+    def plugins(self) -> Plugins:
+        """The installed packages' models, loaded on first use."""
+        if self._plugins is None:
+            self._plugins = load_plugins(lambda name: name in self._entries)
+        return self._plugins
+
+    def reload_plugins(self) -> Plugins:
+        """Looks for entry points again, e.g. after a package was installed into this process's path."""
+        self._plugins = None
+        return self.plugins()
+
+    def names(self) -> list[str]:
+        return sorted([*self._entries, *self.plugins().factories])
 
     def add_family(self, prefix: str, resolve: Callable[[str], Callable[..., nn.Module]]) -> None:
         # resolve(rest) returns a factory, or raises KeyError with the closest names
@@ -30,7 +47,14 @@ class ModelRegistry(Registry):
         for prefix, resolve in self._families.items():
             if isinstance(name, str) and name.startswith(prefix):
                 return resolve(name[len(prefix):])
-        return super().get(name)
+        if name in self._entries:
+            return self._entries[name]
+        plugins = self.plugins()
+        if name in plugins.factories:
+            return plugins.factories[name]
+        if name in plugins.broken:
+            raise KeyError(f"model {name!r} from an installed package is broken: {plugins.broken[name]}")
+        raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -99,8 +123,11 @@ def build_problem(name: str, err: BaseException) -> str:
 
 def describe_model(name: str) -> str:
     """One-line description of a registered model, e.g. "CIFAR-style ResNet, 20 layers"."""
-    doc = inspect.getdoc(MODELS.get(name)) or ""
-    return doc.splitlines()[0].strip() if doc.strip() else name
+    doc = inspect.cleandoc(MODELS.get(name).__doc__ or "")  # the factory's own: a class would inherit nn.Module's
+    if doc.strip():
+        return doc.splitlines()[0].strip()
+    source = MODELS.plugins().sources.get(name)
+    return f"from {source}" if source else name
 
 
 def pooled_size(size: int, kernel: int = 2, stride: int | None = None, padding: int = 0, ceil: bool = False) -> int:
