@@ -110,3 +110,17 @@ def test_train_over_seeds_prints_one_group_object_and_trains_one_teacher(db):
     assert shown.returncode == 0 and "1 teacher(s) trained" in shown.stdout and "over 3 seeds" in shown.stdout
     missing = kdcore("groups", "show", "nope", db=db)
     assert missing.returncode == 1 and "no group named 'nope'" in missing.stderr
+
+
+def test_reading_the_store_loads_no_torch(tmp_path):
+    """`runs list`, `runs show` and `groups list` are a second's work, not the four of loading PyTorch and the zoo."""
+    db = f"sqlite:///{tmp_path}/kd.db"
+    from kdcore.store import Store
+
+    Store(db)  # an empty store, made here
+    probe = ("import sys\nfrom kdcore.cli import main\n"
+             f"for args in (['runs', 'list'], ['runs', 'show', '1'], ['groups', 'list']):\n"
+             f"    main(['--db', {db!r}, *args])\n"
+             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr

@@ -10,11 +10,11 @@ import threading
 from kdcore.cli.common import (_group_json, _interrupt_on_signals, _print_group, _print_summary, _ProgressBars,
                                _run_json)
 from kdcore.config import ConfigError
-from kdcore.configure import load_config
 
 
 def _configs(args):
     """The config(s) a train or submit command asks for: one, or a group (one run per seed and swept setting)."""
+    from kdcore.configure import load_config  # torch and the zoo: only the commands that train pay for them
     from kdcore.experiments import expand, parse_seeds, parse_sweep
 
     config = load_config(args.config, args.set)

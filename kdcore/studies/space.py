@@ -22,7 +22,6 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from kdcore.config import TEACHER_TRAIN_KEYS, ConfigError, RunConfig
-from kdcore.configure import build_config
 
 SAMPLERS = ("tpe", "random", "grid")  # how the space is searched: Optuna's TPE, random draws, or every grid point
 PRUNERS = ("median", "hyperband", "none")  # how lagging trials are stopped early
@@ -331,6 +330,8 @@ def parse_space(data: Any, base: RunConfig, *, where: str = "the space") -> Sear
 
 def _check_values(space: SearchSpace, base: RunConfig) -> None:
     """Every bound and choice of every key makes a valid config with the rest at the base's values."""
+    from kdcore.configure import build_config  # torch and the zoo: not for the CLI's parser, which reads SAMPLERS
+
     for dim in space.dims:
         methods = dim.methods or (None,)
         for method in methods:
