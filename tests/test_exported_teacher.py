@@ -1,0 +1,140 @@
+"""A teacher from a file that carries its own graph (teacher.source exported): a run's own student, exported as
+.pt2 and as ONNX by `kdcore export`, teaches the next run; a file that is none, does not fit the dataset, or a
+method that reads features, is refused in one line with exit 2 and nothing stored.
+
+One tiny digits run is trained and exported once for the whole module."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdcore.cli import main
+from kdcore.config import ConfigError
+from kdcore.configure import build_config
+from kdcore.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "teacher.epochs=1", "--set", "teacher.options={width: 16}", "--set", "train.epochs=1",
+        "--set", "baseline=false", "--set", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(store URL, {format: the first run's student exported in it}, the first run)."""
+    folder = tmp_path_factory.mktemp("exported")
+    db = f"sqlite:///{folder}/kd.db"
+    assert main(["--db", db, "train", "examples/digits.yaml", *TINY]) == 0
+    files = {}
+    for fmt in ("pt2", "onnx"):
+        files[fmt] = folder / f"student.{fmt}"
+        assert main(["--db", db, "export", "1", "--format", fmt, "-o", str(files[fmt])]) == 0
+    return db, files, Store(db).get_run(1)
+
+
+def _with_teacher(db: str, path: Path, *extra: str) -> int:
+    return main(["--db", db, "train", "examples/digits.yaml", *TINY, "--set", "teacher.source=exported",
+                 "--set", f"teacher.checkpoint={path}", *extra])
+
+
+def _refused(capsys, db: str, path: Path, *extra: str) -> str:
+    """The one line `kdcore train` refuses with, once it has exited 2 and stored no run."""
+    before = len(Store(db).list_runs())
+    capsys.readouterr()
+    assert _with_teacher(db, path, *extra) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert len(Store(db).list_runs()) == before
+    return lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_a_runs_exported_student_teaches_the_next_run_with_its_own_test_accuracy(exported, fmt):
+    db, files, first = exported
+    assert _with_teacher(db, files[fmt]) == 0
+    run = Store(db).list_runs()[0]
+    s = run.summary
+    assert run.status == "completed" and run.teacher_arch == f"exported:student.{fmt}"
+    assert s["teacher_test_acc"] == pytest.approx(first.summary["student_test_acc"], abs=1e-6)
+    assert s["teacher_params"] == first.summary["student_params"]  # the program's parameters, the ONNX initializers
+    assert s["teachers"][0]["arch"] == f"exported:student.{fmt}" and s["teachers"][0]["source"] == "exported"
+    assert "student_test_acc" in s and s["compression"] == pytest.approx(s["teacher_params"] / s["student_params"])
+    assert ("teacher_flops" in s) == (fmt == "pt2")  # onnxruntime's work is not counted by PyTorch
+    assert run.config["teacher"]["source"] == "exported" and run.config["teacher"]["options"] == {}
+
+
+def test_a_feature_method_is_refused_with_an_exported_teacher(exported, capsys):
+    db, files, _ = exported
+    line = _refused(capsys, db, files["pt2"], "--set", "distill.method=fitnets")
+    assert "distill.method: fitnets reads the teacher's features" in line and "gives only its logits" in line
+    assert "soft" in line and "dkd" in line  # what to choose instead
+
+
+def test_an_exported_teacher_is_never_fine_tuned(exported, capsys):
+    db, files, _ = exported
+    line = _refused(capsys, db, files["onnx"], "--set", "teacher.finetune_epochs=2")
+    assert "an exported teacher is frozen: it is never fine-tuned" in line
+
+
+def test_a_text_file_named_pt2_is_refused_in_one_line_without_torchs_traceback(exported, tmp_path):
+    db, _, _ = exported
+    fake = tmp_path / "teacher.pt2"
+    fake.write_text("not a model at all")
+    before = len(Store(db).list_runs())
+    # a subprocess: torch.export.load logs a traceback of its own to the real stderr before it raises
+    result = subprocess.run([sys.executable, "-m", "kdcore", "--db", db, "train", "examples/digits.yaml", *TINY,
+                             "--set", "teacher.source=exported", "--set", f"teacher.checkpoint={fake}"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid config: teacher.checkpoint: teacher.pt2 is not a torch.export program (.pt2): choose the "
+        "file torch.export.save (or kdcore export --format pt2) wrote"]
+    assert len(Store(db).list_runs()) == before
+
+
+def test_a_text_file_named_onnx_is_refused(exported, capsys, tmp_path):
+    db, _, _ = exported
+    fake = tmp_path / "teacher.onnx"
+    fake.write_bytes(b"\x00\x01 not protobuf")
+    line = _refused(capsys, db, fake)
+    assert "teacher.checkpoint: teacher.onnx is not an ONNX model" in line
+
+
+def _planted(folder: Path, fmt: str, in_channels: int, classes: int) -> Path:
+    """A tiny model of this input and class count, exported as a user would, beside kdcore."""
+    model = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, classes)).eval()
+    example = (torch.zeros(2, in_channels, 8, 8),)
+    dynamic = ({0: torch.export.Dim("batch")},)
+    path = folder / f"c{in_channels}_k{classes}.{fmt}"
+    if fmt == "pt2":
+        torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), path)
+    else:
+        torch.onnx.export(model, example, str(path), dynamo=True, dynamic_shapes=dynamic, external_data=False,
+                          verbose=False)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_an_exported_teacher_of_another_class_count_is_refused(exported, capsys, tmp_path, fmt):
+    db, _, _ = exported
+    line = _refused(capsys, db, _planted(tmp_path, fmt, 1, 3))
+    assert f"teacher.checkpoint: c1_k3.{fmt} gives 3 class scores, but digits has 10 classes" in line
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_an_exported_teacher_for_another_input_shape_is_refused(exported, capsys, tmp_path, fmt):
+    db, _, _ = exported
+    line = _refused(capsys, db, _planted(tmp_path, fmt, 3, 10))
+    assert f"teacher.checkpoint: c3_k10.{fmt} takes inputs of shape 3×8×8, but digits has 1×8×8 images" in line
+
+
+def test_an_exported_teacher_needs_a_pt2_or_onnx_path():
+    with pytest.raises(ConfigError, match="teacher.checkpoint is required when teacher.source is 'exported'"):
+        build_config({"teacher": {"source": "exported"}})
+    with pytest.raises(ConfigError, match="'teacher.pt' is not a .pt2 or .onnx file"):
+        build_config({"teacher": {"source": "exported", "checkpoint": "teacher.pt"}})
+    with pytest.raises(ConfigError, match="set teacher.source to exported"):
+        build_config({"teacher": {"arch": "exported:teacher.pt2"}})
