@@ -102,13 +102,14 @@ def test_a_text_file_named_onnx_is_refused(exported, capsys, tmp_path):
     assert "teacher.checkpoint: teacher.onnx is not an ONNX model" in line
 
 
-def _planted(folder: Path, fmt: str, in_channels: int, classes: int) -> Path:
-    """A tiny model of this input and class count, exported as a user would, beside kdcore."""
+def _planted(folder: Path, fmt: str, in_channels: int, classes: int, batch: int = 2) -> Path:
+    """A tiny model of this input and class count, exported as a user would, beside kdcore; a dynamic batch
+    dimension unless `batch` is 1 (torch.export then fixes it)."""
     model = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, classes)).eval()
-    example = (torch.zeros(2, in_channels, 8, 8),)
-    dynamic = ({0: torch.export.Dim("batch")},)
-    path = folder / f"c{in_channels}_k{classes}.{fmt}"
+    example = (torch.zeros(batch, in_channels, 8, 8),)
+    dynamic = ({0: torch.export.Dim("batch")},) if batch > 1 else None
+    path = folder / f"c{in_channels}_k{classes}_b{batch}.{fmt}"
     if fmt == "pt2":
         torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), path)
     else:
@@ -121,14 +122,21 @@ def _planted(folder: Path, fmt: str, in_channels: int, classes: int) -> Path:
 def test_an_exported_teacher_of_another_class_count_is_refused(exported, capsys, tmp_path, fmt):
     db, _, _ = exported
     line = _refused(capsys, db, _planted(tmp_path, fmt, 1, 3))
-    assert f"teacher.checkpoint: c1_k3.{fmt} gives 3 class scores, but digits has 10 classes" in line
+    assert f"teacher.checkpoint: c1_k3_b2.{fmt} gives 3 class scores, but digits has 10 classes" in line
 
 
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])
 def test_an_exported_teacher_for_another_input_shape_is_refused(exported, capsys, tmp_path, fmt):
     db, _, _ = exported
     line = _refused(capsys, db, _planted(tmp_path, fmt, 3, 10))
-    assert f"teacher.checkpoint: c3_k10.{fmt} takes inputs of shape 3×8×8, but digits has 1×8×8 images" in line
+    assert f"teacher.checkpoint: c3_k10_b2.{fmt} takes inputs of shape 3×8×8, but digits has 1×8×8 images" in line
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_an_exported_teacher_with_a_fixed_batch_size_is_refused(exported, capsys, tmp_path, fmt):
+    db, _, _ = exported
+    line = _refused(capsys, db, _planted(tmp_path, fmt, 1, 10, batch=1))
+    assert f"teacher.checkpoint: c1_k10_b1.{fmt} was exported for batches of exactly 1 image(s)" in line
 
 
 def test_an_exported_teacher_needs_a_pt2_or_onnx_path():

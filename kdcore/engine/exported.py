@@ -27,7 +27,7 @@ class ExportedTeacher(nn.Module):
 
     Attributes:
         file_params: the parameter count the file holds (the program's parameters, the ONNX initializers).
-        input_shape: the (C, H, W) the file declares, with None for a dimension it leaves free.
+        input_shape: the input's shape the file declares, batch first, with None for a dimension it leaves free.
     """
 
     file_params: int
@@ -101,7 +101,7 @@ def _read_pt2(path: Path) -> Pt2Teacher:
         raise CheckpointError(f"{path.name} takes {len(users)} inputs; a teacher takes one batch of images")
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == users[0])
     value = node.meta.get("val")
-    shape = tuple(d if isinstance(d, int) else None for d in value.shape[1:]) if value is not None else ()
+    shape = tuple(d if isinstance(d, int) else None for d in value.shape) if value is not None else ()
     params = sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
     return Pt2Teacher(module, params, shape)
 
@@ -125,7 +125,7 @@ def _read_onnx(path: Path, device: torch.device) -> OnnxTeacher:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise CheckpointError(f"{path.name} takes {len(inputs)} inputs; a teacher takes one batch of images")
-    shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape[1:])
+    shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type in floats)
     return OnnxTeacher(session, params, shape)
@@ -154,10 +154,13 @@ def fit_problem(model: ExportedTeacher, name: str, *, num_classes: Optional[int]
                 image_size: int, dataset: str) -> Optional[str]:
     """Why the teacher cannot serve this dataset, found on one zero batch of its shape; None when it fits."""
     wanted = (in_channels, image_size, image_size)
-    declared = model.input_shape
+    batch, declared = model.input_shape[:1], model.input_shape[1:]
     if len(declared) != 3 or any(d is not None and d != w for d, w in zip(declared, wanted)):
         return (f"{name} takes inputs of shape {_images(declared) or 'unknown'}, but {dataset} has "
                 f"{_images(wanted)} images")
+    if batch and batch[0] is not None:  # the run evaluates batches of 256, and times batches of 1 and 64
+        return (f"{name} was exported for batches of exactly {batch[0]} image(s); export it with a dynamic batch "
+                "dimension (torch.export.Dim on dimension 0, as kdcore export does)")
     try:
         with torch.inference_mode():
             logits = model(torch.zeros(2, *wanted))
