@@ -3,8 +3,11 @@
 method that reads features, is refused in one line with exit 2 and nothing stored.
 
 One tiny digits run is trained and exported once for the whole module."""
+import io
+import pathlib
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,29 @@ def test_a_text_file_named_pt2_is_refused_in_one_line_without_torchs_traceback(e
         "error: invalid config: teacher.checkpoint: teacher.pt2 is not a torch.export program (.pt2): choose the "
         "file torch.export.save (or kdcore export --format pt2) wrote"]
     assert len(Store(db).list_runs()) == before
+
+
+def test_a_pt2_that_would_unpickle_a_python_object_is_refused_before_torch_loads_it(exported, capsys, tmp_path):
+    """torch.export.load falls back to torch.load(weights_only=False) for a program's sample inputs: a planted
+    object there (here a harmless PosixPath; it could be one that runs code) must not be unpickled."""
+    db, files, _ = exported
+    planted = io.BytesIO()
+    torch.save(((pathlib.PosixPath("/etc"),), {}), planted)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(files["pt2"]) as source, zipfile.ZipFile(evil, "w") as out:
+        for info in source.infolist():
+            out.writestr(info, planted.getvalue() if "sample_inputs" in info.filename else source.read(info))
+    line = _refused(capsys, db, evil)
+    assert "teacher.checkpoint: evil.pt2 was refused: its part student/data/sample_inputs/model.pt holds a " \
+           "Python object besides tensors that could run code when loaded" in line
+
+
+def test_a_torch_checkpoint_renamed_pt2_is_refused_as_no_program(exported, capsys, tmp_path):
+    db, _, _ = exported
+    renamed = tmp_path / "weights.pt2"
+    torch.save({"w": torch.zeros(2)}, renamed)
+    line = _refused(capsys, db, renamed)
+    assert "teacher.checkpoint: weights.pt2 is not a torch.export program (.pt2), or it is damaged" in line
 
 
 def test_a_text_file_named_onnx_is_refused(exported, capsys, tmp_path):

@@ -8,6 +8,8 @@ sentence (CheckpointError, as a bad checkpoint is).
 from __future__ import annotations
 
 import copy
+import io
+import json
 import logging
 import zipfile
 from contextlib import contextmanager
@@ -86,10 +88,49 @@ def _not_one(path: Path, what: str, hint: str) -> CheckpointError:
     return CheckpointError(f"{path.name} is not {what}: {hint}")
 
 
+_TEXT_PARTS = {"archive_format", "archive_version", "version", "byteorder", "serialization_id"}
+
+
+def _pickled_parts(archive: zipfile.ZipFile) -> list[str]:
+    """The parts of a .pt2 that torch.export.load unpickles: all but its JSON, its few text files, its extra
+    files (read as text) and the raw tensor payloads its weights and constants configs name."""
+    raw = set()
+    for name in archive.namelist():
+        if name.endswith(("_weights_config.json", "_constants_config.json")):
+            folder = name.rsplit("/", 1)[0]
+            for entry in json.loads(archive.read(name)).get("config", {}).values():
+                if not entry.get("use_pickle") and entry.get("path_name", "").startswith(("weight_", "tensor_")):
+                    raw.add(f"{folder}/{entry['path_name']}")
+    return [name for name in archive.namelist()
+            if name not in raw and not name.endswith(("/", ".json")) and "/extra/" not in f"/{name}"
+            and name.rsplit("/", 1)[-1] not in _TEXT_PARTS]
+
+
+def _code_refused(path: Path) -> None:
+    """Refuses a .pt2 with a pickled Python object besides tensors: torch.export.load falls back to
+    torch.load(weights_only=False) for its sample inputs and pickled payloads, which could run code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            formats = [archive.read(n) for n in archive.namelist() if n.rsplit("/", 1)[-1] == "archive_format"]
+            if b"pt2" not in [f.strip() for f in formats]:  # another zip: a torch.save checkpoint renamed
+                raise KeyError("archive_format")
+            for part in _pickled_parts(archive):
+                try:
+                    torch.load(io.BytesIO(archive.read(part)), map_location="cpu", weights_only=True)
+                except Exception:  # noqa: BLE001  any object the safe unpickler refuses, or no pickle at all
+                    raise CheckpointError(
+                        f"{path.name} was refused: its part {part} holds a Python object besides tensors that could "
+                        "run code when loaded; export the model again with torch.export.save") from None
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, AttributeError):
+        raise _not_one(path, "a torch.export program (.pt2), or it is damaged",
+                       "choose the file torch.export.save (or kdcore export --format pt2) wrote") from None
+
+
 def _read_pt2(path: Path) -> Pt2Teacher:
     hint = "choose the file torch.export.save (or kdcore export --format pt2) wrote"
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; anything else would make torch log a traceback
         raise _not_one(path, "a torch.export program (.pt2)", hint)
+    _code_refused(path)
     try:
         with _quiet_torch_export():
             program = torch.export.load(str(path))
