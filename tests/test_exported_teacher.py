@@ -128,6 +128,16 @@ def test_a_text_file_named_onnx_is_refused(exported, capsys, tmp_path):
     assert "teacher.checkpoint: teacher.onnx is not an ONNX model" in line
 
 
+def test_an_onnx_teacher_with_its_weights_in_separate_files_is_refused(exported, capsys, tmp_path):
+    import onnx
+
+    db, files, _ = exported
+    split = tmp_path / "split.onnx"
+    onnx.save_model(onnx.load(str(files["onnx"])), str(split), save_as_external_data=True, size_threshold=0)
+    line = _refused(capsys, db, split)
+    assert "teacher.checkpoint: split.onnx keeps its weights in separate files (ONNX external data)" in line
+
+
 def _planted(folder: Path, fmt: str, in_channels: int, classes: int, batch: int = 2) -> Path:
     """A tiny model of this input and class count, exported as a user would, beside kdcore; a dynamic batch
     dimension unless `batch` is 1 (torch.export then fixes it)."""

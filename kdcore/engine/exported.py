@@ -147,21 +147,33 @@ def _read_pt2(path: Path) -> Pt2Teacher:
     return Pt2Teacher(module, params, shape)
 
 
+def _onnx_session(path: Path, device: torch.device):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: a refusal is ours to word
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 def _read_onnx(path: Path, device: torch.device) -> OnnxTeacher:
     import onnx
-    import onnxruntime as ort
 
     hint = "choose the file torch.onnx.export (or kdcore export --format onnx) wrote"
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3  # errors only: a refusal is ours to word
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception:  # noqa: BLE001  protobuf and onnxruntime errors name internals, not the file
+    except Exception:  # noqa: BLE001  protobuf's errors name internals, not the file
+        raise _not_one(path, "an ONNX model, or it is damaged", hint) from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        # besides an upload being one file, external data names paths of its own to read
+        raise CheckpointError(f"{path.name} keeps its weights in separate files (ONNX external data); export it as "
+                              "one file (torch.onnx.export with external_data=False)")
+    try:
+        session = _onnx_session(path, device)
+    except Exception:  # noqa: BLE001  onnxruntime's errors name internals, not the file
         raise _not_one(path, "an ONNX model, or it is damaged", hint) from None
     inputs = session.get_inputs()
     if len(inputs) != 1:
