@@ -126,7 +126,7 @@ def _code_refused(path: Path) -> None:
                        "choose the file torch.export.save (or kdcore export --format pt2) wrote") from None
 
 
-def _read_pt2(path: Path) -> Pt2Teacher:
+def _read_pt2(path: Path, device: torch.device) -> Pt2Teacher:
     hint = "choose the file torch.export.save (or kdcore export --format pt2) wrote"
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; anything else would make torch log a traceback
         raise _not_one(path, "a torch.export program (.pt2)", hint)
@@ -134,6 +134,10 @@ def _read_pt2(path: Path) -> Pt2Teacher:
     try:
         with _quiet_torch_export():
             program = torch.export.load(str(path))
+        if device.type != "cpu":  # the pass also moves the device arguments written into the graph
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, device)
         module = program.module()
     except Exception:  # noqa: BLE001  torch raises anything from KeyError to its own asserts on a foreign archive
         raise _not_one(path, "a torch.export program (.pt2), or it is damaged", hint) from None
@@ -185,17 +189,17 @@ def _read_onnx(path: Path, device: torch.device) -> OnnxTeacher:
 
 
 def read_exported(path: str | Path, device: torch.device = torch.device("cpu")) -> ExportedTeacher:
-    """The file's model, frozen and in eval mode; CheckpointError in words when it is none.
+    """The file's model on `device`, frozen and in eval mode; CheckpointError in words when it is none.
 
     Args:
-        device: where the teacher runs; an ONNX model then runs on onnxruntime's CUDA provider where it has one.
+        device: where the teacher runs; on CUDA an ONNX model runs on onnxruntime's CUDA provider where it has one.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"exported teacher not found: {path}")
     if path.suffix.lower() not in SUFFIXES:
         raise CheckpointError(f"{path.name} is not a .pt2 or .onnx file; an exported teacher is one of those")
-    model = _read_pt2(path) if path.suffix.lower() == ".pt2" else _read_onnx(path, device)
+    model = _read_pt2(path, device) if path.suffix.lower() == ".pt2" else _read_onnx(path, device)
     return model.eval()
 
 
@@ -204,7 +208,7 @@ def _images(shape: tuple) -> str:
 
 
 def fit_problem(model: ExportedTeacher, name: str, *, num_classes: Optional[int], in_channels: int,
-                image_size: int, dataset: str) -> Optional[str]:
+                image_size: int, dataset: str, device: torch.device = torch.device("cpu")) -> Optional[str]:
     """Why the teacher cannot serve this dataset, found on one zero batch of its shape; None when it fits."""
     wanted = (in_channels, image_size, image_size)
     batch, declared = model.input_shape[:1], model.input_shape[1:]
@@ -216,7 +220,7 @@ def fit_problem(model: ExportedTeacher, name: str, *, num_classes: Optional[int]
                 "dimension (torch.export.Dim on dimension 0, as kdcore export does)")
     try:
         with torch.inference_mode():
-            logits = model(torch.zeros(2, *wanted))
+            logits = model(torch.zeros(2, *wanted, device=device))
     except Exception as err:  # noqa: BLE001  whatever the graph raises on these images
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return f"{name} cannot run on {dataset}'s {_images(wanted)} images: {first}"
@@ -233,7 +237,7 @@ def load_exported_teacher(path: str | Path, device: torch.device, *, num_classes
     """The file's teacher for a run, on `device`, once it fits the dataset; CheckpointError when it does not."""
     model = read_exported(path, device)
     problem = fit_problem(model, Path(path).name, num_classes=num_classes, in_channels=in_channels,
-                          image_size=image_size, dataset=dataset)
+                          image_size=image_size, dataset=dataset, device=device)
     if problem:
         raise CheckpointError(problem)
-    return model.to(device)
+    return model
