@@ -18,6 +18,7 @@ from kdcore.cli import main
 from kdcore.config import ConfigError
 from kdcore.configure import build_config
 from kdcore.store import Store
+from tests.helpers import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "teacher.epochs=1", "--set", "teacher.options={width: 16}", "--set", "train.epochs=1",
@@ -53,11 +54,21 @@ def _refused(capsys, db: str, path: Path, *extra: str) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def taught(exported):
+    """{format: the run taught by the first run's student exported in it}."""
+    db, files, _ = exported
+    runs = {}
+    for fmt in ("pt2", "onnx"):
+        assert _with_teacher(db, files[fmt]) == 0
+        runs[fmt] = Store(db).list_runs()[0]
+    return runs
+
+
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])
-def test_a_runs_exported_student_teaches_the_next_run_with_its_own_test_accuracy(exported, fmt):
-    db, files, first = exported
-    assert _with_teacher(db, files[fmt]) == 0
-    run = Store(db).list_runs()[0]
+def test_a_runs_exported_student_teaches_the_next_run_with_its_own_test_accuracy(exported, taught, fmt):
+    _, _, first = exported
+    run = taught[fmt]
     s = run.summary
     assert run.status == "completed" and run.teacher_arch == f"exported:student.{fmt}"
     assert s["teacher_test_acc"] == pytest.approx(first.summary["student_test_acc"], abs=1e-6)
@@ -66,6 +77,18 @@ def test_a_runs_exported_student_teaches_the_next_run_with_its_own_test_accuracy
     assert "student_test_acc" in s and s["compression"] == pytest.approx(s["teacher_params"] / s["student_params"])
     assert ("teacher_flops" in s) == (fmt == "pt2")  # onnxruntime's work is not counted by PyTorch
     assert run.config["teacher"]["source"] == "exported" and run.config["teacher"]["options"] == {}
+
+
+def test_a_run_with_an_onnx_teacher_shows_in_the_report_and_the_runs_page(exported, taught, tmp_path, monkeypatch):
+    db, _, _ = exported
+    run = taught["onnx"]  # no teacher FLOPs, no flops_ratio
+    html = tmp_path / "report.html"
+    assert main(["--db", db, "report", str(run.id), "-o", str(html)]) == 0
+    assert "exported:student.onnx" in html.read_text()
+    monkeypatch.setenv("KDCORE_DB_URL", db)
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    at = open_page("pages/runs.py")  # fails on any exception shown
+    assert any("exported:student.onnx" in frame.value.to_string() for frame in at.dataframe)
 
 
 def test_a_feature_method_is_refused_with_an_exported_teacher(exported, capsys):
