@@ -410,6 +410,7 @@ def check_runnable(config: RunConfig, *, store: "Store | str | None" = None, her
 
     method = METHODS.get(config.distill.method)
     problems: list[Problem] = list(method.config_problems(method.Options.model_validate(config.distill.options), config))
+    problems += _logits_only_problems(config, method)
     if here:
         device = device_problem(config.train.device)
         if device:
@@ -454,6 +455,8 @@ def _checked_teacher(config: RunConfig, index: int, data, store, problems: list[
         problems.append((f"{prefix}.finetune_last_stage_only",
                          f"set {prefix}.finetune_epochs too: without it the teacher is not fine-tuned"))
         return None
+    if t.source == "exported":
+        return _exported_teacher(t, prefix, data, problems)
     start = None
     if t.source != "train":
         start, problem = _teacher_start(t, prefix, store)
@@ -477,6 +480,40 @@ def _checked_teacher(config: RunConfig, index: int, data, store, problems: list[
             return None
     trains_here = t.source == "train" or t.finetune_epochs > 0
     return ("teacher" if trains_here else "loaded", f"{prefix}.options" if options else f"{prefix}.arch", profile)
+
+
+def _logits_only_problems(config: RunConfig, method) -> list[Problem]:
+    """An exported teacher gives logits alone: a method that reads the teacher's features cannot use it."""
+    from kdcore.distill import METHODS
+
+    exported = [_teacher_prefix(config, i) for i, t in enumerate(config.all_teachers) if t.source == "exported"]
+    if not exported or method.cacheable:
+        return []
+    logit_methods = ", ".join(name for name in METHODS.names() if METHODS.get(name).cacheable)
+    return [("distill.method", f"{config.distill.method} reads the teacher's features, but an exported teacher "
+                               f"({exported[0]}.source exported) gives only its logits; choose a method that reads "
+                               f"logits alone: {logit_methods}")]
+
+
+def _exported_teacher(t, prefix: str, data: DataShape, problems: list[Problem]):
+    """Reads an exported teacher's file and runs it on one zero batch of the dataset's shape: its (role, key,
+    profile) when it fits, else None after adding why not."""
+    from kdcore.engine.checkpoint import CheckpointError
+    from kdcore.engine.exported import fit_problem, read_exported
+    from kdcore.models import ModelProfile
+
+    key, path = f"{prefix}.checkpoint", Path(t.checkpoint).expanduser()
+    try:
+        model = read_exported(path)
+    except CheckpointError as err:
+        problems.append((key, str(err)))
+        return None
+    problem = fit_problem(model, path.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                          image_size=data.image_size, dataset=data.name)
+    if problem:
+        problems.append((key, problem))
+        return None
+    return "loaded", key, ModelProfile(params=model.file_params, size_mb=path.stat().st_size / 2**20, flops=0, macs=0)
 
 
 def _pretrained_refused(problems: list[Problem], prefix: str, entry, data: DataShape) -> bool:

@@ -6,6 +6,7 @@ with a message naming the key, before anything is written.
 """
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,15 +75,43 @@ def _check_pretrained(pretrained: Union[bool, str, None], arch: str) -> None:
         raise ValueError("pretrained is true (timm's own download) or the path of a state dict file, not empty")
 
 
+EXPORTED_PREFIX = "exported:"  # an exported teacher's arch, as runs show it: exported:<file name>
+EXPORTED_SUFFIXES = (".pt2", ".onnx")
+
+
+def _exported_arch(data: Any) -> Any:
+    """source=exported: the teacher is named by its file, since it has no kdcore arch; an arch and options given
+    too (a YAML's teacher switched to a file with --set) are the file's to say, and replaced."""
+    if not isinstance(data, dict) or data.get("source") != "exported" or not isinstance(data.get("checkpoint"), str):
+        return data
+    return {**data, "arch": EXPORTED_PREFIX + PurePath(data["checkpoint"]).name, "options": {}}
+
+
+def _exported_problem(t: "TeacherConfig") -> Optional[str]:
+    """What an exported teacher's settings get wrong: it is a frozen file, trained and built elsewhere."""
+    if t.source != "exported":
+        return (f"teacher.arch {t.arch!r} names a teacher from an exported file; set teacher.source to exported"
+                if t.arch.startswith(EXPORTED_PREFIX) else None)
+    if not t.checkpoint:
+        return "teacher.checkpoint is required when teacher.source is 'exported': the path of a .pt2 or .onnx file"
+    if PurePath(t.checkpoint).suffix.lower() not in EXPORTED_SUFFIXES:
+        return (f"teacher.checkpoint {PurePath(t.checkpoint).name!r} is not a .pt2 or .onnx file; an exported "
+                "teacher is a torch.export program (.pt2) or an ONNX model (.onnx)")
+    if t.finetune_epochs > 0 or t.finetune_last_stage_only:
+        return ("an exported teacher is frozen: it is never fine-tuned (teacher.finetune_epochs must be 0); "
+                "a teacher to fine-tune is given by its weights file (teacher.source checkpoint)")
+    return None
+
+
 TEACHER_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
                       "early_stopping_patience")  # train.* settings a teacher may set for itself
 
 
 class TeacherConfig(_Strict):
     arch: str = "small_cnn"  # a registered model name
-    source: Literal["train", "run", "checkpoint"] = "train"  # where the teacher's weights come from
+    source: Literal["train", "run", "checkpoint", "exported"] = "train"  # where the teacher's weights come from
     run_id: Optional[int] = None  # source=run: the stored run whose teacher is reused
-    checkpoint: Optional[str] = None  # source=checkpoint: a state_dict file saved with torch.save
+    checkpoint: Optional[str] = None  # source=checkpoint: a state_dict file saved with torch.save; source=exported: a .pt2 or .onnx file (arch is then exported:<file name>, options none)
     epochs: int = Field(5, ge=1, le=10_000)  # source=train: teacher training epochs
     seed: Optional[int] = None  # seed of this teacher's training or fine-tuning; default train.seed (each teacher of `teachers` alike). A seed group sets it so all its runs share one teacher
     options: dict[str, Any] = Field(default_factory=dict)  # extra model arguments, e.g. {hidden: [1200, 1200]}
@@ -92,8 +121,9 @@ class TeacherConfig(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)  # this teacher's own train.* settings (lr, optimizer, batch_size, ...); the rest as train
     pretrained: Union[bool, str, None] = None  # timm/<name> only: true downloads timm's weights (online machines), a path loads that state dict file before training
 
-    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+    _arch = field_validator("arch")(classmethod(lambda cls, v: v if v.startswith(EXPORTED_PREFIX) else _check_arch(v)))
     _seed = field_validator("seed")(classmethod(lambda cls, v: v if v is None else check_seed(v)))
+    _exported = model_validator(mode="before")(classmethod(lambda cls, data: _exported_arch(data)))
 
     @field_validator("train")
     @classmethod
@@ -115,6 +145,9 @@ class TeacherConfig(_Strict):
             raise ValueError("teacher.run_id is required when teacher.source is 'run'")
         if self.source == "checkpoint" and not self.checkpoint:
             raise ValueError("teacher.checkpoint is required when teacher.source is 'checkpoint'")
+        problem = _exported_problem(self)
+        if problem:
+            raise ValueError(problem)
         if self.pretrained not in (None, False) and self.source != "train":
             raise ValueError("teacher.pretrained starts a teacher trained here (teacher.source train); "
                              f"a teacher from a {self.source} has its weights already")

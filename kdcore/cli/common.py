@@ -119,8 +119,9 @@ def _print_summary(run) -> None:
         print(f"  warning: {flag}")
     if "compression" in s:
         than = " than its teachers together" if len(teachers) > 1 else ""
-        print(f"  student is {s['compression']:.1f}x smaller, {s['flops_ratio']:.1f}x fewer FLOPs (2 per MAC){than}; "
-              f"took {s.get('seconds', 0):.1f} s")
+        # no flops_ratio when a teacher's FLOPs are unknown (an ONNX file's)
+        flops = f", {s['flops_ratio']:.1f}x fewer FLOPs (2 per MAC)" if "flops_ratio" in s else ""
+        print(f"  student is {s['compression']:.1f}x smaller{flops}{than}; took {s.get('seconds', 0):.1f} s")
     if s.get("student_latency_ms_b1") is not None and s.get("teacher_latency_ms_b1") is not None:
         print(f"  latency at batch 1: student {s['student_latency_ms_b1']:.3g} ms, teacher {s['teacher_latency_ms_b1']:.3g} ms "
               f"(PyTorch, {s.get('latency_cpu') or 'this machine'}, {s.get('latency_threads', '?')} thread(s))")

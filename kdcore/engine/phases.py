@@ -19,6 +19,7 @@ from kdcore.data.splitting import SPLIT_SEED, stratified_split
 from kdcore.engine.checkpoint import load_model_from_checkpoint, load_pretrained, save_checkpoint, save_whole
 from kdcore.engine.device import fast_path
 from kdcore.engine.events import Callback, Event
+from kdcore.engine.exported import OnnxTeacher, load_exported_teacher
 from kdcore.engine.finetune import fine_tuned, last_stage_only
 from kdcore.engine.finished import read_finished, write_finished
 from kdcore.engine.rng import global_rng_lock
@@ -195,6 +196,8 @@ class PhaseRunner:
             self.summary[f"{phase}_train"] = dict(t_cfg.train)
         if t_cfg.augment is not None:
             self.summary[f"{phase}_augment"] = t_cfg.augment.model_dump(mode="json")
+        if t_cfg.source == "exported":
+            return self.exported_teacher(index)
         earlier = self.resume(phase, t_cfg.arch, t_cfg.options)
         if earlier is not None:
             return earlier
@@ -217,6 +220,22 @@ class PhaseRunner:
         if not fine_tuned(t_cfg):
             return self.adopt(phase, model, t_cfg.arch, options, source)
         return self.fine_tune(index, model, new_head, options, source)
+
+    def exported_teacher(self, index: int) -> nn.Module:
+        """A frozen teacher from a .pt2 or .onnx file, evaluated and recorded as any teacher. No weights file is
+        kept for it (it has no kdcore arch to rebuild it from): a resumed run reads its file again."""
+        t_cfg, phase = self.t_cfgs[index], self.t_phases[index]
+        path = Path(t_cfg.checkpoint).expanduser()
+        model = load_exported_teacher(path, self.device, dataset=self.config.dataset.name, **self.shape)
+        self.callback(Event("phase", phase=phase, info={"loaded": str(path)}))
+        self.finish(phase, model)
+        # its parameters as the file holds them (an ONNX model's initializers are no torch parameters)
+        self.summary[f"{phase}_params"] = model.file_params
+        self.summary[f"{phase}_size_mb"] = round(path.stat().st_size / 2**20, 4)
+        if isinstance(model, OnnxTeacher):  # onnxruntime's work is invisible to PyTorch's FLOP counter
+            for key in ("flops", "macs"):
+                self.summary.pop(f"{phase}_{key}", None)
+        return model
 
     def fine_tune(self, index: int, model: nn.Module, new_head: bool, options: dict,
                   source: Reused) -> Optional[nn.Module]:

@@ -105,9 +105,10 @@ def _digest(value: dict) -> str:
 
 
 def teacher_source(config: RunConfig, index: int, runs: RunRecords) -> Optional[Reused]:
-    """Where a teacher not trained here starts from: its checkpoint file, or a stored run's first teacher."""
+    """Where a teacher not trained here starts from: its checkpoint or exported file, or a stored run's first
+    teacher."""
     teacher = config.all_teachers[index]
-    if teacher.source == "checkpoint":
+    if teacher.source in ("checkpoint", "exported"):
         return Reused(Path(teacher.checkpoint).expanduser())
     if teacher.source != "run":
         return None

@@ -59,5 +59,6 @@ def closing_statistics(summary: dict, test_logits: dict[str, torch.Tensor], t_ph
         statistics.update(paired.as_summary())
     # the ensemble is what is compressed into the student
     statistics["compression"] = sum(summary[f"{p}_params"] for p in t_phases) / max(1, summary[f"{STUDENT}_params"])
-    statistics["flops_ratio"] = sum(summary[f"{p}_flops"] for p in t_phases) / max(1, summary[f"{STUDENT}_flops"])
+    if all(f"{p}_flops" in summary for p in t_phases):  # an ONNX teacher's FLOPs are not counted
+        statistics["flops_ratio"] = sum(summary[f"{p}_flops"] for p in t_phases) / max(1, summary[f"{STUDENT}_flops"])
     return statistics

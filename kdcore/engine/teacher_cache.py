@@ -23,16 +23,20 @@ from torch import Tensor, nn
 
 from kdcore.data import BatchLoader
 from kdcore.engine.device import FastPath
+from kdcore.engine.exported import ExportedTeacher
 from kdcore.spans import region
 
 
 def folded_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` with each Conv2d -> BatchNorm2d pair folded into one conv.
 
-    Models that torch.fx cannot trace are copied as they are.
+    Models that torch.fx cannot trace are copied as they are; a teacher from an exported file is used as it is
+    (tracing would hand onnxruntime a proxy, and its graph is frozen already).
     """
     from torch.fx.experimental.optimization import fuse
 
+    if isinstance(model, ExportedTeacher):
+        return model
     try:
         return fuse(copy.deepcopy(model).eval())
     except Exception:  # untraceable control flow: the plain copy computes the same logits
