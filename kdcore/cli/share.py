@@ -178,7 +178,7 @@ def _export_int8(args, store, run, weights) -> int:
         except (CheckpointError, ExportError, ValueError, OSError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        for warning in warnings:
+        for warning in dict.fromkeys([*fp32.warnings, *warnings]):
             print(f"warning: {warning}", file=sys.stderr)
         bound = f"the bound --max-drop {args.max_drop:g}"
         if not result.within() and not args.force:
@@ -188,10 +188,16 @@ def _export_int8(args, store, run, weights) -> int:
             return 2
         result = with_latency(result, fp32.path, tuple(test.images(0).shape[1:]))
         kept = keep_int8(result, RunFolder(store.run_dir(run.id)), args.phase, forced=not result.within())
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(kept, args.output)
-    _print_int8(result, fp32, run, args.phase, kept, args.output, bound)
+        copy = args.output if args.output and Path(args.output).resolve() != kept.resolve() else None
+        try:
+            if copy:
+                Path(copy).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(kept, copy)
+        except OSError as err:
+            print(f"error: the int8 file is kept as {kept}, but cannot be copied to {copy}: {err.strerror or err}",
+                  file=sys.stderr)
+            return 1
+    _print_int8(result, fp32, run, args.phase, kept, copy, bound)
     return 0
 
 
