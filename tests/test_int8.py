@@ -189,3 +189,12 @@ def test_int8_options_are_refused_before_any_work(digits_run, capsys):
     defaults = build_parser().parse_args(["export", "1", "--format", "onnx"])
     assert (defaults.calibration_images, defaults.max_drop) == (export.DEFAULT_CALIBRATION_IMAGES,
                                                                 export.DEFAULT_MAX_DROP)
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_the_int8_file_stays_kept(exported, capsys, tmp_path):
+    (tmp_path / "a file").write_text("not a folder")
+    out = tmp_path / "a file" / "student.onnx"
+    result = cli(capsys, "export", str(exported["id"]), "--format", "onnx", "--quantize", "int8", "-o", str(out),
+                 db=exported["db"])
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "cannot be copied to" in result.stderr and exported["folder"].int8("student").is_file()
