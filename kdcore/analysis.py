@@ -5,7 +5,7 @@ any temperature at once. Logits are (N, K) float tensors, labels (N,) int64.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -207,19 +207,22 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def frontier_points(runs) -> "pd.DataFrame":
-    """Teacher, baseline and distilled-student points of runs, for an accuracy-against-cost chart.
+def frontier_points(runs, int8: Optional[Mapping[int, dict]] = None) -> "pd.DataFrame":
+    """Teacher, baseline, distilled-student and int8-student points of runs, for an accuracy-against-cost chart.
 
     Args:
         runs: records with id, name, method, dataset, teacher_arch, student_arch and summary (store Runs, or
             dicts with those keys); runs without a student test accuracy are left out.
+        int8: per run id, the record of its kept int8 student (kdcore.export.read_int8_record), if any.
 
     Returns:
         One row per (run, role): run_id, run (its name), method, dataset, role ("teacher", "baseline",
-        "student"), arch, accuracy (test), params, flops (a multiply-add counted as 2), macs (the summary's
-        `<phase>_macs`, else flops / 2) and latency_ms_b1 (NaN when not measured). With several teachers the
-        teacher point is their ensemble: its accuracy, the teachers' costs summed. The baseline, the same
-        architecture as the student, takes the student's costs where it has none of its own.
+        "student", "int8 student"), arch, accuracy (test), params, flops (a multiply-add counted as 2), macs (the
+        summary's `<phase>_macs`, else flops / 2), size_mb and latency_ms_b1 (PyTorch's; NaN when not measured).
+        With several teachers the teacher point is their ensemble: its accuracy, the teachers' costs summed. The
+        baseline, the same architecture as the student, takes the student's costs where it has none of its own.
+        An int8 student has the student's parameters and multiply-adds, its file's size, and no latency here:
+        it was timed by onnxruntime, which does not compare with PyTorch's figures.
     """
     import pandas as pd
 
@@ -258,11 +261,17 @@ def frontier_points(runs) -> "pd.DataFrame":
             if num(acc) != num(acc):
                 continue
             row = dict(base, role=role, arch=arch, accuracy=num(acc))
-            for what in ("params", "flops", "macs", "latency_ms_b1"):
+            for what in ("params", "flops", "macs", "size_mb", "latency_ms_b1"):
                 row[what] = cost(phases, what)
                 if role == "baseline" and row[what] != row[what]:
                     row[what] = cost(["student"], what)
             rows.append(row)
+        record = (int8 or {}).get(base["run_id"])
+        if record is not None and num(record.get("int8_accuracy")) == num(record.get("int8_accuracy")):
+            # rows[-1] is the student's point, appended last above: the int8 file has its parameters and MACs
+            rows.append(dict(rows[-1], role="int8 student", arch=f"{field(run, 'student_arch')} int8",
+                             accuracy=num(record["int8_accuracy"]), size_mb=num(record.get("int8_bytes")) / 2**20,
+                             latency_ms_b1=nan))
     columns = ["run_id", "run", "method", "dataset", "role", "arch", "accuracy", "params", "flops", "macs",
-               "latency_ms_b1"]
+               "size_mb", "latency_ms_b1"]
     return pd.DataFrame(rows, columns=columns)

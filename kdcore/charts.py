@@ -695,10 +695,12 @@ def similarity(matrix: np.ndarray, class_names: Sequence[str], temperature: floa
 
 # ---- calibration, per class, frontier ------------------------------------------------------------
 GAIN_COLORS = {"up": "#2ca02c", "down": "#d62728"}
-ROLE_SYMBOLS = {"teacher": "diamond", "baseline": "square", "student": "circle"}
+ROLE_SYMBOLS = {"teacher": "diamond", "baseline": "square", "student": "circle", "int8 student": "circle-open"}
+ROLE_NAMES = {"student": "distilled student", "int8 student": "int8 student (ONNX)"}
 # the frontier's cost axes: the frame column, its words (FLOPs say which convention), a log axis or not
 FRONTIER_AXES = {"params": ("parameters", True), "flops": ("FLOPs per image (2 × MACs)", True),
-                 "macs": ("MACs per image (multiply-adds)", True), "latency_ms_b1": ("latency at batch 1 (ms)", False)}
+                 "macs": ("MACs per image (multiply-adds)", True), "size_mb": ("size (MB)", True),
+                 "latency_ms_b1": ("latency at batch 1 (ms)", False)}
 
 
 def reliability_diagram(tables: dict[str, Sequence[dict]], eces: Optional[dict[str, float]] = None,
@@ -760,8 +762,8 @@ def class_gain_bars(gains: Sequence[dict] | pd.DataFrame, class_names: Sequence[
 
 def pareto_frontier(points: pd.DataFrame, x: str = "params", dataset: Optional[str] = None,
                     title: str = "") -> go.Figure:
-    """Test accuracy against a cost for one dataset: teacher, baseline and distilled-student points of each
-    run (distinct symbols), and the Pareto front through the points no other beats on both.
+    """Test accuracy against a cost for one dataset: teacher, baseline, distilled-student and int8-student points
+    of each run (distinct symbols), and the Pareto front through the points no other beats on both.
 
     Args:
         points: kdcore.analysis.frontier_points' rows (run_id, run, method, dataset, role, arch, accuracy and the
@@ -788,14 +790,16 @@ def pareto_frontier(points: pd.DataFrame, x: str = "params", dataset: Optional[s
     if rows.empty:
         return _empty(title, f"no finished runs with a {x_label} on this dataset")
     fig = go.Figure()
-    for role in ("teacher", "baseline", "student"):
+    for role in ROLE_SYMBOLS:
         g = rows[rows["role"] == role]
         if g.empty:
             continue
+        open_ = role == "int8 student"  # the student's colour, hollow: the same model in fewer bits
         fig.add_scatter(
-            x=g[x], y=g["accuracy"], mode="markers", name="distilled student" if role == "student" else role,
-            marker=dict(symbol=ROLE_SYMBOLS[role], color=PHASE_COLORS[role], size=9, opacity=0.85,
-                        line=dict(width=1, color="white")),
+            x=g[x], y=g["accuracy"], mode="markers", name=ROLE_NAMES.get(role, role),
+            marker=dict(symbol=ROLE_SYMBOLS[role], color=PHASE_COLORS["student" if open_ else role], size=9,
+                        opacity=0.85, line=dict(width=2 if open_ else 1, color=PHASE_COLORS["student"] if open_
+                                                else "white")),
             customdata=np.column_stack([g["run_id"], g["run"].map(plain), g["method"].astype(str),
                                         g["arch"].astype(str)]),
             hovertemplate=f"#%{{customdata[0]}} %{{customdata[1]}}<br>{role} · %{{customdata[3]}} · method "

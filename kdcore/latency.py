@@ -118,16 +118,21 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: S
 
 def _onnxruntime_rows(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], threads: int,
                       timing: dict) -> list[dict]:
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
         # a plain export: timing needs the graph, not kdcore.export's checks (which sit above the engine)
         torch.onnx.export(model, (torch.zeros(2, *input_shape),), Path(tmp) / "model.onnx", dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        return _session_rows(Path(tmp) / "model.onnx", input_shape, batch_sizes, threads, timing)
+
+
+def _session_rows(path: Path, input_shape: Sequence[int], batch_sizes: Sequence[int], threads: int,
+                  timing: dict) -> list[dict]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     rows = []
     for batch in batch_sizes:
@@ -135,6 +140,23 @@ def _onnxruntime_rows(model: nn.Module, input_shape: Sequence[int], batch_sizes:
         times = _times_ms(lambda: session.run(None, feed), lambda: None, **timing)
         rows.append(_row("onnxruntime", batch, times, threads, cpu_model()))
     return rows
+
+
+def onnx_file_latency(path: str | Path, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
+                      threads: Optional[int] = None, repeats: Optional[int] = None, warmup: int = 3,
+                      budget_s: float = 0.3, min_repeats: int = 5, max_repeats: int = 1000) -> list[dict]:
+    """Times an ONNX file (float32 or quantized) with onnxruntime on the CPU, as measure_latency times a model.
+
+    Args:
+        input_shape: (C, H, W) of one image; the file's input takes float32 images.
+        threads: intra-op threads; None takes torch.get_num_threads(), as measure_latency does.
+
+    Returns:
+        One dict per batch size, with the keys of measure_latency's rows (backend "onnxruntime").
+    """
+    timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, min_repeats=min_repeats,
+                  max_repeats=max_repeats)
+    return _session_rows(Path(path), input_shape, batch_sizes, threads or torch.get_num_threads(), timing)
 
 
 def phase_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),

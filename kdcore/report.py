@@ -339,11 +339,55 @@ def _size_rows(store, run, latency: bool) -> tuple[list[str], list[list[str]], s
         rows.append([charts.phase_label(phase), _arch_of(run, phase), text.pct(s.get(f"{phase}_test_acc")),
                      text.compact(s.get(f"{phase}_params")), "—" if text.missing(size) else f"{size:.3g}",
                      text.compact(flops), text.compact(macs), _ms(ms.get(1)), _ms(ms.get(64))])
+        record = _int8_record(store, run, phase)
+        if record is not None:  # beside its float32 model: same weights count, a quarter of the bytes
+            rows.append([f"{charts.phase_label(phase)}, int8", f"{_arch_of(run, phase)} (int8 ONNX)",
+                         text.pct(record.get("int8_accuracy")), text.compact(s.get(f"{phase}_params")),
+                         _mb(record.get("int8_bytes")), text.compact(flops), text.compact(macs),
+                         _ms(record.get("int8_latency_ms_b1"), " (onnxruntime)"),
+                         _ms(record.get("int8_latency_ms_b64"), " (onnxruntime)")])
     return header, rows, where
 
 
-def _ms(value) -> str:
-    return "—" if text.missing(value) else f"{value:.3g} ms"
+def _int8_record(store, run, phase: str) -> Optional[dict]:
+    from kdcore.export import read_int8_record
+    from kdcore.store import FolderOutsideRoot
+
+    try:
+        return read_int8_record(RunFolder(store.run_dir(run.id)), phase)
+    except FolderOutsideRoot:
+        return None
+
+
+def _mb(size_bytes) -> str:
+    return "—" if text.missing(size_bytes) else f"{size_bytes / 2**20:.3g}"
+
+
+def _int8_block(page: _Page, store, run) -> None:
+    """The float32 and int8 ONNX files of each phase that has one, compared on the same test images."""
+    for phase in _phases(run):
+        r = _int8_record(store, run, phase)
+        if r is None:
+            continue
+        name = charts.phase_label(phase)
+        page.h2(f"The {name} as int8")
+        rows = [[f"{name}, float32 ONNX", text.pct(r.get("fp32_accuracy"), 2), "—", _mb(r.get("fp32_bytes")),
+                 _ms(r.get("fp32_latency_ms_b1")), _ms(r.get("fp32_latency_ms_b64"))],
+                [f"{name}, int8 ONNX", text.pct(r.get("int8_accuracy"), 2), f"{r.get('drop_points', 0):.2f} pts",
+                 _mb(r.get("int8_bytes")), _ms(r.get("int8_latency_ms_b1")), _ms(r.get("int8_latency_ms_b64"))]]
+        page.add(_table(["file", "test accuracy", "drop vs float32", "size (MB)", "latency, batch 1",
+                         "latency, batch 64"], rows))
+        verdict = ("within" if r.get("within_bound") else "ABOVE, and kept only because --force was given:")
+        page.p(f"Static int8 quantization by onnxruntime {r.get('onnxruntime', '')} (QDQ), its activation ranges "
+               f"set on {r.get('calibration_images')} training images; both files checked on the same "
+               f"{r.get('test_images')} test images. The drop is {verdict} the bound of "
+               f"{text.number(r.get('max_drop'))} point(s). Latency is onnxruntime's median on "
+               f"{r.get('latency_device') or 'the CPU'}, {r.get('latency_threads', '?')} thread(s), at export.",
+               "note" if r.get("within_bound") else "verdict bad")
+
+
+def _ms(value, backend: str = "") -> str:
+    return "—" if text.missing(value) else f"{value:.3g} ms{backend}"
 
 
 # ---- one run -----------------------------------------------------------------------------------------------
@@ -505,6 +549,7 @@ def _run_report(page: _Page, store, run, *, latency: bool) -> None:
     if "compression" in s:
         page.p(f"The student is {text.ratio(s.get('teacher_params'), s.get('student_params'))} smaller and needs "
                f"{s.get('flops_ratio', float('nan')):.1f}× fewer FLOPs than its teacher.")
+    _int8_block(page, store, run)
     page.h2("Training curves")
     _curves(page, store, run)
     logits = _load_logits(store, run)

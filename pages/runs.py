@@ -137,12 +137,14 @@ def frontier_tab(view: pd.DataFrame) -> None:
     dataset = a.selectbox("Dataset", datasets, key="runs_pareto_dataset")
     points = state.frontier_points_of(dataset)
     points = points[points["run_id"].isin(finished["id"])]
-    axes = [k for k in FRONTIER_X if k != "latency_ms_b1" or points[k].notna().any()]
+    axes = [k for k in FRONTIER_X if k not in ("latency_ms_b1", "size_mb") or points[k].notna().any()]
     x_axis = b.selectbox("Cost", axes, format_func=FRONTIER_X.get, key="runs_pareto_x",
                          help=text.FLOPS_HELP + ". Latency appears once runs have measured it.")
     st.plotly_chart(charts.pareto_frontier(points, x_axis, dataset), key="runs_pareto")
-    st.caption("Teacher (◆), baseline (■) and distilled student (●) of each completed run in the table; "
-               "the line joins the points no other point beats on both cost and accuracy.")
+    st.caption("Teacher (◆), baseline (■), distilled student (●) and its int8 ONNX (○, where `kdcore export "
+               "--quantize int8` kept one) of each completed run in the table; the line joins the points no other "
+               "point beats on both cost and accuracy. int8 students were timed by onnxruntime, so they are left "
+               "off the PyTorch latency axis.")
 
 
 def diff_tab(selected: list[int]) -> None:
@@ -378,6 +380,35 @@ def calibration_view(run) -> None:
                "prediction. Their counts are the discordant pairs McNemar's test weighs.")
 
 
+def int8_row(run, phase: str) -> None:
+    """The phase's int8 ONNX, when `kdcore export --quantize int8` kept one, with how it compares with float32."""
+    path, r = state.int8_file(run.id, phase)
+    if path is None:
+        if phase == "student":
+            st.caption(f"No int8 student yet: `kdcore export {run.id} --format onnx --quantize int8` makes one, "
+                       "calibrated on training images and checked on the test images.")
+        return
+    a, b = st.columns([1, 3])
+    label = charts.phase_label(phase).capitalize()
+    a.download_button(f"{label} as int8 ONNX", data=path.read_bytes, file_name=f"run{run.id}-{path.name}",
+                      mime="application/octet-stream", on_click="ignore", key=f"dl_int8_{phase}_{run.id}",
+                      icon=":material/download:")
+    bound = "within" if r.get("within_bound") else "ABOVE (kept with --force)"
+    b.caption(f"int8 (static, QDQ, calibrated on {r.get('calibration_images')} training images), checked on "
+              f"{r.get('test_images')} test images: drop {r.get('drop_points', float('nan')):.2f} pts against float32, "
+              f"{bound} the bound of {r.get('max_drop', float('nan')):g}")
+    b.dataframe(pd.DataFrame(
+        [{"file": f"{phase}, {kind} ONNX", "test accuracy": text.pct(r.get(f"{kind}_accuracy"), 2),
+          "drop vs float32": "—" if kind == "fp32" else f"{r.get('drop_points', float('nan')):.2f} pts",
+          "size": f"{r.get(f'{kind}_bytes', 0) / 2**20:.3g} MB",
+          "latency, batch 1": f"{r.get(f'{kind}_latency_ms_b1', float('nan')):.3g} ms",
+          "latency, batch 64": f"{r.get(f'{kind}_latency_ms_b64', float('nan')):.3g} ms"}
+         for kind in ("fp32", "int8")]),
+        hide_index=True, key=f"int8_table_{phase}_{run.id}")
+    b.caption(f"Latency: onnxruntime on {r.get('latency_device') or 'the CPU'}, {r.get('latency_threads', '?')} "
+              "thread(s), at export.")
+
+
 def downloads_view(run) -> None:
     found = False
     teachers = [t.phase for t in parts.teachers_of(run.summary or {})] or ["teacher"]
@@ -389,6 +420,7 @@ def downloads_view(run) -> None:
         st.download_button(f"{charts.phase_label(phase).capitalize()} weights (.pt)", data=path.read_bytes,
                            file_name=f"run{run.id}-{path.name}",
                            on_click="ignore", key=f"dl_{phase}_{run.id}", icon=":material/download:")
+        int8_row(run, phase)
         if phase != "student":
             continue
         # Exports are built on request (seconds each), then checked against PyTorch on the test images

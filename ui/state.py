@@ -303,14 +303,25 @@ def temperature_curves(run_id: int, phase: str = "teacher", weights: Optional[li
 
 @st.cache_data(ttl=2.0, show_spinner=False, max_entries=16)
 def _frontier_points(url: str, dataset: str) -> pd.DataFrame:
-    runs = [r for r in _store(url).list_runs(status=["completed"]) if r.dataset == dataset]
-    return frontier_points(runs)
+    from kdcore.export import read_int8_record
+
+    store = _store(url)
+    runs = [r for r in store.list_runs(status=["completed"]) if r.dataset == dataset]
+    int8 = {}
+    for r in runs:
+        try:
+            record = read_int8_record(RunFolder(store.run_dir(r.id)))
+        except FolderOutsideRoot:  # a folder leading outside the artefact root is not read
+            continue
+        if record is not None:
+            int8[r.id] = record
+    return frontier_points(runs, int8)
 
 
 @_shows_store_faults
 def frontier_points_of(dataset: str) -> pd.DataFrame:
-    """Teacher, baseline and distilled-student points (accuracy, params, FLOPs, MACs, latency) of every completed
-    run on `dataset` (kdcore.analysis.frontier_points)."""
+    """Teacher, baseline, distilled-student and int8-student points (accuracy, params, FLOPs, MACs, size, latency) of
+    every completed run on `dataset` (kdcore.analysis.frontier_points)."""
     return _frontier_points(default_url(), dataset)
 
 
@@ -319,6 +330,16 @@ def weights_path(run_id: int, phase: str) -> Optional[Path]:
     folder = _folder(run_id)
     path = folder.weights(phase) if folder else None
     return path if path and path.is_file() else None
+
+
+@_shows_store_faults
+def int8_file(run_id: int, phase: str = "student") -> tuple[Optional[Path], Optional[dict]]:
+    """The phase's kept int8 ONNX file and its record (kdcore.export.read_int8_record); (None, None) when none."""
+    from kdcore.export import read_int8_record
+
+    folder = _folder(run_id)
+    record = read_int8_record(folder, phase) if folder else None
+    return (folder.int8(phase), record) if record is not None else (None, None)
 
 
 def _folder(run_id: int) -> Optional[RunFolder]:

@@ -11,6 +11,8 @@ LAST_SUFFIX = "_last"  # the weights at the last epoch; the plain file holds the
 STATE_SUFFIX = "_state.pt"  # a phase's whole training state at its last finished epoch, for resume
 TEST_LOGITS_FILE = "test_logits.pt"
 FINISHED_FILE = "finished_phases.json"
+INT8_SUFFIX = "_int8.onnx"  # a phase quantized to int8 by `kdcore export --quantize int8`
+INT8_RECORD_SUFFIX = "_int8.json"  # beside it: how it was made and checked (size, latency, accuracy)
 PARTIAL_SUFFIX = ".tmp"  # a file being written, renamed into place when whole
 UPLOADS = "uploads"  # beside the run folders: files people uploaded in the dashboard
 
@@ -30,6 +32,13 @@ class RunFolder:
 
     def state(self, phase: str) -> Path:
         return self.path / f"{phase}{STATE_SUFFIX}"
+
+    def int8(self, phase: str) -> Path:
+        """The phase's int8 ONNX file, kept only when its accuracy drop passed (or was forced)."""
+        return self.path / f"{phase}{INT8_SUFFIX}"
+
+    def int8_record(self, phase: str) -> Path:
+        return self.path / f"{phase}{INT8_RECORD_SUFFIX}"
 
     @property
     def test_logits(self) -> Path:
