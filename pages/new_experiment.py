@@ -13,7 +13,8 @@ from kdcore.models import MODELS, build_problem, describe_model, timm_models
 from kdcore import text
 from ui import form, state, uploads
 
-SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "checkpoint": "An uploaded checkpoint"}
+SOURCE_LABELS = {"train": "Train it now", "run": "A stored run's teacher", "checkpoint": "An uploaded checkpoint",
+                 "exported": "An exported file"}
 START_LABELS = {"scratch": "From scratch", "run": "A stored run's student", "checkpoint": "An uploaded checkpoint"}
 COMBINE_LABELS = {"average": "Average of their softened probabilities",
                   "weights": "Fixed weights, one number per teacher"}
@@ -139,13 +140,12 @@ def stored_weights(phase: str) -> list[int]:
     return [i for i in runs.loc[runs["status"] == "completed", "id"] if state.weights_path(i, phase)]
 
 
-def uploaded_checkpoint(uploader: str):
+def uploaded_checkpoint(uploader: str, label: str = "Checkpoint (.pt, .pth)", types: tuple = ("pt", "pth")):
     """The stored path of the checkpoint uploaded here, or None. Coming back from another page empties the
     uploader, so the file uploaded before is kept under a key of the form's own; removing or replacing it in
     the uploader forgets it."""
     kept = f"ui.uploaded.{uploader}"
-    uploaded = st.file_uploader("Checkpoint (.pt, .pth)", type=["pt", "pth"], key=uploader,
-                                on_change=form.forget, args=(kept,))
+    uploaded = st.file_uploader(label, type=list(types), key=uploader, on_change=form.forget, args=(kept,))
     if uploaded is not None:
         st.session_state[kept] = str(uploads.save_checkpoint(uploaded.getvalue(), uploaded.name,
                                                              state.store().artefact_root / "uploads"))
@@ -171,6 +171,11 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
     t["arch"] = arch = architecture(prefix, "Teacher" if count == 1 else f"Teacher {i + 1}")
     t["source"] = source = st.radio("Weights", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get,
                                     key=k(f"{prefix}.source"), horizontal=True)
+    if source == "exported":
+        t.update(exported_teacher(i, prefix, t.get("checkpoint")))
+        fields.slot(*([prefix, "teachers.0"] if i == 0 else [prefix]))
+        remove_button(i, count)
+        return t, None
     checkpoint = problem_key = None
     if source == "train":
         t["epochs"] = st.number_input("Teacher epochs", step=1, key=k(f"{prefix}.epochs"))
@@ -223,10 +228,27 @@ def teacher(i: int, count: int) -> tuple[dict, object]:
             fields.add(problem_key, uploads.shown_name(problem, checkpoint))
     fields.slot(*([prefix, "teachers.0"] if i == 0 else [prefix]))
     profile = show_profile(prefix, arch, options)
+    remove_button(i, count)
+    return t, profile
+
+
+def remove_button(i: int, count: int) -> None:
     if i == count - 1 and i > 0:
         st.button(f"Remove teacher {i + 1}", key=f"ui.remove_teacher.{i}", icon=":material/remove:",
                   on_click=lambda: st.session_state.update({form.TEACHERS: count - 1}))
-    return t, profile
+
+
+def exported_teacher(i: int, prefix: str, given) -> dict:
+    """A frozen teacher from a .pt2 or ONNX file: uploaded here, or the file a reopened run named."""
+    st.caption("The file carries its own graph, so the architecture above is not used; it serves the methods that "
+               "read logits alone and is never fine-tuned.")
+    path = uploaded_checkpoint("ui.exported" if i == 0 else f"ui.exported.{i}",
+                               "Exported teacher (.pt2 from torch.export, .onnx)", ("pt2", "onnx")) or given
+    if path and not st.session_state.get(f"ui.uploaded.ui.exported{'' if i == 0 else f'.{i}'}"):
+        st.caption(f"Using {path}")
+    if not path:  # a file that does not fit is refused below, by the checks the CLI runs
+        fields.add(f"{prefix}.checkpoint", "upload the teacher's .pt2 or .onnx file")
+    return {"checkpoint": path, "options": {}, "finetune_epochs": 0, "finetune_last_stage_only": False}
 
 
 def own_training(i: int, prefix: str) -> dict:

@@ -205,3 +205,21 @@ def test_an_exported_teacher_needs_a_pt2_or_onnx_path():
         build_config({"teacher": {"source": "exported", "checkpoint": "teacher.pt"}})
     with pytest.raises(ConfigError, match="set teacher.source to exported"):
         build_config({"teacher": {"arch": "exported:teacher.pt2"}})
+
+
+def test_new_experiment_offers_an_exported_teacher_and_refuses_a_file_that_is_none(exported, tmp_path, monkeypatch):
+    from tests.helpers import errors, new_experiment_with
+
+    _, files, _ = exported
+    monkeypatch.setenv("KDCORE_DB_URL", f"sqlite:///{tmp_path}/kd.db")
+    monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
+    digits = {"f.dataset.name": "digits", "f.teacher.source": "exported"}
+    at = new_experiment_with(**digits)
+    assert at.radio(key="f.teacher.source").value == "exported"  # offered as "An exported file"
+    assert "upload the teacher's .pt2 or .onnx file" in errors(at)
+    at = new_experiment_with(**digits, **{"ui.uploaded.ui.exported": str(files["onnx"])})  # kept from an upload
+    assert not errors(at) and not at.button(key="ui.launch").disabled
+    fake = tmp_path / "teacher.onnx"
+    fake.write_text("not a model")
+    at = new_experiment_with(**digits, **{"ui.uploaded.ui.exported": str(fake)})
+    assert "teacher.onnx" in errors(at) and at.button(key="ui.launch").disabled
