@@ -141,3 +141,15 @@ def require_extra(module: str) -> None:
         if os.environ.get("KDCORE_REQUIRE_EXTRAS") == "1":
             pytest.fail(why)
         pytest.skip(why)
+
+
+def cli(capsys, *args, db):
+    """A `kdcore` command run in this process (real store and files), for the cases that need no fresh interpreter."""
+    import subprocess
+
+    from kdcore.cli import main
+
+    capsys.readouterr()
+    code = main(["--db", db, *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)

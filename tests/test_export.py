@@ -17,22 +17,14 @@ from kdcore.export import (TOLERANCE, ExportError, check_images, export_checkpoi
                            load_checkpoint_model, run_exported, verify)
 from kdcore.store import Store
 
+from tests.helpers import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def kdcore(*args, db, timeout=300):
     return subprocess.run([sys.executable, "-m", "kdcore", "--db", db, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
-
-
-def cli(capsys, *args, db):
-    """The same command in this process (real store and files), for the cases that need no fresh interpreter."""
-    from kdcore.cli import main
-
-    capsys.readouterr()
-    code = main(["--db", db, *args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 @pytest.fixture(scope="module")

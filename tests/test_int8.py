@@ -1,7 +1,6 @@
 """int8 students: `kdcore export ID --format onnx --quantize int8` on a real digits run, calibrated on training
 images, checked on the test images against the float32 file, refused above --max-drop, shown in the report, on
 the Downloads view and on the frontier."""
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,18 +21,11 @@ from kdcore.jobs import run_here  # noqa: E402
 from kdcore.record import RunFolder  # noqa: E402
 from kdcore.report import build_report  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.helpers import no_exceptions, open_page  # noqa: E402
+from tests.helpers import cli, no_exceptions, open_page  # noqa: E402
 
 DIGITS = {"name": "int8 digits", "dataset": {"name": "digits", "val_fraction": 0.15},
           "teacher": {"arch": "tiny_cnn", "epochs": 2}, "student": {"arch": "mlp", "options": {"hidden": [64]}},
           "train": {"epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 0.003, "seed": 0, "device": "cpu"}}
-
-
-def cli(capsys, *args, db):
-    capsys.readouterr()
-    code = main(["--db", db, *args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 @pytest.fixture(scope="module")
