@@ -104,17 +104,20 @@ def test_a_cancel_from_another_process_stops_the_run_at_its_next_step(any_store)
     assert worker.returncode == 0
 
 
+# Each process imports once, then opens a new store per attempt, all four at the same moment.
 OPEN = ("import sys, time\n"
         "from pathlib import Path\n"
         "from kdcore.store import Store\n"
         "print('ready', flush=True)\n"
-        "while not Path(sys.argv[2]).exists(): time.sleep(0.002)\n"
-        "print(Store(sys.argv[1], artefact_root=sys.argv[3]).count_runs())\n")
+        "for url, go in zip(sys.argv[2::2], sys.argv[3::2]):\n"
+        "    while not Path(go).exists(): time.sleep(0.002)\n"
+        "    print(Store(url, artefact_root=sys.argv[1]).count_runs(), flush=True)\n")
 
 
 @pytest.mark.parametrize("backend, attempts", [("sqlite", 20), ("postgresql", 20), ("sqlite-0.1.0", 5)])
 def test_four_processes_opening_one_store_at_once_never_fail(backend, attempts, tmp_path, request):
     runs_before = "2" if backend == "sqlite-0.1.0" else "0"
+    stores = []
     for attempt in range(attempts):
         if backend == "sqlite-0.1.0":  # four processes upgrading the same old store at once
             shutil.copytree(Path(__file__).parent / "fixtures" / "store-0.1.0", tmp_path / f"old{attempt}")
@@ -123,12 +126,20 @@ def test_four_processes_opening_one_store_at_once_never_fail(backend, attempts, 
             url = f"sqlite:///{tmp_path}/new{attempt}.db"
         else:
             url = request.getfixturevalue("postgres_server")()
-        go = tmp_path / f"go{attempt}"
-        procs = [subprocess.Popen([sys.executable, "-c", OPEN, url, str(go), str(tmp_path)], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        stores += [url, str(tmp_path / f"go{attempt}")]
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, str(tmp_path), *stores], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
         assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4  # all imported, waiting
-        go.touch()  # all four open the new store at once
-        results = [p.communicate() + (p.returncode,) for p in procs]
-        failed = [err[-1500:] for out, err, code in results if code != 0]
-        assert not failed, f"attempt {attempt}: {failed}"
-        assert [out.strip() for out, _, _ in results] == [runs_before] * 4
+        for attempt in range(attempts):
+            Path(stores[2 * attempt + 1]).touch()  # all four open the new store at once
+            counts = [p.stdout.readline().strip() for p in procs]
+            if counts != [runs_before] * 4:
+                for p in procs:
+                    p.kill()
+                errors = [p.communicate()[1][-1500:] for p in procs]
+                pytest.fail(f"attempt {attempt}: counts {counts}; {[e for e in errors if e]}")
+        assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    finally:
+        for p in procs:
+            p.kill()
