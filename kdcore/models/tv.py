@@ -10,7 +10,6 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from kdcore.models.base import pooled_size, register_model
 
@@ -83,7 +82,7 @@ def _adapt_vgg(model: nn.Module, num_classes: int, image_size: int) -> None:
 
 
 class _Spec(NamedTuple):
-    builder: Callable[..., nn.Module]
+    builder: str  # torchvision.models' constructor, imported on first build: torchvision takes seconds to load
     conv: str  # dotted path of the stem conv
     pool: Optional[str]  # dotted path of the stem max-pool, if any
     init: Init  # the architecture's own init for the replaced stem conv
@@ -94,32 +93,32 @@ class _Spec(NamedTuple):
 
 _SPECS = {
     "resnet18": _Spec(
-        tvm.resnet18, "conv1", "maxpool", _kaiming, "torchvision ResNet-18, small-input stem up to 64 px"
+        "resnet18", "conv1", "maxpool", _kaiming, "torchvision ResNet-18, small-input stem up to 64 px"
     ),
     "resnet50": _Spec(
-        tvm.resnet50, "conv1", "maxpool", _kaiming, "torchvision ResNet-50, small-input stem up to 64 px"
+        "resnet50", "conv1", "maxpool", _kaiming, "torchvision ResNet-50, small-input stem up to 64 px"
     ),
     "vgg11_bn": _Spec(
-        tvm.vgg11_bn, "features.0", None, _kaiming, "torchvision VGG-11 with BatchNorm, compact head up to 64 px",
+        "vgg11_bn", "features.0", None, _kaiming, "torchvision VGG-11 with BatchNorm, compact head up to 64 px",
         post=_adapt_vgg,
     ),
     "googlenet": _Spec(
-        tvm.googlenet, "conv1.conv", "maxpool1", _trunc_normal,
+        "googlenet", "conv1.conv", "maxpool1", _trunc_normal,
         "torchvision GoogLeNet without auxiliary heads, small-input stem up to 64 px",
         # transform_input assumes 3-channel ImageNet-normalised input; aux heads
         # would make the training-mode output a tuple.
         fixed=dict(aux_logits=False, init_weights=True, transform_input=False),
     ),
     "mobilenet_v2": _Spec(
-        tvm.mobilenet_v2, "features.0.0", None, _kaiming, "torchvision MobileNetV2, stride-1 stem up to 64 px"
+        "mobilenet_v2", "features.0.0", None, _kaiming, "torchvision MobileNetV2, stride-1 stem up to 64 px"
     ),
     "mobilenet_v3_small": _Spec(
-        tvm.mobilenet_v3_small, "features.0.0", None, _kaiming,
+        "mobilenet_v3_small", "features.0.0", None, _kaiming,
         "torchvision MobileNetV3-Small, stride-1 stem up to 64 px",
     ),
     # ShuffleNetV2 keeps PyTorch's default init, so the new stem does too.
     "shufflenet_v2_x1_0": _Spec(
-        tvm.shufflenet_v2_x1_0, "conv1.0", "maxpool", None,
+        "shufflenet_v2_x1_0", "conv1.0", "maxpool", None,
         "torchvision ShuffleNetV2 1.0x, small-input stem up to 64 px",
     ),
 }
@@ -133,7 +132,9 @@ def _register(name: str, spec: _Spec) -> None:
         taken = sorted(set(options) & (set(_ALWAYS_FIXED) | set(spec.fixed)))
         if taken:
             raise TypeError(f"model {name!r}: option(s) {', '.join(map(repr, taken))} are fixed by kdcore")
-        model = spec.builder(weights=None, num_classes=num_classes, **spec.fixed, **options)
+        from torchvision import models
+
+        model = getattr(models, spec.builder)(weights=None, num_classes=num_classes, **spec.fixed, **options)
         adapt_stem(model, spec.conv, in_channels, image_size <= SMALL_INPUT, spec.pool, spec.init)
         if spec.post is not None:
             spec.post(model, num_classes, image_size)
