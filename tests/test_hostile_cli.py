@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from kdcore.configure import build_config  # noqa: E402
 from kdcore.jobs import run_here  # noqa: E402
 from kdcore.store import DAMAGED_LABEL, Store  # noqa: E402
+from tests.helpers import cli  # noqa: E402
 from tests.test_faults import TINY, _digest, _one_error_line, _url, kdcore, read_only  # noqa: E402
 
 DIGITS = "examples/digits.yaml"
@@ -97,23 +98,23 @@ def test_a_run_id_beyond_64_bits_is_one_line_and_exit_2(tmp_path, finished, comm
 # ---- 3. a summary of valid JSON but the wrong types ----------------------------------------------------
 @pytest.mark.parametrize("summary", ['[1, 2]', '{"kd_gain": "abc"}', '{"teachers": {"phase": "teacher"}}',
                                      '{"kd_gain_ci95": "wide", "student_test_acc": [0.9]}'])
-def test_a_summary_of_the_wrong_types_is_shown_as_damaged_by_show_and_both_reports(tmp_path, finished, summary):
+def test_a_summary_of_the_wrong_types_is_shown_as_damaged_by_show_and_both_reports(tmp_path, finished, summary, capsys):
     store = _copy(finished, tmp_path / "store")
     url = _url(store)
     with contextlib.closing(sqlite3.connect(store)) as conn:
         conn.execute("UPDATE runs SET summary_json = ? WHERE id IN (1, 3)", (summary,))
         conn.commit()
     digest = _digest(store)
-    shown = kdcore("runs", "show", "1", db=url)
+    shown = cli(capsys, "runs", "show", "1", db=url)  # in this process: a raised error fails the test as a traceback would
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-3000:]
     assert f"run 1: real {DAMAGED_LABEL}" in shown.stdout and "damaged: summary_json cannot be read" in shown.stdout
-    as_json = json.loads(kdcore("runs", "show", "1", "--json", db=url).stdout)
+    as_json = json.loads(cli(capsys, "runs", "show", "1", "--json", db=url).stdout)
     assert as_json["damaged"] == ["summary_json"] and as_json["summary"] is None
-    group = kdcore("groups", "show", "g", db=url)
+    group = cli(capsys, "groups", "show", "g", db=url)
     assert group.returncode == 0 and DAMAGED_LABEL in group.stdout, group.stderr[-3000:]
     for target in ("1", "g"):
         out = tmp_path / f"report-{target}.html"
-        result = kdcore("report", target, "-o", str(out), "--no-latency", db=url)
+        result = cli(capsys, "report", target, "-o", str(out), "--no-latency", db=url)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
         assert DAMAGED_LABEL in out.read_text(encoding="utf-8")
     assert _digest(store) == digest
@@ -200,10 +201,10 @@ TWO_TEACHERS = "teachers=[{arch: tiny_cnn}, {arch: tiny_cnn}]"
     (["train.seed=-1"], "train.seed: -1 is out of range"),
     (["teacher.seed=4294967296"], "teacher.seed: 4294967296 is out of range"),
 ])
-def test_a_number_a_run_cannot_use_is_refused_in_the_config_naming_the_key(tmp_path, overrides, needle):
+def test_a_number_a_run_cannot_use_is_refused_in_the_config_naming_the_key(tmp_path, overrides, needle, capsys):
     sets = [a for o in overrides for a in ("--set", o)]
     for command in ("train", "submit"):
-        line = _refused(kdcore(command, DIGITS, *sets, db=_url(tmp_path / "kd.db")), "invalid config", needle)
+        line = _refused(cli(capsys, command, DIGITS, *sets, db=_url(tmp_path / "kd.db")), "invalid config", needle)
         if "seed" in needle:
             assert "a seed is a whole number from 0 to 4294967295" in line, line
     assert not list(tmp_path.iterdir())
@@ -233,11 +234,11 @@ def test_the_largest_seed_is_accepted_by_the_config_and_by_seeds(tmp_path):
 
 # ---- 10. an empty config file --------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n"])
-def test_an_empty_config_file_is_refused_instead_of_running_defaults(tmp_path, text):
+def test_an_empty_config_file_is_refused_instead_of_running_defaults(tmp_path, text, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text(text)
     for command in ("train", "submit"):
-        _refused(kdcore(command, str(config), db=_url(tmp_path / "store" / "kd.db")), f"{config} is empty")
+        _refused(cli(capsys, command, str(config), db=_url(tmp_path / "store" / "kd.db")), f"{config} is empty")
     assert not (tmp_path / "store").exists()
 
 
