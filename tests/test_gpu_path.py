@@ -1,4 +1,8 @@
 """The CUDA path's fixes, checked on the CPU: what they would do on a GPU, and that a CPU run is unchanged."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -268,3 +272,17 @@ def test_a_cuda_device_side_error_is_a_lost_context(err):
 ], ids=["OOM", "no GPU", "CheckpointError quoting a path", "diverged", "ValueError"])
 def test_other_failures_leave_the_worker_taking_runs(err):
     assert not cuda_context_lost(err)
+
+
+def test_tf32_is_set_so_that_both_of_torchs_precision_apis_can_still_be_read():
+    """The CUDA path's TF32 setting, applied in a fresh process: the old and the new getters both answer (mixing
+    the APIs made torch 2.11 on a GPU, and 2.14 too, refuse the old getter for the whole process)."""
+    probe = ("import torch\n"
+             "from kdcore.engine.device import FastPath, prepare_device\n"
+             "prepare_device(FastPath(device=torch.device('cpu'), tf32=True))\n"
+             "new = getattr(torch.backends.cuda.matmul, 'fp32_precision', 'tf32')\n"
+             "print(torch.get_float32_matmul_precision(), new, torch.backends.cudnn.allow_tf32)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["high", "tf32", "True"]

@@ -146,10 +146,8 @@ def prepare_device(path: FastPath) -> None:
     if path.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if path.tf32:
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-            # the newer API; mixing it with allow_tf32 is refused by recent PyTorch
-            torch.backends.cuda.matmul.fp32_precision = "tf32"
-            torch.backends.cudnn.conv.fp32_precision = "tf32"
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # The API every torch from 1.12 to 2.14 has. Once the newer fp32_precision setters are used, torch
+        # >= 2.9 refuses the older getters (torch.get_float32_matmul_precision()) in the whole process, so
+        # any library that reads them would crash; set this way, both readers answer.
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
