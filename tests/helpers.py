@@ -153,3 +153,11 @@ def cli(capsys, *args, db):
     code = main(["--db", db, *args])
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
+
+
+def select_first_run(at):
+    """The Runs page (an AppTest) with the first row of its runs table selected, as a click would, rendered again."""
+    at.session_state[at.dataframe[0].key] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    no_exceptions(at)
+    return at

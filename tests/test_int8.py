@@ -21,7 +21,7 @@ from kdcore.jobs import run_here  # noqa: E402
 from kdcore.record import RunFolder  # noqa: E402
 from kdcore.report import build_report  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.helpers import cli, no_exceptions, open_page  # noqa: E402
+from tests.helpers import cli, no_exceptions, open_page, select_first_run  # noqa: E402
 
 DIGITS = {"name": "int8 digits", "dataset": {"name": "digits", "val_fraction": 0.15},
           "teacher": {"arch": "tiny_cnn", "epochs": 2}, "student": {"arch": "mlp", "options": {"hidden": [64]}},
@@ -94,9 +94,7 @@ def test_the_report_shows_the_int8_row_next_to_teacher_baseline_and_student(expo
 def test_the_downloads_view_offers_the_int8_student_with_its_check(exported, monkeypatch):
     monkeypatch.setenv("KDCORE_DB_URL", exported["db"])
     monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
-    at = open_page("pages/runs.py")
-    at.session_state[at.dataframe[0].key] = {"selection": {"rows": [0], "columns": [], "cells": []}}
-    at.run()
+    at = select_first_run(open_page("pages/runs.py"))
     at.radio(key="runs_detail_view").set_value("Downloads").run()
     no_exceptions(at)
     assert "Student as int8 ONNX" in [b.label for b in at.get("download_button")]

@@ -17,7 +17,7 @@ from kdcore.jobs import run_here  # noqa: E402
 from kdcore.jobs.service import ActionRefused, RunService  # noqa: E402
 from kdcore.report import build_report  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.helpers import no_exceptions, open_page  # noqa: E402
+from tests.helpers import no_exceptions, open_page, select_first_run  # noqa: E402
 
 TWO = {"name": "two teachers", "dataset": {"name": "digits", "val_fraction": 0.15},
        "teachers": [{"arch": "tiny_cnn", "epochs": 1}, {"arch": "mlp", "options": {"hidden": [32]}, "epochs": 1}],
@@ -45,15 +45,8 @@ def runs_db(two_teacher_store, monkeypatch):
     return two_teacher_store
 
 
-def _select_first(at):
-    at.session_state[at.dataframe[0].key] = {"selection": {"rows": [0], "columns": [], "cells": []}}
-    at.run()
-    no_exceptions(at)
-    return at
-
-
 def test_the_calibration_view_shows_every_teacher(runs_db):
-    at = _select_first(open_page("pages/runs.py"))
+    at = select_first_run(open_page("pages/runs.py"))
     at.radio(key="runs_detail_view").set_value("Calibration and per class").run()
     no_exceptions(at)
     eces = [m.label for m in at.metric]
@@ -93,7 +86,7 @@ def test_a_cli_run_at_t_30_reopens_in_new_experiment_at_t_30(runs_db, capsys):
     st.cache_data.clear()  # the runs list is cached for 2 s: the page must see the run just submitted
     at = open_page("pages/runs.py")
     at.text_input(key="runs_search").set_value("hot").run()
-    _select_first(at)
+    select_first_run(at)
     at.button(key=f"restart_{run_id}").click().run()
     no_exceptions(at)
     assert at.title[0].value == "New experiment"

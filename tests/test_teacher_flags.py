@@ -13,7 +13,7 @@ from kdcore.jobs import run_here  # noqa: E402
 from kdcore.record import RunSummary  # noqa: E402
 from kdcore.report import build_report  # noqa: E402
 from kdcore.store import Store  # noqa: E402
-from tests.helpers import no_exceptions, open_page  # noqa: E402
+from tests.helpers import open_page, select_first_run  # noqa: E402
 
 # lr 10 for the teacher alone: it ends at chance, while the student and baseline learn as usual
 CHANCE = {"name": "chance teacher", "dataset": {"name": "digits", "val_fraction": 0.15},
@@ -58,10 +58,7 @@ def test_a_teacher_at_chance_is_flagged_in_the_report(chance_run):
 def test_a_teacher_at_chance_is_flagged_on_the_run_card(chance_run, monkeypatch):
     monkeypatch.setenv("KDCORE_DB_URL", chance_run["url"])
     monkeypatch.setenv("KDCORE_LOCAL_WORKERS", "0")
-    at = open_page("pages/runs.py")
-    at.session_state[at.dataframe[0].key] = {"selection": {"rows": [0], "columns": [], "cells": []}}
-    at.run()
-    no_exceptions(at)
+    at = select_first_run(open_page("pages/runs.py"))
     assert any("Teacher at chance" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
