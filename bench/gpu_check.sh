@@ -13,12 +13,14 @@
 #   bench/gpu_check.sh --apply DIR   here: put DIR/gpu_check.md (what came back) into docs/benchmarks.md
 #
 # With the device tool: run(command="bash bench/gpu_check.sh", carry=[".gpu-check"], timeout_s=560).
-# Environment: PYTHON (default python3), KD_GPU_CHECK_BUDGET (seconds for all steps, default 450),
-# KD_GPU_CHECK_TESTS (test files, default tests/test_gpu*.py), KD_GPU_CHECK_WORK (scratch folder).
+# Environment: PYTHON (default: .venv/bin/python here, python3 on the GPU machine),
+# KD_GPU_CHECK_BUDGET (seconds for all steps, default 450), KD_GPU_CHECK_TESTS (test files, default tests/test_gpu*.py), KD_GPU_CHECK_WORK (scratch folder).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
-PY=${PYTHON:-python3}
+# here: the project's environment (its metadata names the wheels); on the GPU machine: the image's python3
+LOCAL_PY=python3; [ -x .venv/bin/python ] && LOCAL_PY=.venv/bin/python
+PY=${PYTHON:-$LOCAL_PY}
 MODE=gpu
 case "${1:-}" in
   --prepare) exec "$PY" bench/gpu_wheels.py "${@:2}" ;;
@@ -31,6 +33,7 @@ case "${1:-}" in
   *) echo "unknown option $1; see $0 --help" >&2; exit 2 ;;
 esac
 [ "${KD_GPU_CHECK_DEVICE:-cuda}" = cpu ] && MODE=dry
+[ $MODE = gpu ] && PY=${PYTHON:-python3}
 DEVICE=cuda; [ $MODE = dry ] && DEVICE=cpu
 
 OUT=${OUT:-$REPO/.gpu-check/out}

@@ -34,6 +34,8 @@ MNIST_GZ = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-im
 NEVER = {"torch", "torchvision", "triton"}  # the image's own CUDA build, never replaced
 # not imported by kdcore's engine, CLI, store, the GPU tests or the benches (checked with sys.modules)
 NOT_NEEDED = {"streamlit", "plotly"}
+# carried although the image has it: pure Python, tiny, and pydantic-core wants a recent one
+CARRY_ANYWAY = {"typing-extensions"}
 # The GPU image's packages ("cuda" image, as KINDS.md read them on 2026-11-17)
 ON_DEVICE = set("""
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -147,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     wanted, left_out = closure(project_requirements(), target_env(args.python))
-    fetch = {n: v for n, v in wanted.items() if n not in ON_DEVICE}
+    fetch = {n: v for n, v in wanted.items() if n not in ON_DEVICE or n in CARRY_ANYWAY}
+    absent = sorted(n for n, why in left_out.items() if why == "not installed here")
+    if absent:
+        print(f"not installed in {sys.executable}: {', '.join(absent)}; run this with the project's environment "
+              "(PYTHON=.venv/bin/python bash bench/gpu_check.sh --prepare)", file=sys.stderr)
+        return 1
     print(f"project dependencies without torch: {len(wanted)} packages; on the GPU image already: "
           f"{len(wanted) - len(fetch)}; to carry: {len(fetch)}")
     print("carried: " + ", ".join(f"{n}=={v}" for n, v in sorted(fetch.items())))
