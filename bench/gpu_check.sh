@@ -29,7 +29,7 @@ case "${1:-}" in
     exec "$PY" bench/gpu_report.py --apply "$2/gpu_check.md" --docs docs/benchmarks.md ;;
   --dry-run) MODE=dry ;;
   "") ;;
-  -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set -u/p' "$0" | grep '^#'; exit 0 ;;
   *) echo "unknown option $1; see $0 --help" >&2; exit 2 ;;
 esac
 [ "${KD_GPU_CHECK_DEVICE:-cuda}" = cpu ] && MODE=dry

@@ -58,3 +58,39 @@ def test_the_peers_can_be_chosen_and_unknown_ones_are_refused(tmp_path, capsys):
     args = throughput.parse_args(["--dataset", "cifar100", "--peers", "strong-cached"])
     assert (args.teacher, args.student, args.peers) == ("resnet32x4", "resnet8x4", ("strong-cached",))
     assert throughput.parse_args([]).teacher == "small_cnn"
+
+
+def test_the_gpu_report_puts_failed_tests_unmet_targets_and_timeouts_into_the_docs_block(tmp_path):
+    from bench import gpu_report
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    out.mkdir(), logs.mkdir()
+    (out / "steps.tsv").write_text("tests\t1\t80.2\t150\nhinton\t0\t18.4\t150\nthroughput_cifar_b128\t124\t100.0\t100\n")
+    rates = {"kdcore": [30000.0, 31000.0], "strong": [20000.0, 21000.0], "strong-cached": [29000.0, 30000.0]}
+    ratios = {"strong": {"ratio": 1.48, "per_run": [1.5, 1.48], "target": 1.2, "met": True},
+              "strong-cached": {"ratio": 1.03, "per_run": [1.03, 1.03], "target": 1.2, "met": False}}
+    (out / "throughput.jsonl").write_text(json.dumps({
+        "teacher": "small_cnn", "student": "tiny_cnn", "data": "MNIST", "note": "", "images": 54000, "batch_size": 128,
+        "epochs": 1, "repeats": 2, "fast_path": "precision bf16", "rates": rates, "ratios": ratios}) + "\n")
+    (logs / "tests.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'
+        '<testcase classname="tests.test_gpu_path" name="test_a"><failure message="boom"/></testcase>'
+        '<testcase classname="tests.test_gpu" name="test_b"/><testcase classname="tests.test_gpu" name="test_c"/>'
+        '</testsuite></testsuites>')
+    env = tmp_path / "env.json"
+    env.write_text(json.dumps({"torch": "2.11.0+cu130", "cuda": "13.0", "gpu": "NVIDIA H200", "gpu_memory_gib": 140}))
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nbefore\n\n<!-- gpu_check:begin -->\nstale figures\n<!-- gpu_check:end -->\n\nafter\n")
+    assert gpu_report.main(["--out", str(out), "--logs", str(logs), "--env", str(env), "--docs", str(docs),
+                            "--total", "431.0"]) == 0
+    text = docs.read_text()
+    assert "before" in text and "after" in text and "stale figures" not in text
+    assert "NVIDIA H200, 140 GiB, torch 2.11.0+cu130" in text
+    assert "2 passed, 1 failed, 0 skipped of 3; failed: test_gpu_path::test_a." in text
+    assert "**1.48x**" in text and "1.03x (target 1.2x: not met)" in text
+    assert "| throughput_cifar_b128 | timed out | 100.0 | 100 |" in text
+    assert "`kdcore train` (teacher, student and baseline): 18.4 s" in text
+    elsewhere = tmp_path / "other.md"
+    elsewhere.write_text("# Other\n")
+    assert gpu_report.main(["--apply", str(out / "gpu_check.md"), "--docs", str(elsewhere)]) == 0
+    assert elsewhere.read_text().count("<!-- gpu_check:begin -->") == 1 and "**1.48x**" in elsewhere.read_text()
