@@ -7,14 +7,16 @@
 #   bench/gpu_check.sh --prepare     here, with the network: wheels the GPU image lacks and MNIST's .gz
 #                                    files into the ignored .gpu-check/ (bench/gpu_wheels.py)
 #   bench/gpu_check.sh               on the GPU machine, with .gpu-check carried: every step, each under
-#                                    its own timeout; logs and figures into $OUT (or .gpu-check/out)
+#                                    its own timeout; logs and figures into $OUT (here .gpu-check/out)
 #   bench/gpu_check.sh --dry-run     here, on the CPU: the same steps at tiny sizes (also
 #                                    KD_GPU_CHECK_DEVICE=cpu); docs/benchmarks.md is left alone
 #   bench/gpu_check.sh --apply DIR   here: put DIR/gpu_check.md (what came back) into docs/benchmarks.md
 #
-# With the device tool: run(command="bash bench/gpu_check.sh", carry=[".gpu-check"], timeout_s=560).
+# With the device tool: run(command="bash bench/gpu_check.sh",
+#   carry=[".gpu-check/wheels", ".gpu-check/data"], timeout_s=560).
 # Environment: PYTHON (default: .venv/bin/python here, python3 on the GPU machine),
-# KD_GPU_CHECK_BUDGET (seconds for all steps, default 450), KD_GPU_CHECK_TESTS (test files, default tests/test_gpu*.py), KD_GPU_CHECK_WORK (scratch folder).
+# KD_GPU_CHECK_BUDGET (seconds for all steps, default 450), KD_GPU_CHECK_TESTS (test files, default
+# tests/test_gpu*.py), KD_GPU_CHECK_WORK (scratch folder, default /tmp/kd-gpu-check).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -37,7 +39,7 @@ esac
 DEVICE=cuda; [ $MODE = dry ] && DEVICE=cpu
 
 OUT=${OUT:-$REPO/.gpu-check/out}
-WORK=${KD_GPU_CHECK_WORK:-$REPO/.gpu-check/work}
+WORK=${KD_GPU_CHECK_WORK:-${TMPDIR:-/tmp}/kd-gpu-check}  # outside what travels
 LOGS=$WORK/logs
 SITE=$WORK/site
 rm -rf "$WORK" && mkdir -p "$LOGS" "$OUT"
