@@ -37,7 +37,7 @@ def test_the_strong_loop_trains_the_student_towards_its_teacher(cached):
 def test_cifar_shaped_runs_say_their_images_are_synthetic_and_report_every_peers_ratio(tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     code = throughput.main(["--dataset", "cifar100", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
-                            "--data-root", str(tmp_path), "--limit", "192", "--batch-size", "64", "--repeats", "1",
+                            "--data-root", str(tmp_path), "--limit", "128", "--batch-size", "64", "--repeats", "1",
                             "--warmup-batches", "1", "--workers", "0", "--device", "cpu", "--markdown",
                             "--json", str(out)])
     text = capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_cifar_shaped_runs_say_their_images_are_synthetic_and_report_every_peers
     for label in throughput.PEER_LABELS.values():
         assert f"kdcore / {label}: " in text
     record = json.loads(out.read_text())
-    assert record["images"] == 192 and record["batch_size"] == 64
+    assert record["images"] == 128 and record["batch_size"] == 64
     assert set(record["ratios"]) == {"tutorial", "strong", "strong-cached"}
     assert all(len(v) == 1 and min(v) > 0 for v in record["rates"].values())
     assert "| kdcore / strong-cached |" in text.replace(" | date", "")
