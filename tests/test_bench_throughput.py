@@ -94,3 +94,16 @@ def test_the_gpu_report_puts_failed_tests_unmet_targets_and_timeouts_into_the_do
     elsewhere.write_text("# Other\n")
     assert gpu_report.main(["--apply", str(out / "gpu_check.md"), "--docs", str(elsewhere)]) == 0
     assert elsewhere.read_text().count("<!-- gpu_check:begin -->") == 1 and "**1.48x**" in elsewhere.read_text()
+
+
+def test_a_real_cifar100_folder_is_read_and_every_side_gets_the_same_images(tmp_path):
+    from tests.test_data import write_cifar100
+
+    write_cifar100(tmp_path, n=40)
+    args = throughput.parse_args(["--dataset", "cifar100", "--data-root", str(tmp_path), "--limit", "30"])
+    cfg, data = throughput.setup(args, torch.device("cpu"))
+    assert data.name == "CIFAR-100" and data.note == ""
+    assert len(data.train) == len(data.tutorial) == 30 and data.splits.class_names[3] == "class3"
+    x, y = data.tutorial[7]
+    assert y == int(data.train.y[7])
+    assert torch.allclose(x, data.train.x[7], atol=1e-5)  # per-image ToTensor + Normalize = kdcore's tensors
