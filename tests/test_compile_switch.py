@@ -99,6 +99,14 @@ def test_a_compiled_fit_runs_its_full_batches_compiled_and_the_last_smaller_batc
     assert model._compiled_call_impl is None  # evaluation and later uses run the plain module
 
 
+def test_a_fit_without_a_full_batch_records_that_nothing_ran_compiled(counting_backend):
+    cfg = _config(compile=True, batch_size=4096, epochs=1)
+    data = load_dataset(cfg.dataset)
+    _, result = _baseline_fit(cfg, data)
+    assert counting_backend == []
+    assert result.compiled == "off (no full batch of 4096 images to compile)"
+
+
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_a_failure_to_compile_falls_back_to_eager_with_the_weights_an_eager_fit_gives(where, quiet_cpu, monkeypatch):
     from torch._dynamo.backends.common import aot_autograd

@@ -89,6 +89,12 @@ class CompiledStudent:
         finally:
             self.model._compiled_call_impl = None
 
+    def outcome(self) -> str:
+        """What the fit ran, for its result: a compile never tried (no full batch) is no compile."""
+        if self.pending:
+            return f"off (no full batch of {self.batch_size} images to compile)"
+        return self.described
+
     def failed(self, err: BaseException) -> None:
         """Compiling failed: the fit goes on eagerly, and the run records why."""
         self._call, self.pending = None, False

@@ -449,5 +449,5 @@ def fit(
         cancelled=cancelled,
         seconds=time.perf_counter() - start,
         threads_lowered=training.watch.lowered,
-        compiled=training.compiled.described,
+        compiled=training.compiled.outcome(),
     )
