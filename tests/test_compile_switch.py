@@ -99,6 +99,24 @@ def test_a_compiled_fit_runs_its_full_batches_compiled_and_the_last_smaller_batc
     assert model._compiled_call_impl is None  # evaluation and later uses run the plain module
 
 
+def test_teachers_run_on_every_batch_are_compiled_with_the_student_and_cached_ones_are_not(counting_backend):
+    data = load_dataset(_config().dataset)
+    shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+    full = len(data.train) // 64
+    for augment, graphs_per_step in (({"crop_padding": 1}, 2), (None, 1)):  # augmented: no logits cache
+        counting_backend.clear()
+        cfg = _config(compile=True, epochs=1)
+        torch.manual_seed(0)
+        teacher = create_model("small_cnn", **shape).eval()
+        student = create_model("tiny_cnn", **shape)
+        augment_cfg = cfg.dataset.augment.model_copy(update=augment or {})
+        result = fit(student, data, phase="student", epochs=1, train_cfg=cfg.train, device=CPU, teachers=[teacher],
+                     distill_cfg=cfg.distill, augment=augment_cfg, callback=no_callback)
+        assert result.compiled == "default"
+        assert len(counting_backend) == graphs_per_step * full, augment
+        assert teacher._compiled_call_impl is None
+
+
 def test_a_fit_without_a_full_batch_records_that_nothing_ran_compiled(counting_backend):
     cfg = _config(compile=True, batch_size=4096, epochs=1)
     data = load_dataset(cfg.dataset)

@@ -1,7 +1,7 @@
 """The student's step compiled (train.compile, train.cuda_graphs): where it applies, and the fall-backs.
 
-The student's forward (and, through AOTAutograd, its backward) is compiled with torch.compile
-for full batches only; a fit's last, smaller batch runs eagerly, so one shape is compiled and no
+The student's forward (and, through AOTAutograd, its backward) is compiled with torch.compile,
+with the teachers' forward where they run on every batch, for full batches only; a fit's last, smaller batch runs eagerly, so one shape is compiled and no
 dynamic shapes are needed. On CUDA, train.cuda_graphs replays it as CUDA graphs (mode
 "reduce-overhead"), which takes the launch overhead of small models' steps away. The compiled
 call is switched on for the step alone: evaluation, checkpoints and whatever uses the model
@@ -51,43 +51,48 @@ def restore_state(model: nn.Module, generators: tuple[torch.Generator, ...], sta
         g.set_state(s)
 
 
-class CompiledStudent:
-    """A fit's student, compiled for its full batches when asked and possible.
+class CompiledStep:
+    """A fit's student (and teachers run on every batch), compiled for its full batches when asked and possible.
 
     `described`: what the run records, e.g. "default", "reduce-overhead", "off (a method reads the
     student's layers through hooks)". `pending` is True until a compiled step has run: a failure to
     compile in that step (no C++ compiler, an unsupported operator) turns compiling off for the fit.
     """
 
-    def __init__(self, model: nn.Module, mode: Optional[str], described: str, batch_size: int,
+    def __init__(self, modules: list[nn.Module], mode: Optional[str], described: str, batch_size: int,
                  off_because: Optional[str] = None):
-        self.model, self.batch_size = model, batch_size
-        self._call = None
+        self.modules, self.batch_size = modules, batch_size
+        self._calls: Optional[list] = None
         self.described = described
         if mode is not None and off_because:
             self.described = f"off ({off_because})"
         elif mode is not None:
+            # torch keeps compiled code per code object, and every module's call is nn.Module._call_impl: a
+            # process that runs fit after fit would reach the recompile limit and go on eagerly unsaid
+            torch._dynamo.reset()
             options = {"mode": mode} if BACKEND == "inductor" else {}
-            self._call = torch.compile(model._call_impl, backend=BACKEND, dynamic=False, **options)
+            self._calls = [torch.compile(m._call_impl, backend=BACKEND, dynamic=False, **options) for m in modules]
         self.graphs = mode == "reduce-overhead"
-        self.pending = self._call is not None
+        self.pending = self._calls is not None
 
     def applies(self, batch: int) -> bool:
-        return self._call is not None and batch == self.batch_size
+        return self._calls is not None and batch == self.batch_size
 
     @contextmanager
     def active(self, batch: int) -> Iterator[bool]:
-        """Calls to the student inside run compiled when the batch is a full one (nn.Module's own compiled slot)."""
+        """Calls to the modules inside run compiled when the batch is a full one (nn.Module's own compiled slot)."""
         if not self.applies(batch):
             yield False
             return
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be reused
-        self.model._compiled_call_impl = self._call
+        for module, call in zip(self.modules, self._calls):
+            module._compiled_call_impl = call
         try:
             yield True
         finally:
-            self.model._compiled_call_impl = None
+            for module in self.modules:
+                module._compiled_call_impl = None
 
     def outcome(self) -> str:
         """What the fit ran, for its result: a compile never tried (no full batch) is no compile."""
@@ -97,7 +102,7 @@ class CompiledStudent:
 
     def failed(self, err: BaseException) -> None:
         """Compiling failed: the fit goes on eagerly, and the run records why."""
-        self._call, self.pending = None, False
+        self._calls, self.pending = None, False
         root = err  # torch wraps the compiler's own error (BackendCompilerFailed): name that one
         while getattr(root, "inner_exception", None) is not None or root.__cause__ is not None:
             root = getattr(root, "inner_exception", None) or root.__cause__

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
 from kdcore.engine import distributed
-from kdcore.engine.compiled import CompiledStudent, restorable_state, restore_state
+from kdcore.engine.compiled import CompiledStep, restorable_state, restore_state
+from kdcore.engine.exported import ExportedTeacher
 from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
@@ -202,8 +203,15 @@ class _Fit:
         self.part_names: Optional[list[str]] = None  # the loss's parts, named at the first step
         self.optimizer = make_optimizer(trainable, train_cfg, fused=path.fused_optimizer)
         self.scheduler = make_scheduler(self.optimizer, train_cfg, epochs, self.steps_per_epoch)
-        self.compiled = CompiledStudent(model, path.compile, path.compiled,
-                                        train_cfg.batch_size // distributed.world_size(), self._not_compiled())
+        self.compiled = CompiledStep([model, *self._compiled_teachers(teachers)], path.compile, path.compiled,
+                                     train_cfg.batch_size // distributed.world_size(), self._not_compiled())
+
+    def _compiled_teachers(self, teachers: Sequence[nn.Module]) -> list[nn.Module]:
+        """The teachers compiled with the student: those run on every batch, unless the method reads their layers."""
+        per_batch = self.distiller is not None and self.cache is None and self.teacher_train_logits is None
+        if not per_batch or self.distiller.teacher_layers():
+            return []
+        return [t for t in teachers if not isinstance(t, ExportedTeacher)]  # ONNX Runtime's graph is its own
 
     def _not_compiled(self) -> Optional[str]:
         """Why the student's step cannot be compiled in this fit, or None.
