@@ -261,7 +261,9 @@ class _Fit:
         `global_batch`: under torchrun, the size of the batch whose shard x is (kdcore.engine.distributed).
         """
         teacher_logits = self.teacher_logits(batch, idx, epoch)
-        if self.compiled.pending and self.compiled.applies(len(y)):
+        if not self.compiled.applies(len(y)):  # eager: compiling off, or the last, smaller batch
+            logits, parts, loss = self._forward_backward(x, y, idx, epoch, teacher_logits, global_batch)
+        elif self.compiled.pending:
             logits, parts, loss = self._first_compiled(x, y, idx, epoch, teacher_logits, global_batch)
         else:
             with self.compiled.active(len(y)):
