@@ -1,6 +1,8 @@
 """Where a distillation fit's time goes, per part of the step, measured with torch.profiler.
 
     .venv/bin/python bench/where_time_goes.py                       # small_cnn -> tiny_cnn on MNIST, batch 128
+    .venv/bin/python bench/where_time_goes.py --device cuda         # the same on a GPU (host time of each part)
+    .venv/bin/python bench/where_time_goes.py --set train.compile=true   # with the student's step compiled
     .venv/bin/python bench/where_time_goes.py --markdown docs/benchmarks.md
 
 The setting is bench/throughput.py's (the MNIST training split, batch 128, Adam, soft
@@ -13,7 +15,8 @@ the CPU computes it natively). In both, the cached teacher logits are filled ove
 first epoch's batches in a second thread beside the student. The trainer marks
 its parts with kdcore.spans.region; each part's share is its inclusive CPU time over
 the fit's wall time, and "data and the rest" is what the marked parts leave. The
-profiler adds its own cost, so read the shares, not the seconds.
+profiler adds its own cost, so read the shares, not the seconds. On CUDA a part's CPU
+time is the host's time to launch it: in a launch-bound step that is where the time goes.
 """
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default="small_cnn")
     p.add_argument("--student", default="tiny_cnn")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train key for every case, e.g. train.compile=true (repeatable)")
     p.add_argument("--markdown", metavar="FILE", help="write the table between the where_time_goes markers of FILE")
     return p.parse_args(argv)
 
@@ -68,8 +74,9 @@ def profile_fit(args, augment: bool, fast: bool) -> dict[str, float]:
     cfg = build_config({"dataset": {"name": "mnist", "root": args.data_root,
                                     "augment": {"crop_padding": 2, "flip": True} if augment else {}},
                         "teacher": {"arch": args.teacher}, "student": {"arch": args.student},
-                        "train": {"batch_size": 128, "optimizer": "adam", "epochs": args.epochs, "device": "cpu",
-                                  **({} if fast else FAST_PATH_OFF)}})
+                        "train": {"batch_size": 128, "optimizer": "adam", "epochs": args.epochs, "device": args.device,
+                                  **({} if fast else FAST_PATH_OFF), **train_overrides(args.overrides)}})
+    device = torch.device(args.device)
     data = load_dataset(cfg.dataset)
     shape = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     torch.manual_seed(0)
@@ -85,8 +92,10 @@ def profile_fit(args, augment: bool, fast: bool) -> dict[str, float]:
     trainer_module.TeacherLogitCache = RecordedCache
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        fit(student, data, phase="student", epochs=args.epochs, train_cfg=cfg.train, device=torch.device("cpu"),
+        fit(student, data, phase="student", epochs=args.epochs, train_cfg=cfg.train, device=device,
             teachers=[teacher], distill_cfg=cfg.distill, augment=cfg.dataset.augment, callback=no_callback)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         wall = time.perf_counter() - start
     seconds = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PARTS}
     trainer_module.TeacherLogitCache = TeacherLogitCache
@@ -97,6 +106,19 @@ def profile_fit(args, augment: bool, fast: bool) -> dict[str, float]:
         if cache.background:  # it overlaps the student's parts: kept out of "the rest"
             seconds["beside"] = ["kdcore.teacher_cache"]
     return seconds
+
+
+def train_overrides(pairs: list[str]) -> dict:
+    """--set train.KEY=VALUE pairs as the train section's keys (true/false and numbers parsed as YAML does)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key.startswith("train.") or not value:
+            raise SystemExit(f"--set takes train.KEY=VALUE, got {pair!r}")
+        out[key.removeprefix("train.")] = yaml.safe_load(value)
+    return out
 
 
 def layout_seconds(args, batches: int = 200) -> dict[str, float]:
@@ -149,14 +171,16 @@ def main(argv=None) -> int:
         rows += ["", "(beside): ran in a second thread at the same time as the student's steps, so its share "
                      "overlaps the others and is not counted in \"data and the rest\"; that thread's time is "
                      "clocked by the cache itself, as the profiler records one thread."]
-    layouts = layout_seconds(args)
-    nchw = layouts["NCHW"]
-    rows += ["", "The teacher's forward over 200 batches of 128 plain MNIST images: "
-             + ", ".join(f"{s:.2f} s in {name} ({nchw / s:.2f}x)" for name, s in layouts.items()) + "."]
+    if args.device == "cpu":  # the CPU's layouts and bf16
+        layouts = layout_seconds(args)
+        nchw = layouts["NCHW"]
+        rows += ["", "The teacher's forward over 200 batches of 128 plain MNIST images: "
+                 + ", ".join(f"{s:.2f} s in {name} ({nchw / s:.2f}x)" for name, s in layouts.items()) + "."]
     print("\n".join(rows))
     if args.markdown:
         command = "python bench/where_time_goes.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        stamp = (f"{datetime.date.today():%Y-%m-%d}, {cpu_model()}, {os.cpu_count()} cores, "
+        where = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
+        stamp = (f"{datetime.date.today():%Y-%m-%d}, {where}, {os.cpu_count()} cores, "
                  f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                  f"{args.teacher} -> {args.student}, {args.epochs} epoch(s)")
         command = re.sub(r"\s+", " ", command).strip()

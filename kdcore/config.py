@@ -215,6 +215,11 @@ class TrainConfig(_Strict):
     amp: bool = True  # bf16 autocast where the device computes bf16 natively: CUDA, CPUs with AVX-512 BF16 or AMX
     channels_last: bool = True  # conv models and batches in NHWC, on CPU and CUDA
     fused_optimizer: bool = True  # the optimizer step as one fused kernel, on CPU and CUDA
+    # the student's forward and backward under torch.compile, full batches only (the last, smaller one runs
+    # eagerly); off by default: compiling takes longer than it saves in a short CPU run. The summary's
+    # fast_path.compile and <phase>_compile say what ran, or why not
+    compile: bool = False
+    cuda_graphs: bool = False  # CUDA only: the compiled step replayed as CUDA graphs (mode "reduce-overhead")
     eval_batch_size: int = Field(256, ge=1)  # images per step when evaluating; larger batches were slower on CPU
     nproc: int = Field(1, ge=1, le=64)  # processes (GPUs) training the run together under torchrun (DDP)
 

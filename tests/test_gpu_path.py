@@ -179,7 +179,7 @@ def test_the_fast_path_is_chosen_per_device(monkeypatch):
     off = _digits_config(amp=False, channels_last=False, fused_optimizer=False).train
     for device in (CPU, torch.device("cuda")):
         assert fast_path(device, off).describe() == {"precision": "fp32", "channels_last": False,
-                                                      "fused_optimizer": False}
+                                                      "fused_optimizer": False, "compile": "off"}
 
 
 def test_bf16_on_cpu_needs_the_hardware_and_an_avx512_kernel_set(monkeypatch):
@@ -239,7 +239,8 @@ def test_a_cpu_run_summary_records_its_precision_and_layout(tmp_path):
     summary = execute_run(cfg, tmp_path / "run")
     expected = "bf16" if device_module.cpu_runs_bf16() else "fp32"
     assert summary["eval_precision"] == expected
-    assert summary["fast_path"] == {"precision": expected, "channels_last": True, "fused_optimizer": True}
+    assert summary["fast_path"] == {"precision": expected, "channels_last": True, "fused_optimizer": True,
+                                    "compile": "off"}
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"amp": False})})
     assert execute_run(cfg, tmp_path / "fp32")["eval_precision"] == "fp32"
 
@@ -286,3 +287,89 @@ def test_tf32_is_set_so_that_both_of_torchs_precision_apis_can_still_be_read():
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["high", "tf32", "True"]
+
+
+# ---------------------------------------------------------------- 8. evaluation without per-batch host work
+
+
+def test_evaluation_batches_are_at_least_1024_images_on_cuda_and_as_configured_elsewhere():
+    train = _digits_config(eval_batch_size=256).train
+    assert fast_path(torch.device("cuda"), train).eval_batch(256) == device_module.CUDA_EVAL_BATCH == 1024
+    assert fast_path(torch.device("cuda"), train).eval_batch(4096) == 4096
+    assert fast_path(CPU, train).eval_batch(256) == 256
+
+
+def test_predicting_a_split_reads_nothing_to_the_host_and_writes_its_logits_into_one_tensor(monkeypatch):
+    d = load_dataset(DatasetConfig(name="digits", val_fraction=0.15))
+    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8).eval()
+    loader = make_loader(d.val, 32, shuffle=False)
+    with torch.inference_mode():
+        expected = torch.cat([model(x) for x, _, _ in loader])
+    calls = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (calls.append(_n),
+                                                                                              _o(self, *a, **k))[1])
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: (calls.append("cat"), real_cat(*a, **k))[1])
+    logits = predict_logits(model, loader, CPU)
+    monkeypatch.undo()
+    assert calls == []  # neither a read per batch nor a second copy to join the batches
+    assert len(loader) > 2 and torch.equal(logits, expected) and logits.dtype == torch.float32
+
+
+def test_validation_reads_its_accuracy_and_the_teacher_agreement_to_the_host_in_one_read(monkeypatch):
+    cfg = _digits_config()
+    data = load_dataset(cfg.dataset)
+    torch.manual_seed(0)
+    teacher = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    student = create_model("mlp_tiny", num_classes=10, in_channels=1, image_size=8)
+    training = trainer_module._Fit(student, data, phase="student", epochs=1, train_cfg=cfg.train, device=CPU,
+                                   teachers=[teacher], distill_cfg=cfg.distill, augment=None, callback=no_callback,
+                                   on_checkpoint=lambda tag, m: None, cache_teacher_logits=False, seed=0)
+    reads = []
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n),
+                                                                                              _o(self, *a, **k))[1])
+    metrics = {}
+    try:
+        val_acc = training.validate(metrics)
+    finally:
+        monkeypatch.undo()
+        training.close()
+    assert len(reads) == 1
+    preds = predict_logits(student, data.val, CPU).argmax(1)
+    assert val_acc == metrics["val_acc"] == (preds == data.val.y).float().mean().item()
+    teacher_preds = predict_logits(teacher, data.val, CPU).argmax(1)
+    assert metrics["agreement"] == (preds == teacher_preds).float().mean().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU visible to PyTorch")
+def test_predicting_on_cuda_makes_no_host_sync():
+    d = load_dataset(DatasetConfig(name="digits", val_fraction=0.15))
+    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8).cuda().eval()
+    loader = make_loader(d.val, 64, shuffle=False, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = predict_logits(model, loader, torch.device("cuda"), path=fast_path("cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert logits.shape == (len(d.val), 10) and logits.device.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU visible to PyTorch")
+def test_a_cuda_graphs_fit_replays_the_compiled_step_and_learns_like_an_eager_fit():
+    data = load_dataset(_digits_config().dataset)
+    accs = {}
+    for graphs in (False, True):
+        cfg = _digits_config(epochs=3, cuda_graphs=graphs, device="cuda")
+        torch.manual_seed(0)
+        student = create_model("tiny_cnn", num_classes=10, in_channels=1, image_size=8)
+        result = fit(student, data, phase="baseline", epochs=3, train_cfg=cfg.train, device=torch.device("cuda"),
+                     callback=no_callback)
+        assert result.compiled == ("reduce-overhead" if graphs else "off")
+        accs[graphs] = result.best_val_acc
+    torch._dynamo.reset()
+    assert accs[True] == pytest.approx(accs[False], abs=0.05)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+
+from kdcore.engine.compiled import compile_mode
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -78,6 +81,9 @@ def cpu_runs_bf16() -> bool:
     return bool(capable) and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+CUDA_EVAL_BATCH = 1024
+
+
 @dataclass(frozen=True)
 class FastPath:
     """How a fit runs on its device: what the run's `train` section asks for, kept where the device gains.
@@ -86,6 +92,8 @@ class FastPath:
     channels_last: conv models and their batches in NHWC, the layout oneDNN and tensor cores are fastest in.
     fused_optimizer: the optimizer step as one fused kernel instead of a loop over parameters.
     cudnn_benchmark, tf32: CUDA only (fastest conv algorithm per shape; fp32 matmuls on tensor cores).
+    compile: the student's step under torch.compile (train.compile; "reduce-overhead", CUDA graphs, with
+    train.cuda_graphs on CUDA).
     """
     device: torch.device
     bf16: bool = False
@@ -93,6 +101,8 @@ class FastPath:
     fused_optimizer: bool = False
     cudnn_benchmark: bool = False
     tf32: bool = False
+    compile: Optional[str] = None  # torch.compile mode for the student's step (kdcore.engine.compiled), None: eager
+    compiled: str = "off"  # what the summary records: the mode, "off", or "off (why)"
 
     @property
     def precision(self) -> str:
@@ -102,6 +112,14 @@ class FastPath:
         if not self.bf16:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def eval_batch(self, configured: int) -> int:
+        """Images per evaluation step: train.eval_batch_size, and on CUDA at least CUDA_EVAL_BATCH.
+
+        An evaluation batch on a GPU costs about as much as a small one, so fewer, larger batches
+        take the per-batch launches away; on CPU larger batches were slower.
+        """
+        return max(configured, CUDA_EVAL_BATCH) if self.device.type == "cuda" else configured
 
     def format_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Moves `model` to the device, in channels_last if asked and it has 2-D convs."""
@@ -113,7 +131,7 @@ class FastPath:
     def describe(self) -> dict:
         """What a run's summary records, so runs made differently can be told apart."""
         return {"precision": self.precision, "channels_last": self.channels_last,
-                "fused_optimizer": self.fused_optimizer}
+                "fused_optimizer": self.fused_optimizer, "compile": self.compiled}
 
 
 def has_conv2d(model: torch.nn.Module) -> bool:
@@ -125,12 +143,15 @@ def fast_path(device: torch.device | str, train_cfg=None) -> FastPath:
 
     bf16 needs train.amp and a device that computes it natively: CUDA, or a CPU per `cpu_runs_bf16`.
     channels_last and fused optimizers apply on CPU and CUDA; MPS keeps PyTorch's defaults.
+    torch.compile is off unless train.compile or train.cuda_graphs asks (kdcore.engine.compiled.compile_mode).
     """
     device = torch.device(device)
     amp = True if train_cfg is None else train_cfg.amp
     channels_last = True if train_cfg is None else train_cfg.channels_last
     fused = True if train_cfg is None else train_cfg.fused_optimizer
     cpu, cuda = device.type == "cpu", device.type == "cuda"
+    mode, compiled = compile_mode(device, train_cfg is not None and train_cfg.compile,
+                                  train_cfg is not None and train_cfg.cuda_graphs)
     return FastPath(
         device=device,
         bf16=amp and (cuda or (cpu and cpu_runs_bf16())),
@@ -138,6 +159,8 @@ def fast_path(device: torch.device | str, train_cfg=None) -> FastPath:
         fused_optimizer=fused and (cpu or cuda),
         cudnn_benchmark=cuda,
         tf32=cuda,
+        compile=mode,
+        compiled=compiled,
     )
 
 

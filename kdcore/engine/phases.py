@@ -80,8 +80,8 @@ class PhaseRunner:
         self.summary = opening_summary(config, data, device, self.path)
         self.test_logits: dict[str, torch.Tensor] = {"labels": data.test.y.clone()}
         # the test split goes to the device once per run, not once per evaluation
-        self.test_loader = make_loader(data.test, config.train.eval_batch_size, shuffle=False, device=device,
-                                       channels_last=self.path.channels_last)
+        self.test_loader = make_loader(data.test, self.path.eval_batch(config.train.eval_batch_size), shuffle=False,
+                                       device=device, channels_last=self.path.channels_last)
         self.s_data = student_data(data, config.dataset.student_fraction)
         self.phases = self.t_phases + [STUDENT] + ([BASELINE] if config.baseline else [])
         self.finished = read_finished(run_dir)
@@ -164,14 +164,16 @@ class PhaseRunner:
     def finish(self, phase: str, model: nn.Module, result: Optional[FitResult] = None) -> None:
         """Records the phase's test logits, accuracy, training figures, size and latency."""
         logits = predict_logits(self.path.format_model(model), self.test_loader, self.device, path=self.path)
-        self.test_logits[phase] = logits.cpu()
-        self.summary[f"{phase}_test_acc"] = accuracy(logits, self.data.test.y)
+        self.test_logits[phase] = logits.cpu()  # the one host copy: what the run keeps
+        self.summary[f"{phase}_test_acc"] = accuracy(logits, self.test_loader.labels)  # labels on the device once
         if result is not None:
             self.summary[f"{phase}_best_val_acc"] = result.best_val_acc
             self.summary[f"{phase}_epochs"] = result.epochs_run
             self.summary[f"{phase}_seconds"] = round(result.seconds, 2)
             if result.threads_lowered:  # other processes took cores: this phase's time is not comparable
                 self.summary[f"{phase}_threads_lowered"] = result.threads_lowered
+            if result.compiled != "off":  # asked for: what ran, as fast_path.compile says only what was asked
+                self.summary[f"{phase}_compile"] = result.compiled
         self.summary.update(phase_profile(phase, model, self.data))
         self.save_test_logits()
 
@@ -186,7 +188,7 @@ class PhaseRunner:
 
     def test_accuracy(self, model: nn.Module) -> float:
         logits = predict_logits(self.path.format_model(model), self.test_loader, self.device, path=self.path)
-        return accuracy(logits, self.data.test.y)
+        return accuracy(logits, self.test_loader.labels)
 
     # ---- teachers -----------------------------------------------------------------------------
     def prepare_teacher(self, index: int) -> Optional[nn.Module]:

@@ -6,7 +6,9 @@ points, so a step never waits on the host.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import operator
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from torch import Tensor, nn
 from kdcore.config import DistillConfig, TrainConfig
 from kdcore.data import BatchLoader, DataSplits, Split, make_loader
 from kdcore.engine import distributed
+from kdcore.engine.compiled import CompiledStep, restorable_state, restore_state
+from kdcore.engine.exported import ExportedTeacher
 from kdcore.engine.cpu_watch import CpuWatch
 from kdcore.engine.device import FastPath, fast_path, prepare_device
 from kdcore.engine.events import Callback, Event
@@ -45,6 +49,7 @@ class FitResult:
     cancelled: bool
     seconds: float
     threads_lowered: int = 0  # times the thread policy gave a core back to other processes
+    compiled: str = "off"  # whether the student's step ran under torch.compile: its mode, or "off (why)"
 
 
 @contextmanager
@@ -95,16 +100,19 @@ def predict_logits(model: nn.Module, split: Split | BatchLoader, device: torch.d
     path = path or FastPath(torch.device(device))
     was_training = model.training
     model.eval()
-    chunks = []
+    out: Optional[Tensor] = None  # the logits are written into one tensor as they come: no copy to join them
     loader = split if isinstance(split, BatchLoader) else make_loader(
         split, batch_size, shuffle=False, device=device, channels_last=path.channels_last)
+    start = 0  # batches come in the split's order; a host count, so no batch waits on the device
     for x, _, _ in loader:
         with path.autocast():
-            chunks.append(model(x).float())
+            logits = model(x)
+        if out is None:
+            out = torch.empty(loader.num_samples, logits.shape[1], dtype=torch.float32, device=logits.device)
+        out[start:start + len(logits)] = logits
+        start += len(logits)
     model.train(was_training)
-    if not chunks:
-        return torch.empty(0, 0, device=device)
-    return torch.cat(chunks)
+    return out if out is not None else torch.empty(0, 0, device=device)
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -124,12 +132,29 @@ def freeze_early_layers(model: nn.Module, fraction: float) -> int:
 
 @dataclass
 class _EpochTotals:
-    """An epoch's running sums, on the device until its end."""
+    """An epoch's running sums, on the device until its end.
 
-    sums: dict[str, Tensor]
+    `sums` holds the loss's parts and the whole loss, each times its batch's size, in the order of `names`:
+    one tensor, so a step adds to it with one kernel and a report reads it with one transfer.
+    """
+
+    names: list[str]
+    sums: Optional[Tensor]
     correct: Tensor
     seen: int = 0
     cancelled: bool = False
+
+    def add(self, parts: Tensor, logits: Tensor, y: Tensor) -> None:
+        batch = len(y)
+        weighted = parts * batch
+        self.sums = weighted if self.sums is None else self.sums.add_(weighted)
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += batch
+
+    def read(self) -> tuple[dict[str, float], float]:
+        """The mean of each part per image, and the accuracy; one read to the host."""
+        values = torch.cat([self.sums.double(), self.correct.double().reshape(1)]).tolist()
+        return {f"train_{k}": v / self.seen for k, v in zip(self.names, values)}, values[-1] / self.seen
 
 
 class _Fit:
@@ -158,8 +183,8 @@ class _Fit:
         self.steps_per_epoch = len(self.train_loader)
         self.report_every = max(1, self.steps_per_epoch // REPORTS_PER_EPOCH)
         # one evaluation loader per fit: the validation split goes to the device once, not once per epoch
-        self.val_loader = make_loader(data.val, train_cfg.eval_batch_size, shuffle=False, device=device,
-                                      channels_last=path.channels_last) if len(data.val) else None
+        self.val_loader = make_loader(data.val, path.eval_batch(train_cfg.eval_batch_size), shuffle=False,
+                                      device=device, channels_last=path.channels_last) if len(data.val) else None
         self.distiller = self._build_distiller(teachers, distill_cfg, seed)
         self.teacher_val_preds = None
         if teachers and self.val_loader is not None:
@@ -175,8 +200,27 @@ class _Fit:
         if self.distiller is not None:
             trainable += [p for p in self.distiller.parameters() if p.requires_grad]
         self.trainable = trainable
+        self.part_names: Optional[list[str]] = None  # the loss's parts, named at the first step
         self.optimizer = make_optimizer(trainable, train_cfg, fused=path.fused_optimizer)
         self.scheduler = make_scheduler(self.optimizer, train_cfg, epochs, self.steps_per_epoch)
+        self.compiled = CompiledStep([model, *self._compiled_teachers(teachers)], path.compile, path.compiled,
+                                     train_cfg.batch_size // distributed.world_size(), self._not_compiled())
+
+    def _compiled_teachers(self, teachers: Sequence[nn.Module]) -> list[nn.Module]:
+        """The teachers compiled with the student: those run on every batch, unless the method reads their layers."""
+        per_batch = self.distiller is not None and self.cache is None and self.teacher_train_logits is None
+        if not per_batch or self.distiller.teacher_layers():
+            return []
+        return [t for t in teachers if not isinstance(t, ExportedTeacher)]  # ONNX Runtime's graph is its own
+
+    def _not_compiled(self) -> Optional[str]:
+        """Why the student's step cannot be compiled in this fit, or None.
+
+        kdcore's Dropout compiles: its draw from the fit's own generator runs eagerly between two graphs.
+        """
+        if self.distiller is not None and self.distiller.student_layers():
+            return "the method reads the student's layers through hooks"  # hooks added per step: a recompile each
+        return None
 
     def _build_distiller(self, teachers: Sequence[nn.Module], distill_cfg: Optional[DistillConfig],
                          seed: int) -> Optional[Distiller]:
@@ -197,7 +241,8 @@ class _Fit:
                                            background=TeacherLogitCache.overlaps(self.path))
             return
         # a streamed split: one pass in the split's order before training
-        in_order = self.train_loader.in_order(self.train_cfg.eval_batch_size)  # the train loader's device copy, reused
+        # the train loader's device copy, reused
+        in_order = self.train_loader.in_order(self.path.eval_batch(self.train_cfg.eval_batch_size))
         with region("kdcore.teacher_cache"):
             self.teacher_train_logits = self.distiller.combine(
                 [predict_logits(t, in_order, self.device, path=self.path) for t in teachers])
@@ -210,12 +255,45 @@ class _Fit:
         return None
 
     def step(self, x: Tensor, y: Tensor, idx: Tensor, batch: int, epoch: int,
-             global_batch: Optional[int] = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """One optimizer step; the logits and the loss's parts, the whole loss as "loss".
+             global_batch: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """One optimizer step; the logits and the loss's parts then the whole loss, stacked in `part_names` order.
 
         `global_batch`: under torchrun, the size of the batch whose shard x is (kdcore.engine.distributed).
         """
         teacher_logits = self.teacher_logits(batch, idx, epoch)
+        if not self.compiled.applies(len(y)):  # eager: compiling off, or the last, smaller batch
+            logits, parts, loss = self._forward_backward(x, y, idx, epoch, teacher_logits, global_batch)
+        elif self.compiled.pending:
+            logits, parts, loss = self._first_compiled(x, y, idx, epoch, teacher_logits, global_batch)
+        else:
+            with self.compiled.active(len(y)):
+                logits, parts, loss = self._forward_backward(x, y, idx, epoch, teacher_logits, global_batch)
+        with region("kdcore.optimizer_step"):
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        if self.cache is None or not self.cache.beside:  # the teachers' thread splits the threads its own way
+            self.watch.check()
+        if self.part_names is None:
+            self.part_names = [*parts, "loss"]
+        return logits.detach(), torch.stack([*(v.float() for v in parts.values()), loss.float()]).detach()
+
+    def _first_compiled(self, x, y, idx, epoch, teacher_logits, global_batch):
+        """The first compiled step, where compiling happens: if it fails, the step runs again eagerly from the same
+        buffers and random states, and so does the rest of the fit."""
+        before = restorable_state(self.model, (self.dropout_rng,))
+        try:
+            with self.compiled.active(len(y)):
+                out = self._forward_backward(x, y, idx, epoch, teacher_logits, global_batch)
+            self.compiled.pending = False
+            return out
+        except Exception as err:  # noqa: BLE001 - any failure to compile; an eager failure is raised below
+            restore_state(self.model, (self.dropout_rng,), before)
+            self.compiled.failed(err)
+            return self._forward_backward(x, y, idx, epoch, teacher_logits, global_batch)
+
+    def _forward_backward(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int, teacher_logits: Optional[Tensor],
+                          global_batch: Optional[int]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         with self.path.autocast():
             if self.distiller is not None:
                 logits, parts = self.distiller.forward_train(
@@ -224,32 +302,23 @@ class _Fit:
                 with region("kdcore.student_forward"):
                     logits = self.model(x).float()
                     parts = {"ce": F.cross_entropy(logits, y)}
-            loss = sum(parts.values())
+            loss = functools.reduce(operator.add, parts.values())  # no 0 + first term: one kernel fewer
         with region("kdcore.backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(self.trainable, len(y), global_batch or len(y))
-        with region("kdcore.optimizer_step"):
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-        if self.cache is None or not self.cache.beside:  # the teachers' thread splits the threads its own way
-            self.watch.check()
-        parts = {name: value.detach() for name, value in parts.items()}
-        parts["loss"] = loss.detach()
-        return logits.detach(), parts
+        return logits, parts, loss
 
     def report_steps(self, totals: _EpochTotals, epoch: int, step: int, images: int, since: float) -> float:
         """Sends a step event with the metrics since the epoch began; returns when, for the next window."""
         with _host_reads(self.device), region("kdcore.step_report"):
-            metrics = {f"train_{k}": v.item() / totals.seen for k, v in totals.sums.items()}
+            metrics, metrics["train_acc"] = totals.read()
             if not math.isfinite(metrics["train_loss"]):
                 raise TrainingDiverged(
                     f"{self.phase}: the loss became {metrics['train_loss']} at epoch {epoch}, step {step}; "
                     "lower train.lr or the temperature"
                 )
-            now = time.perf_counter()  # after the reads above: the device's queued steps are done
-            metrics["train_acc"] = totals.correct.item() / totals.seen
+            now = time.perf_counter()  # after the read above: the device's queued steps are done
             metrics["images_per_s"] = images / max(now - since, 1e-9)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             self.callback(Event("step", phase=self.phase, epoch=epoch, step=step, metrics=metrics,
@@ -261,11 +330,10 @@ class _Fit:
         with _host_reads(self.device), region("kdcore.epoch_end"):
             if totals.seen == 0:  # cancelled before the epoch's first step
                 return True
-            metrics = {f"train_{k}": v.item() / totals.seen for k, v in totals.sums.items()}
+            metrics, metrics["train_acc"] = totals.read()
             if not math.isfinite(metrics["train_loss"]):
                 raise TrainingDiverged(f"{self.phase}: the loss became {metrics['train_loss']} in epoch {epoch}; "
                                        "lower train.lr")
-            metrics["train_acc"] = totals.correct.item() / totals.seen
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             distributed.share_buffers(self.model, self.distiller)  # every rank validates the same weights
             val_acc = self.validate(metrics)
@@ -291,11 +359,15 @@ class _Fit:
         """The epoch's accuracy for choosing the best epoch; adds val_acc and agreement to `metrics`."""
         if not len(self.data.val):
             return metrics["train_acc"]  # no validation split: pick on training accuracy
-        val_logits = predict_logits(self.model, self.val_loader, self.device, path=self.path)
-        metrics["val_acc"] = val_acc = accuracy(val_logits, self.val_loader.labels)
+        preds = predict_logits(self.model, self.val_loader, self.device, path=self.path).argmax(1)
+        rates = [(preds == self.val_loader.labels).float().mean()]
         if self.teacher_val_preds is not None:
-            metrics["agreement"] = (val_logits.argmax(1) == self.teacher_val_preds).float().mean().item()
-        return val_acc
+            rates.append((preds == self.teacher_val_preds).float().mean())
+        read = torch.stack(rates).tolist()  # one read to the host for both
+        metrics["val_acc"] = read[0]
+        if len(read) > 1:
+            metrics["agreement"] = read[1]
+        return read[0]
 
     def close(self) -> None:
         if self.cache is not None:
@@ -307,7 +379,7 @@ class _Fit:
 def _train_epoch(training: _Fit, epoch: int, progress: Progress, should_stop: Callable[[], bool]) -> _EpochTotals:
     """The epoch's steps; metrics stay on the device and are read at reporting points only."""
     training.model.train()
-    totals = _EpochTotals(sums={}, correct=torch.zeros((), device=training.device))
+    totals = _EpochTotals(names=[], sums=None, correct=torch.zeros((), dtype=torch.long, device=training.device))
     window_start, window_images = time.perf_counter(), 0
     for b, (x, y, idx) in enumerate(training.train_loader):
         if distributed.any_rank(should_stop(), training.device):
@@ -315,13 +387,10 @@ def _train_epoch(training: _Fit, epoch: int, progress: Progress, should_stop: Ca
             break
         x, y, idx, global_batch = distributed.shard(x, y, idx)
         logits, parts = training.step(x, y, idx, b, epoch, global_batch)
+        totals.names = training.part_names
+        totals.add(parts, logits, y)
         progress.global_step += 1
-        batch = len(y)
-        totals.seen += batch
-        window_images += batch
-        for name, value in parts.items():
-            totals.sums[name] = totals.sums.get(name, 0.0) + value.float() * batch
-        totals.correct += (logits.argmax(1) == y).sum()
+        window_images += len(y)
         if progress.global_step % training.report_every == 0:
             window_start = training.report_steps(totals, epoch, progress.global_step, window_images, window_start)
             window_images = 0
@@ -390,4 +459,5 @@ def fit(
         cancelled=cancelled,
         seconds=time.perf_counter() - start,
         threads_lowered=training.watch.lowered,
+        compiled=training.compiled.outcome(),
     )
