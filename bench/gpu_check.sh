@@ -145,6 +145,9 @@ step machine 30 machine
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="-ra" --timeout 120 --junitxml "$LOGS/tests.xml" $TESTS
 step throughput_mnist 110 "$PY" bench/throughput.py --device $DEVICE "${MNIST_ARGS[@]}" --markdown \
   --json "$OUT/throughput.jsonl"
+# the same with the student's step compiled and replayed as CUDA graphs (train.cuda_graphs; eager above)
+step throughput_mnist_graphs 80 "$PY" bench/throughput.py --device $DEVICE "${MNIST_ARGS[@]}" --markdown \
+  --peers strong,strong-cached --set train.cuda_graphs=true --json "$OUT/throughput.jsonl"
 step hinton 150 kdcore_cmd --db "sqlite:///$WORK/runs.db" train examples/mnist_hinton.yaml "${HINTON_SET[@]}"
 step throughput_cifar_b64 110 "$PY" bench/throughput.py --device $DEVICE --dataset cifar100 --batch-size 64 \
   "${CIFAR_ARGS[@]}" --markdown --json "$OUT/throughput.jsonl"

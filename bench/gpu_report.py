@@ -60,7 +60,10 @@ def throughput_table(path: Path) -> list[str]:
     notes = []
     for r in records:
         rates, ratios = r["rates"], r["ratios"]
-        cells = [f"{r['teacher']} → {r['student']}, {r['data']}", f"{r['images']:,}", str(r["batch_size"]),
+        pair = f"{r['teacher']} → {r['student']}, {r['data']}"
+        if r.get("overrides"):  # e.g. train.cuda_graphs=true beside the eager row
+            pair += ", " + ", ".join(r["overrides"])
+        cells = [pair, f"{r['images']:,}", str(r["batch_size"]),
                  fmt(rates["kdcore"])]
         cells += [fmt(rates[p]) if p in rates else "-" for p in PEERS]
         cells += [(f"**{ratios[p]['ratio']:.2f}x**" if ratios[p]["met"] else f"{ratios[p]['ratio']:.2f}x (target "

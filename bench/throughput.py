@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(data.train)
     label = device_label(device)
     path = fast_path(device, cfg.train)
-    flags = f"precision {path.precision}, channels_last {path.channels_last}, fused optimizer {path.fused_optimizer}"
+    flags = (f"precision {path.precision}, channels_last {path.channels_last}, fused optimizer {path.fused_optimizer}, "
+             f"compile {path.compiled}")
     print(f"device: {label}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; {os.cpu_count()} cores")
     if data.note:
         print(data.note)
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"device": label, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
                   "teacher": args.teacher, "student": args.student, "data": data.name, "note": data.note,
                   "images": n, "batch_size": args.batch_size, "epochs": args.epochs, "repeats": args.repeats,
-                  "fast_path": flags, "rates": rates, "ratios": ratios}
+                  "fast_path": flags, "overrides": args.overrides, "rates": rates, "ratios": ratios}
         with open(args.json, "a") as f:
             f.write(json.dumps(record) + "\n")
     return 0
