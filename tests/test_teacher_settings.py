@@ -37,6 +37,8 @@ def test_keys_of_configs_without_own_settings_are_those_stored_before_they_exist
                            "teacher": {"arch": "tiny_cnn", "epochs": 2}, "student": {"arch": "mlp_tiny"},
                            "train": {"epochs": 2, "lr": 0.003}})
     assert teacher_key(config) == "ca3889f83ec9bd6f" and baseline_key(config) == "6f9b494a3f41bf53"
+    compiled = config.model_copy(update={"train": config.train.model_copy(update={"compile": True})})
+    assert teacher_key(compiled) != teacher_key(config) and baseline_key(compiled) != baseline_key(config)
 
 
 @pytest.mark.parametrize("settings, message", [

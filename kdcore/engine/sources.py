@@ -96,8 +96,10 @@ def baseline_key(config: RunConfig) -> str:
 
 
 def _train_key(train, exclude: set) -> dict:
-    """The train settings a key holds; nproc only when over 1, so keys of runs from before it still match."""
-    return train.model_dump(mode="json", exclude=exclude | ({"nproc"} if train.nproc == 1 else set()))
+    """The train settings a key holds; nproc only when over 1, compile and cuda_graphs only when on, so keys of
+    runs from before those fields still match."""
+    unset = {name for name in ("compile", "cuda_graphs") if not getattr(train, name)}
+    return train.model_dump(mode="json", exclude=exclude | unset | ({"nproc"} if train.nproc == 1 else set()))
 
 
 def _digest(value: dict) -> str:
