@@ -211,23 +211,29 @@ def test_the_dashboard_shows_a_store_fault_in_place_of_every_page(tmp_path, monk
     ("folder", READS[:2], [("runs", "cancel", "2"), ("submit", "examples/digits.yaml")]),  # the same checks
 ], ids=["file", "folder"])
 def test_a_read_only_store_lists_and_shows_its_runs_and_refuses_every_write_in_one_line(
-        tmp_path, template, locked, reads, writes):
+        tmp_path, template, locked, reads, writes, capsys):
     path = _copy(template, tmp_path / "store" / "kd.db")
     url = _url(path)
     before = json.loads(kdcore("runs", "list", "--json", db=url).stdout)
     digest = _digest(path)
+
+    def run(i: int, command: tuple) -> subprocess.CompletedProcess:
+        # the first read and write as the user runs them; the rest in this process, which first opens the store
+        # here while it is read-only, as a fresh process does
+        return kdcore(*command, db=url) if i == 0 else cli(capsys, *command, db=url)
+
     with read_only(path if locked == "file" else path.parent):
         assert not os.access(path if locked == "file" else path.parent, os.W_OK)
-        for command in reads:
-            result = kdcore(*command, db=url)
+        for i, command in enumerate(reads):
+            result = run(i, command)
             assert result.returncode == 0, (command, result.stderr[-3000:])
             if command == ("runs", "list", "--json"):
                 assert json.loads(result.stdout) == before
             if command == ("groups", "show", GROUP):
                 assert "2 runs (2 completed)" in result.stdout
         why = "may not write the file" if locked == "file" else f"may not write its folder {path.parent}"
-        for command in writes:
-            result = kdcore(*command, db=url)
+        for i, command in enumerate(writes):
+            result = run(i, command)
             assert result.returncode == 2, (command, result.stderr[-3000:])
             line = _one_error_line(result)
             assert line.startswith(f"error: {path} is read-only: ") and why in line, line
