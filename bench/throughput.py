@@ -40,6 +40,10 @@ The sides (--peers picks the peers):
   "strong-cached" computes the teacher's logits for the whole training set once before
   the epochs (that pass is timed, as kdcore's cache pass is). The data's upload to the
   device is timed too, as kdcore's loader setup is.
+* kdcore-beside (not run unless named): kdcore with its CPU teachers' pass always in a
+  second thread beside the student, as before the pass timed that way against running
+  the teachers in turn with all threads; kdcore / kdcore-beside shows what the timing
+  gains or costs.
 
 Each side is warmed up once on a few batches, then all are timed alternately (the
 order flips every repeat) --repeats times; the medians, their ratios and the spread
@@ -49,6 +53,7 @@ each timed run starts from the same freshly initialised student.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -73,6 +78,7 @@ from kdcore.config import ConfigError, RunConfig  # noqa: E402
 from kdcore.configure import build_config  # noqa: E402
 from kdcore.data import DataSplits, Split, load_dataset  # noqa: E402
 from kdcore.data.splitting import SPLIT_SEED, stratified_split  # noqa: E402
+from kdcore.engine import teacher_cache  # noqa: E402
 from kdcore.engine.device import describe_device, fast_path, has_conv2d, resolve_device  # noqa: E402
 from kdcore.engine.events import no_callback  # noqa: E402
 from kdcore.engine.trainer import fit  # noqa: E402
@@ -81,9 +87,11 @@ from kdcore.models import MODELS, create_model  # noqa: E402
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = {"mnist": ("small_cnn", "tiny_cnn"), "cifar100": ("resnet32x4", "resnet8x4")}
-PEERS = ("tutorial", "strong", "strong-cached")
+PEERS = ("tutorial", "strong", "strong-cached", "kdcore-beside")
+DEFAULT_PEERS = PEERS[:3]
 PEER_LABELS = {"tutorial": "tutorial loop", "strong": "strong loop, teacher every batch",
-               "strong-cached": "strong loop, teacher logits cached once"}
+               "strong-cached": "strong loop, teacher logits cached once",
+               "kdcore-beside": "kdcore with its teachers' pass always beside the student"}
 STRONG_TARGET = 1.2  # issue 23: kdcore at least 1.2x a strong plain loop
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 CIFAR_TRAIN_IMAGES = 50_000
@@ -98,6 +106,8 @@ def target(device_type: str, epochs: int) -> float:
 
 
 def peer_target(peer: str, device_type: str, epochs: int) -> float:
+    if peer == "kdcore-beside":
+        return 1.0  # the timing of the two ways must not cost more than it saves
     return target(device_type, epochs) if peer == "tutorial" else STRONG_TARGET
 
 
@@ -124,8 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on the first N images of the training split (every side); default all")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="folder holding MNIST/raw or cifar-100-python")
-    p.add_argument("--peers", type=parse_peers, default=PEERS,
-                   help=f"which peers to time against kdcore, comma-separated (default {','.join(PEERS)})")
+    p.add_argument("--peers", type=parse_peers, default=DEFAULT_PEERS,
+                   help=f"which peers to time against kdcore, comma-separated, of {','.join(PEERS)} (default "
+                        f"{','.join(DEFAULT_PEERS)})")
     p.add_argument("--teacher-batch", type=int, default=None,
                    help="strong-cached: images per step of its teacher pass (default 1024 on CUDA, "
                         "train.eval_batch_size on CPU, as kdcore's evaluation)")
@@ -259,14 +270,30 @@ def load_cifar(args, cfg: RunConfig) -> BenchData:
 
 
 def kdcore_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, student: nn.Module,
-               device: torch.device, epochs: int) -> float:
-    """Seconds for one fit: teacher-logit cache + `epochs` student epochs (no validation)."""
+               device: torch.device, epochs: int, teacher_passes: list[str] | None = None) -> float:
+    """Seconds for one fit: teacher-logit cache + `epochs` student epochs (no validation).
+
+    teacher_passes: gets what the fit's teachers' pass measured of its two ways, where it timed them."""
     sync(device)
     start = time.perf_counter()
-    fit(student, data, phase="student", epochs=epochs, train_cfg=cfg.train, device=device,
-        teachers=[teacher], distill_cfg=cfg.distill, callback=no_callback)
+    result = fit(student, data, phase="student", epochs=epochs, train_cfg=cfg.train, device=device,
+                 teachers=[teacher], distill_cfg=cfg.distill, callback=no_callback)
     sync(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if teacher_passes is not None and result.teacher_pass:
+        teacher_passes.append(result.teacher_pass)
+    return seconds
+
+
+@contextlib.contextmanager
+def untimed_teacher_pass():
+    """kdcore as before its teachers' pass timed its two ways: on a CPU, always beside the student."""
+    saved = teacher_cache.PROBE_WAITED_SHARE
+    teacher_cache.PROBE_WAITED_SHARE = math.inf
+    try:
+        yield
+    finally:
+        teacher_cache.PROBE_WAITED_SHARE = saved
 
 
 # ---------------------------------------------------------------- the tutorial loop
@@ -403,14 +430,17 @@ class Sides:
     device: torch.device
     teachers: dict  # side -> its own copy of the teacher (kdcore's fit turns its own to channels_last)
     fresh_student: object
+    teacher_passes: list = dataclasses.field(default_factory=list)  # kdcore's timed runs' ways, where measured
 
     def run(self, side: str, epochs: int, max_batches: int | None = None) -> float:
         a, student, teacher = self.args, self.fresh_student(), self.teachers[side]
-        if side == "kdcore":
+        if side in ("kdcore", "kdcore-beside"):
             data = self.data.splits
             if max_batches is not None:
                 data = dataclasses.replace(data, train=first_n(data.train, max_batches * self.cfg.train.batch_size))
-            return kdcore_run(self.cfg, data, teacher, student, self.device, epochs)
+            with untimed_teacher_pass() if side == "kdcore-beside" else contextlib.nullcontext():
+                passes = self.teacher_passes if side == "kdcore" and max_batches is None else None
+                return kdcore_run(self.cfg, data, teacher, student, self.device, epochs, passes)
         if side == "tutorial":
             return plain_run(self.data.tutorial, self.cfg, teacher, student, self.device, epochs, a.workers, max_batches)
         tb = a.teacher_batch or (1024 if self.device.type == "cuda" else self.cfg.train.eval_batch_size)
@@ -539,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sides = Sides(args, cfg, data, device, teachers, fresh_student)
     rates = time_sides(sides, names, n * args.epochs)
+    for way in sides.teacher_passes:  # one line per timed run whose pass timed its two ways
+        print(f"kdcore's teachers' pass kept {way}")
     ratios = report(args, device, rates)
     if args.markdown:
         print("\n" + "\n".join(markdown_rows(args, label, data, flags, rates, ratios)))

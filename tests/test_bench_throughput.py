@@ -1,5 +1,6 @@
 """bench/throughput.py: the strong peer trains, and every peer's ratio is reported."""
 import json
+import math
 
 import pytest
 import torch
@@ -43,13 +44,34 @@ def test_cifar_shaped_runs_say_their_images_are_synthetic_and_report_every_peers
     text = capsys.readouterr().out
     assert code == 0
     assert "synthetic CIFAR-shaped images: CIFAR-100 not found" in text
-    for label in throughput.PEER_LABELS.values():
-        assert f"kdcore / {label}: " in text
+    for peer in throughput.DEFAULT_PEERS:
+        assert f"kdcore / {throughput.PEER_LABELS[peer]}: " in text
     record = json.loads(out.read_text())
     assert record["images"] == 128 and record["batch_size"] == 64
     assert set(record["ratios"]) == {"tutorial", "strong", "strong-cached"}
     assert all(len(v) == 1 and min(v) > 0 for v in record["rates"].values())
     assert "| kdcore / strong-cached |" in text.replace(" | date", "")
+
+
+def test_kdcore_with_its_teachers_pass_always_beside_is_a_peer_held_to_level(tmp_path, capsys, monkeypatch):
+    from kdcore.engine import teacher_cache
+
+    shares = []
+    real_wait = teacher_cache.TeacherLogitCache.wait_for
+
+    def recorded_wait(cache, batches):
+        shares.append(teacher_cache.PROBE_WAITED_SHARE)
+        return real_wait(cache, batches)
+
+    monkeypatch.setattr(teacher_cache.TeacherLogitCache, "wait_for", recorded_wait)
+    code = throughput.main(["--teacher", "tiny_cnn", "--student", "tiny_cnn", "--limit", "256", "--batch-size", "64",
+                            "--repeats", "1", "--warmup-batches", "1", "--device", "cpu", "--threads", "2",
+                            "--peers", "kdcore-beside"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert f"kdcore / {throughput.PEER_LABELS['kdcore-beside']}: " in text and "target 1x on cpu" in text
+    assert math.inf in shares and throughput.teacher_cache.PROBE_WAITED_SHARE < 1  # off for its runs alone
+    assert set(shares) == {math.inf, teacher_cache.PROBE_WAITED_SHARE}
 
 
 def test_the_peers_can_be_chosen_and_unknown_ones_are_refused(tmp_path, capsys):

@@ -1,5 +1,8 @@
 """The teachers' logit cache: filled over epoch 1's batches, in a second thread on a multi-core CPU."""
+import contextlib
+import re
 import threading
+import time
 
 import pytest
 import torch
@@ -99,6 +102,54 @@ def test_the_second_thread_runs_one_batch_ahead_with_half_the_threads_and_gives_
         assert torch.get_num_threads() == 2 and not any(t.name == "kdcore-teacher-pass" for t in threading.enumerate())
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _beside_cache(arch: str = "small_cnn"):
+    """A cache over 32-image digits batches with its second thread, on two torch threads; closed after."""
+    cfg = _config(**FP32)
+    data = load_dataset(cfg.dataset)
+    path = fast_path(CPU, cfg.train)
+    torch.manual_seed(0)
+    teacher = _teacher(data) if arch == "small_cnn" else create_model(arch, num_classes=10, in_channels=1,
+                                                                       image_size=data.image_size).eval()
+    expected = predict_logits(teacher, data.train, CPU, 64, path=path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    # the second thread starts here: the test asks for its first batch at once, before it can run far ahead
+    cache = TeacherLogitCache([teacher], lambda each: each[0], make_loader(data.train, 32, shuffle=True, seed=3),
+                              path, background=True)
+    try:
+        yield cache, expected
+    finally:
+        cache.close()
+        torch.set_num_threads(before)
+
+
+def test_a_student_kept_waiting_times_the_pass_both_ways_and_keeps_the_faster_with_the_same_logits():
+    with _beside_cache("resnet8x4") as (cache, expected):  # about 5 ms a batch here: it cannot run far ahead
+        assert cache.batches >= 2 + 4 * cache_module.PROBE_BATCHES
+        for batch in range(1, cache.batches + 1):  # a student whose steps take no time always waits
+            logits = cache.wait_for(batch)
+        assert torch.get_num_threads() == 2 and not cache.beside
+        assert not any(t.name == "kdcore-teacher-pass" for t in threading.enumerate())
+    assert re.fullmatch(r"(beside the student|in turn): \d+ ms a batch beside, \d+ ms in turn", cache.measured)
+    assert torch.allclose(logits, expected, atol=1e-4)  # every row filled once, whichever thread filled it
+
+
+def test_a_teacher_that_keeps_up_stays_beside_the_student_untimed():
+    with _beside_cache() as (cache, expected):
+        for batch in range(1, 2 + cache_module.PROBE_BATCHES + 2):
+            cache.wait_for(batch)
+            time.sleep(0.05)  # the student's step: far longer than the small teacher's batch
+        assert cache.measured == "" and cache._probe is None
+        assert torch.allclose(cache.complete(), expected, atol=1e-4)
+
+
+def test_a_resumed_fit_asking_for_every_batch_at_once_is_not_timed():
+    with _beside_cache() as (cache, expected):
+        assert torch.allclose(cache.complete(), expected, atol=1e-4)
+        assert cache.measured == "" and cache._probe is None and torch.get_num_threads() == 2
 
 
 def test_a_fit_cancelled_in_its_first_epoch_stops_the_teachers_thread(monkeypatch):

@@ -174,6 +174,8 @@ class PhaseRunner:
                 self.summary[f"{phase}_threads_lowered"] = result.threads_lowered
             if result.compiled != "off":  # asked for: what ran, as fast_path.compile says only what was asked
                 self.summary[f"{phase}_compile"] = result.compiled
+            if result.teacher_pass:
+                self.summary[f"{phase}_teacher_pass"] = result.teacher_pass
         self.summary.update(phase_profile(phase, model, self.data))
         self.save_test_logits()
 

@@ -50,6 +50,7 @@ class FitResult:
     seconds: float
     threads_lowered: int = 0  # times the thread policy gave a core back to other processes
     compiled: str = "off"  # whether the student's step ran under torch.compile: its mode, or "off (why)"
+    teacher_pass: str = ""  # where the teachers' logit pass timed its two ways: the one it kept, and the times
 
 
 @contextmanager
@@ -460,4 +461,5 @@ def fit(
         seconds=time.perf_counter() - start,
         threads_lowered=training.watch.lowered,
         compiled=training.compiled.outcome(),
+        teacher_pass=training.cache.measured if training.cache is not None else "",
     )
