@@ -206,8 +206,10 @@ def test_a_study_of_twelve_trials_shared_by_two_workers_survives_one_killed(any_
         for a in (0.3, 0.6, 0.9) for t in (2.0, 4.0) for lr in (0.003, 0.00001)}  # the grid, once through
     killed_trial = next(t for t in described["trials"] if t["run_id"] == killed[0])
     assert killed_trial["state"] == "interrupted"
-    assert states.count("pruned") >= 1 and all(t["params"]["train.lr"] == 0.00001 for t in described["trials"]
-                                               if t["state"] == "pruned")
+    # the median pruner stops trials at the learning rate too small to learn; a good trial that trails the median
+    # of the good ones finished before it can be stopped too, depending on which finish first
+    pruned_lrs = [t["params"]["train.lr"] for t in described["trials"] if t["state"] == "pruned"]
+    assert pruned_lrs.count(0.00001) >= 1 and pruned_lrs.count(0.00001) > pruned_lrs.count(0.003), pruned_lrs
     assert states.count("complete") >= 6
     runs = _trial_runs(store, "grid")
     assert all(r.attempt == 1 for r in runs)  # each trial executed once, by one worker
