@@ -117,14 +117,24 @@ def _thaw(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+_REAL_BUILD_PARAMS = 16_000_000  # 64 MB of float32 weights
+
+
 @functools.lru_cache(maxsize=256)
 def _estimate(arch: str, num_classes: int, in_channels: int, image_size: int, options: tuple) -> "ModelProfile":
     from kdcore.models import create_model, profile_model
+    from kdcore.models.profile import counted_by_layer_hooks
 
     # The meta device gives every tensor a shape and no storage: a 900M-parameter MLP costs nothing.
     # fork_rng keeps the caller's random stream as it was, whatever the initialisers do.
+    kwargs = {k: _thaw(v) for k, v in options}
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = create_model(arch, num_classes, in_channels, image_size, **{k: _thaw(v) for k, v in options})
+        model = create_model(arch, num_classes, in_channels, image_size, **kwargs)
+    if counted_by_layer_hooks(model) and sum(p.numel() for p in model.parameters()) <= _REAL_BUILD_PARAMS:
+        # A forward on meta tensors runs Python meta kernels whose first use imports about a second of
+        # torch._dynamo and sympy; a small model of known layers is cheaper to build for real.
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            model = create_model(arch, num_classes, in_channels, image_size, **kwargs)
     return profile_model(model, in_channels, image_size)
 
 

@@ -16,9 +16,15 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-from scipy import stats as _scipy
 
 SIGNIFICANCE = 0.05
+
+
+def _scipy():
+    # Imported on first use: scipy.stats takes about a second, which `kdcore submit` need not pay.
+    from scipy import stats
+
+    return stats
 
 
 @dataclass
@@ -54,7 +60,7 @@ def mcnemar_exact(only_a_right: int, only_b_right: int) -> float:
     discordant = only_a_right + only_b_right
     if discordant == 0:
         return 1.0
-    return float(_scipy.binomtest(only_a_right, discordant, 0.5).pvalue)
+    return float(_scipy().binomtest(only_a_right, discordant, 0.5).pvalue)
 
 
 def paired_exact_ci(only_a_right: int, only_b_right: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -69,7 +75,7 @@ def paired_exact_ci(only_a_right: int, only_b_right: int, n: int, level: float =
     discordant = only_a_right + only_b_right
     if discordant == 0:
         return (0.0, 0.0)
-    share = _scipy.binomtest(only_a_right, discordant, 0.5).proportion_ci(confidence_level=level, method="exact")
+    share = _scipy().binomtest(only_a_right, discordant, 0.5).proportion_ci(confidence_level=level, method="exact")
     scale = discordant / n
     return (float(scale * (2 * share.low - 1)), float(scale * (2 * share.high - 1)))
 
@@ -103,7 +109,7 @@ def at_chance(accuracy: float, classes: int, n: Optional[int] = None) -> bool:
         return True
     if n:
         right = round(accuracy * n)
-        return _scipy.binomtest(right, n, chance, alternative="greater").pvalue >= SIGNIFICANCE
+        return _scipy().binomtest(right, n, chance, alternative="greater").pvalue >= SIGNIFICANCE
     return False
 
 
@@ -113,7 +119,7 @@ def no_better(accuracy: float, than: float, n: Optional[int] = None) -> bool:
     if not n:
         return accuracy <= than
     se = math.sqrt((accuracy * (1 - accuracy) + than * (1 - than)) / n)
-    return accuracy - than <= _scipy.norm.ppf(1 - SIGNIFICANCE / 2) * se
+    return accuracy - than <= _scipy().norm.ppf(1 - SIGNIFICANCE / 2) * se
 
 
 @dataclass
@@ -138,7 +144,7 @@ def across_seeds(values: Iterable[Optional[float]], level: float = 0.95) -> Opti
     if x.size == 1:
         return SeedSpread(mean=mean, std=None, n=1, ci95=None)
     std = float(x.std(ddof=1))
-    half = float(_scipy.t.ppf(0.5 + level / 2, df=x.size - 1)) * std / math.sqrt(x.size)
+    half = float(_scipy().t.ppf(0.5 + level / 2, df=x.size - 1)) * std / math.sqrt(x.size)
     return SeedSpread(mean=mean, std=std, n=int(x.size), ci95=[mean - half, mean + half])
 
 

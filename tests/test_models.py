@@ -73,6 +73,49 @@ def test_mlp_flops_are_two_per_multiply_add():
     assert model_profile("mlp", classes, 1, 28, hidden=hidden).flops == expected
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}px")
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_zoo_models_flops_are_those_flop_counter_mode_counts(name, shape):
+    from kdcore.models.profile import _dispatched_flops, _layer_flops, counted_by_layer_hooks
+
+    in_channels, size = shape
+    model = create_model(name, num_classes=10, in_channels=in_channels, image_size=size).eval()
+    x = torch.zeros(1, in_channels, size, size)
+    with torch.no_grad():
+        counted = _dispatched_flops(model, x)
+        assert profile_model(model, in_channels, size).flops == counted
+        if counted_by_layer_hooks(model):
+            assert _layer_flops(model, x) == counted > 0
+
+
+class _Attention(nn.Module):
+    """Self-attention over a 4x4 image's 16 pixels of 8 channels: q @ k^T and its product with v are
+    multiply-adds outside any layer a hook sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).chunk(3, dim=-1)
+        return ((q @ k.transpose(1, 2)).softmax(-1) @ v).mean(1)
+
+
+class _Squared(nn.Linear):
+    """A Linear subclass whose forward multiplies again: known layers are matched by exact type."""
+
+    def forward(self, x):
+        return super().forward(x) @ self.weight @ self.weight.T
+
+
+@pytest.mark.parametrize("model, in_channels, flops", [
+    (_Attention(), 8, 2 * 16 * 8 * 24 + 2 * (2 * 16 * 16 * 8)),
+    (nn.Sequential(nn.Flatten(), _Squared(16, 16)), 1, 3 * (2 * 16 * 16)),
+], ids=["attention", "linear subclass"])
+def test_a_model_that_multiplies_outside_known_layers_has_every_multiply_add_counted(model, in_channels, flops):
+    assert profile_model(model, in_channels, 4).flops == flops
+
+
 def test_model_profile_is_cached_and_accepts_list_options():
     first = model_profile("mlp", 10, 1, 8, hidden=[32, 16])
     assert model_profile("mlp", 10, 1, 8, hidden=[32, 16]) is first

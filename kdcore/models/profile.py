@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from kdcore.models.base import create_model
 
@@ -36,13 +35,63 @@ def profile_model(model: nn.Module, in_channels: int, image_size: int) -> ModelP
     was_training = model.training
     model.eval()  # BN uses running stats, dropout is off: the FLOPs of inference
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        with torch.no_grad():
+            flops = _layer_flops(model, x) if counted_by_layer_hooks(model) else _dispatched_flops(model, x)
     finally:
         model.train(was_training)
-    # Every op FlopCounterMode counts (matmul, convolution, attention) is multiply-adds, counted as 2 each
-    flops = int(counter.get_total_flops())
     return ModelProfile(params=params, size_mb=nbytes / 2**20, flops=flops, macs=flops // 2)
+
+
+def _dispatched_flops(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton where it is installed: 0.2 s
+
+    # Every op FlopCounterMode counts (matmul, convolution, attention) is multiply-adds, counted as 2 each
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+# Layers whose forward does no multiply-adds, or only those the hook counts. Exact types: a subclass may
+# override forward.
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_FREE = frozenset({
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Softmax, nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm,
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+})
+# The zoo's own models, whose forwards use only the layers above and elementwise ops; tests/test_models.py holds
+# every registered zoo model's count against FlopCounterMode's.
+_ZOO_MODULES = ("kdcore.models.cifar_resnet", "kdcore.models.cnn", "kdcore.models.mlp", "kdcore.models.dropout",
+                "kdcore.models.vgg", "kdcore.models.wrn")
+
+
+def counted_by_layer_hooks(model: nn.Module) -> bool:
+    """Whether hooks on the model's convs and linears see all its multiply-adds.
+
+    Such a model is counted without FlopCounterMode: the first dispatch mode in a process costs about a second
+    of imports (torch._dynamo, sympy), which every `kdcore submit` and worker paid.
+    """
+    return all(type(m) in _COUNTED or type(m) in _FREE or type(m).__module__ in _ZOO_MODULES
+               for m in model.modules())
+
+
+def _layer_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode's count for a model of known layers: 2 per multiply-add of each conv and linear, no bias."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        # A conv's output element takes (in_channels / groups) * kernel multiply-adds, a linear's in_features
+        total += 2 * output.numel() * module.weight.shape[1:].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if type(m) in _COUNTED]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
 
 
 def _freeze(value: Any) -> Any:

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-import pandas as pd
 from sqlmodel import Session, select
 
 from kdcore.record.summary import FRAME_KEYS, RunSummary
 from kdcore.store.tables import JSON_COLUMNS, Metric, Run, unreadable
 from kdcore.text import teachers_cell
+
+if TYPE_CHECKING:  # imported where a frame is made: workers and `kdcore submit` make none
+    import pandas as pd
+
 
 def _loads_any(text: Optional[str]):
     try:
@@ -71,6 +74,8 @@ class FrameRecords:
 
     def runs_frame(self) -> pd.DataFrame:
         """One row per run, the columns a runs table shows; read in one query."""
+        import pandas as pd
+
         self.expire_leases()
         cols = [Run.id, Run.name, Run.status, Run.dataset, Run.teacher_arch, Run.student_arch, Run.method,
                 Run.temperature, Run.alpha, Run.student_best_val_acc, Run.teacher_test_acc, Run.student_test_acc,
@@ -102,6 +107,8 @@ class FrameRecords:
         """runs_frame's rows and columns, with each row's JSON parsed once per store object: a later call parses
         only the rows whose JSON texts changed. Parsing was most of runs_frame's time (0.4 to 0.9 s for 1,000
         runs on 2 cores), and the dashboard reads the table on every page while most rows never change."""
+        import pandas as pd
+
         self.expire_leases()
         cols = [getattr(Run, c) for c in TABLE_COLUMNS]
         with self.engine.connect() as conn:
@@ -138,6 +145,8 @@ class FrameRecords:
 
     def metrics_frame(self, run_ids: Iterable[int], kind: Optional[str] = None,
                       names: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        import pandas as pd
+
         run_ids = [int(r) for r in run_ids]
         if not run_ids:
             return pd.DataFrame(columns=["run_id", "phase", "kind", "step", "epoch", "name", "value"])
